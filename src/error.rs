@@ -1,0 +1,168 @@
+//! Errors of every layer: one kind enum with stable numbers (shared with the C ABI's
+//! status codes) and an error value that owns plain strings, so it can be read, cloned
+//! and dropped on any thread without the GIL.
+
+use pyo3::prelude::*;
+use pyo3::types::PyTracebackMethods;
+use std::fmt;
+
+/// What went wrong. The numbers are part of the C ABI (`pysched_status`) and never change.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Not an error (the C ABI's `PYSCHED_OK`).
+    Ok = 0,
+    /// A caller passed a NULL pointer, an empty or malformed name, or an out-of-range option.
+    InvalidArgument = 1,
+    /// The Python module could not be imported.
+    Import = 2,
+    /// The module has no such attribute, or it is not callable.
+    Attribute = 3,
+    /// The Python function (or code it called) raised an exception.
+    PythonException = 4,
+    /// The item was cancelled before it started.
+    Cancelled = 5,
+    /// A deadline or a wait timeout passed.
+    TimedOut = 6,
+    /// The handler's bounded queue was full and the policy is to reject.
+    QueueFull = 7,
+    /// The handler or its worker pool is shutting down.
+    ShutDown = 8,
+    /// A bug or broken invariant inside pyscheduler, or a panic caught at the boundary.
+    Internal = 9,
+    /// The future has not completed yet.
+    NotReady = 10,
+    /// A CUDA driver call failed, or no driver/device is present.
+    Cuda = 11,
+    /// The running Python lacks a feature the request needs (e.g. own-GIL sub-interpreters).
+    Unsupported = 12,
+    /// The item's commit callback failed.
+    Commit = 13,
+    /// The item's completion callback reported a failure.
+    Callback = 14,
+}
+
+impl ErrorKind {
+    /// A short lowercase name, used in messages and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Ok => "ok",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Import => "import",
+            ErrorKind::Attribute => "attribute",
+            ErrorKind::PythonException => "python_exception",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::TimedOut => "timed_out",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::ShutDown => "shut_down",
+            ErrorKind::Internal => "internal",
+            ErrorKind::NotReady => "not_ready",
+            ErrorKind::Cuda => "cuda",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Commit => "commit",
+            ErrorKind::Callback => "callback",
+        }
+    }
+}
+
+/// An error with its kind, a message, and for Python exceptions the exception's type
+/// name and formatted traceback. Holds no Python objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    python_type: String,
+    traceback: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            python_type: String::new(),
+            traceback: String::new(),
+        }
+    }
+
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidArgument, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
+    }
+
+    /// Converts a Python exception into an error of `kind`, formatting its traceback with
+    /// the `traceback` module (never `PyErr_Print`, which exits on `SystemExit`).
+    ///
+    /// PRECONDITION: attached to the interpreter (implied by `py`).
+    pub fn from_pyerr(py: Python<'_>, err: &PyErr, kind: ErrorKind) -> Self {
+        let python_type = err
+            .get_type(py)
+            .qualname()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "<unknown>".to_owned());
+        let value = err.value(py);
+        let message = value
+            .str()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| "<exception str() failed>".to_owned());
+        let traceback = err
+            .traceback(py)
+            .and_then(|tb| tb.format().ok())
+            .unwrap_or_default();
+        Error {
+            kind,
+            message: if message.is_empty() {
+                python_type.clone()
+            } else {
+                format!("{python_type}: {message}")
+            },
+            python_type,
+            traceback,
+        }
+    }
+
+    /// Like [`Error::from_pyerr`], prefixing the message with what was being done.
+    pub fn from_pyerr_context(py: Python<'_>, err: &PyErr, kind: ErrorKind, context: &str) -> Self {
+        let mut e = Error::from_pyerr(py, err, kind);
+        e.message = format!("{context}: {}", e.message);
+        e
+    }
+
+    /// Takes the pending Python exception (if any) as an error; a missing exception becomes
+    /// an internal error naming `context`.
+    pub fn fetch(py: Python<'_>, kind: ErrorKind, context: &str) -> Self {
+        match PyErr::take(py) {
+            Some(err) => Error::from_pyerr_context(py, &err, kind, context),
+            None => Error::internal(format!("{context}: failed without a Python exception set")),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    /// Human-readable message; for Python exceptions `"Type: message"`.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// Qualified name of the Python exception type, or "" when not a Python error.
+    pub fn python_type(&self) -> &str {
+        &self.python_type
+    }
+    /// The formatted Python traceback ("Traceback (most recent call last): ..."), or "".
+    pub fn traceback(&self) -> &str {
+        &self.traceback
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error: {}", self.kind.name(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}

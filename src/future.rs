@@ -1,0 +1,173 @@
+//! Completion of one queued item: a slot resolved exactly once by whichever party finishes
+//! the item (worker, cancel, deadline, shutdown), waited on by blocking calls or polled as
+//! a `std::future::Future`.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::scheduler::Item;
+use pyo3::prelude::*;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// What an item ended with: the Python result (kept only when the submitter asked for
+/// it), or an error.
+pub type Outcome = Result<Option<Py<PyAny>>>;
+
+/// Guarded by its own mutex; written once by the party that finishes the item.
+#[derive(Default)]
+struct SlotState {
+    outcome: Option<Outcome>,
+    /// Set when the outcome has been handed out by `take`.
+    taken: bool,
+    waker: Option<Waker>,
+}
+
+/// The resolution slot shared by an item and its future.
+#[derive(Default)]
+pub(crate) struct Completion {
+    state: Mutex<SlotState>,
+    resolved: Condvar,
+}
+
+impl Completion {
+    /// Stores the outcome and wakes every waiter. Returns false (and drops `outcome`) if
+    /// the slot was already resolved, which the scheduler's state machine rules out.
+    pub(crate) fn resolve(&self, outcome: Outcome) -> bool {
+        let waker = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.outcome.is_some() || st.taken {
+                drop(st);
+                drop_outcome(outcome);
+                return false;
+            }
+            st.outcome = Some(outcome);
+            st.waker.take()
+        };
+        self.resolved.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    fn is_resolved(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.outcome.is_some() || st.taken
+    }
+
+    /// Blocks until resolved or `timeout` passes; true when resolved.
+    fn wait(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        crate::runtime::without_gil(|| {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if st.outcome.is_some() || st.taken {
+                    return true;
+                }
+                match deadline {
+                    None => st = self.resolved.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            return false;
+                        }
+                        st = self
+                            .resolved
+                            .wait_timeout(st, d - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
+            }
+        })
+    }
+
+    fn take(&self) -> Outcome {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.outcome.take() {
+            Some(o) => {
+                st.taken = true;
+                o
+            }
+            None if st.taken => Err(Error::invalid_argument("the future's result was already taken")),
+            None => Err(Error::new(ErrorKind::NotReady, "the future is not ready")),
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = st.outcome.take() {
+            st.taken = true;
+            return Poll::Ready(o);
+        }
+        if st.taken {
+            return Poll::Ready(Err(Error::invalid_argument("the future's result was already taken")));
+        }
+        st.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = st.outcome.take() {
+            drop_outcome(o);
+        }
+    }
+}
+
+/// Releases a Python result that nobody took; takes the GIL only when there is one.
+fn drop_outcome(outcome: Outcome) {
+    if let Ok(Some(obj)) = outcome {
+        crate::runtime::attach(|_py| drop(obj));
+    }
+}
+
+/// The future of one queued item. Dropping it does not cancel the item.
+pub struct ItemFuture {
+    item: Arc<Item>,
+}
+
+impl ItemFuture {
+    pub(crate) fn new(item: Arc<Item>) -> Self {
+        ItemFuture { item }
+    }
+
+    /// Whether the item has finished (with a value or an error). Never blocks.
+    pub fn is_ready(&self) -> bool {
+        self.item.completion.is_resolved()
+    }
+
+    /// Blocks until the item finishes, then returns its outcome. Releases the GIL while
+    /// waiting if the caller holds it.
+    pub fn wait(self) -> Outcome {
+        self.item.completion.wait(None);
+        self.item.completion.take()
+    }
+
+    /// Blocks until the item finishes or `timeout` passes; `false` on timeout.
+    pub fn wait_for(&self, timeout: Duration) -> bool {
+        self.item.completion.wait(Some(timeout))
+    }
+
+    /// Takes the outcome of a finished item: `NotReady` if it has not finished, an
+    /// invalid-argument error if it was already taken.
+    pub fn take(&self) -> Outcome {
+        self.item.completion.take()
+    }
+
+    /// Cancels the item if it has not started: its future fails with `Cancelled` and its
+    /// callbacks see that error. Returns false when the item already started or finished
+    /// (it then completes normally). Never blocks on Python.
+    pub fn cancel(&self) -> bool {
+        self.item.cancel()
+    }
+}
+
+impl std::future::Future for ItemFuture {
+    type Output = Outcome;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        self.item.completion.poll(cx)
+    }
+}

@@ -1,0 +1,122 @@
+//! A bound Python callable: synchronous calls, and queued items that flow through the
+//! handler's batch pipeline (see `scheduler`). Dropping a handler drains its queue.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::future::ItemFuture;
+use crate::manager::Shared;
+use crate::scheduler::{HandlerCore, ItemOptions, Job};
+use crate::stats::{HandlerStats, LatencySummary};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use std::sync::Arc;
+
+pub use crate::scheduler::{FullPolicy, HandlerOptions};
+
+/// A handle on a Python function with its own queue. Cheap to share across threads by
+/// reference (`&Handler` is `Sync`); dropping it waits until everything queued on it
+/// has finished.
+pub struct Handler {
+    core: Arc<HandlerCore>,
+    /// Keeps the process-wide state (worker pool, module cache) alive and counted.
+    _shared: Arc<Shared>,
+}
+
+impl Handler {
+    pub(crate) fn new(core: Arc<HandlerCore>, shared: Arc<Shared>) -> Self {
+        Handler { core, _shared: shared }
+    }
+
+    /// "module.entry_point", or the name given in the options.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    pub fn options(&self) -> &HandlerOptions {
+        &self.core.options
+    }
+
+    /// The bound callable.
+    pub fn function<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.core.function.bind(py).clone()
+    }
+
+    /// Calls the function directly on this thread with `args`. Blocks for the call;
+    /// attaches through a persistent thread state (no per-call allocation).
+    pub fn call(&self, args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyTuple>>) -> Result<Py<PyAny>> {
+        crate::runtime::attach(|py| {
+            let args = args(py).map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::InvalidArgument, "building the arguments"))?;
+            self.core
+                .function
+                .bind(py)
+                .call1(args)
+                .map(Bound::unbind)
+                .map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::PythonException, &format!("{} raised", self.core.name)))
+        })
+    }
+
+    /// Runs `f` attached to the interpreter with the bound function; for callers that
+    /// convert arguments and results themselves (the C++ wrapper's synchronous invoke).
+    pub fn with_function<R>(&self, f: impl for<'py> FnOnce(Python<'py>, &Bound<'py, PyAny>) -> R) -> R {
+        crate::runtime::attach(|py| f(py, self.core.function.bind(py)))
+    }
+
+    /// Queues one item whose Python object is built by `commit` (GIL held, on a worker).
+    /// The future yields the item's element of the function's result.
+    pub fn queue<F>(&self, commit: F) -> ItemFuture
+    where
+        F: for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>> + Send + 'static,
+    {
+        self.queue_job(Box::new(ClosureJob { commit: Some(commit) }), ItemOptions { keep_value: true, ..Default::default() })
+    }
+
+    /// Queues a job with full control over its callbacks. The job is always consumed
+    /// (refusals reach its `fail`). Blocks only on a full bounded queue with the block
+    /// policy (releasing the GIL if held).
+    pub fn queue_job(&self, job: Box<dyn Job>, options: ItemOptions) -> ItemFuture {
+        ItemFuture::new(self.core.enqueue(job, options))
+    }
+
+    /// Blocks until every item queued so far has finished. Releases the GIL if held.
+    pub fn drain(&self) {
+        self.core.drain(false);
+    }
+
+    pub fn stats(&self) -> HandlerStats {
+        self.core.stats()
+    }
+
+    pub fn latency_summary(&self) -> LatencySummary {
+        self.core.histograms.summary()
+    }
+
+    /// This handler's metrics in Prometheus text exposition format.
+    pub fn prometheus_text(&self) -> String {
+        let mut out = String::new();
+        crate::stats::write_prometheus(&mut out, &self.core.name, &self.stats(), &self.core.histograms);
+        out
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.core.drain(true);
+    }
+}
+
+struct ClosureJob<F> {
+    commit: Option<F>,
+}
+
+impl<F> Job for ClosureJob<F>
+where
+    F: for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>> + Send + 'static,
+{
+    fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>> {
+        let f = self.commit.take().ok_or_else(|| Error::internal("commit called twice"))?;
+        f(py).map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::Commit, "commit failed"))
+    }
+    fn complete(&mut self, _py: Python<'_>, _result: &Bound<'_, PyAny>) -> Result<()> {
+        Ok(())
+    }
+    fn fail(&mut self, _error: &Error) {}
+}

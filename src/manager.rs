@@ -1,0 +1,184 @@
+//! The process-wide state behind every manager: the worker pool and the module cache.
+//! Managers and handlers hold it through one `Arc`, so plugins that share the library
+//! share the state, and its strong count is the number of live managers and handlers.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::handler::{Handler, HandlerOptions};
+use crate::runtime::{self, RuntimeOptions, StartMode};
+use crate::scheduler::{HandlerCore, Pool};
+use pyo3::prelude::*;
+use pyo3::types::PyAnyMethods;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// Options for a manager. `Default` is what the zero-valued C struct means.
+#[derive(Debug, Clone, Default)]
+pub struct ManagerOptions {
+    pub runtime: RuntimeOptions,
+    /// Worker threads of the shared pool (0: the default, the number of CPUs, at least
+    /// 4). Only the manager that creates the process-wide state sets it.
+    pub worker_threads: usize,
+}
+
+/// Process-wide state; one exists while any manager or handler is alive.
+pub(crate) struct Shared {
+    pool: Arc<Pool>,
+    /// Bound callables by (module, entry point); the GIL-independent lock guards the map.
+    functions: Mutex<HashMap<(String, String), Py<PyAny>>>,
+    start_mode: StartMode,
+}
+
+/// The current process-wide state, if any is alive.
+static SHARED: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
+
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).clamp(4, 64)
+}
+
+/// Entry point to the embedded interpreter. Cheap to create; all managers of a process
+/// share one interpreter, one worker pool and one module cache.
+pub struct Manager {
+    shared: Arc<Shared>,
+}
+
+impl Manager {
+    /// Starts (or adopts) the interpreter on first use and joins the process-wide state.
+    /// Thread-safe; concurrent first calls race safely.
+    pub fn new(options: ManagerOptions) -> Result<Manager> {
+        if options.worker_threads > 1024 {
+            return Err(Error::invalid_argument(format!(
+                "worker_threads must be at most 1024, got {}",
+                options.worker_threads
+            )));
+        }
+        let start_mode = runtime::ensure_started(&options.runtime)?;
+        let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = slot.upgrade() {
+            return Ok(Manager { shared });
+        }
+        let threads = match options.worker_threads {
+            0 => default_worker_threads(),
+            n => n,
+        };
+        let shared = Arc::new(Shared {
+            pool: Pool::new(threads)?,
+            functions: Mutex::new(HashMap::new()),
+            start_mode,
+        });
+        *slot = Arc::downgrade(&shared);
+        Ok(Manager { shared })
+    }
+
+    /// Whether this process's interpreter was started by pyscheduler or adopted.
+    pub fn start_mode(&self) -> StartMode {
+        self.shared.start_mode
+    }
+
+    pub fn worker_threads(&self) -> usize {
+        self.shared.pool.threads()
+    }
+
+    /// Appends a directory to `sys.path` once (idempotent).
+    pub fn add_path(&self, directory: &str) -> Result<()> {
+        runtime::add_path(directory)
+    }
+
+    /// Imports `module` (once per process) and binds `entry_point` (a dotted attribute
+    /// path such as `"Model.predict"` is allowed) as a handler with its own queue.
+    pub fn load(&self, module: &str, entry_point: &str, options: HandlerOptions) -> Result<Handler> {
+        options.validate()?;
+        validate_dotted("module name", module)?;
+        validate_dotted("entry point", entry_point)?;
+        let function = self.function(module, entry_point)?;
+        let name = options.name.clone().unwrap_or_else(|| format!("{module}.{entry_point}"));
+        let core = HandlerCore::new(name, function, options, self.shared.pool.clone());
+        Ok(Handler::new(core, self.shared.clone()))
+    }
+
+    fn function(&self, module: &str, entry_point: &str) -> Result<Py<PyAny>> {
+        let key = (module.to_owned(), entry_point.to_owned());
+        runtime::attach(|py| {
+            if let Some(f) = self.shared.functions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+                return Ok(f.clone_ref(py));
+            }
+            let mut obj = py.import(module).map_err(|e| {
+                Error::from_pyerr_context(py, &e, ErrorKind::Import, &format!("cannot import module {module:?}"))
+            })?.into_any();
+            for part in entry_point.split('.') {
+                obj = obj.getattr(part).map_err(|e| {
+                    Error::from_pyerr_context(py, &e, ErrorKind::Attribute, &format!("module {module:?} has no attribute {entry_point:?}"))
+                })?;
+            }
+            if !obj.is_callable() {
+                return Err(Error::new(
+                    ErrorKind::Attribute,
+                    format!("{module}.{entry_point} is not callable (it is a {})", obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()),
+                ));
+            }
+            let f = obj.unbind();
+            self.shared
+                .functions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key)
+                .or_insert_with(|| f.clone_ref(py));
+            Ok(f)
+        })
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The cached callables are Python objects: release them attached.
+        let functions = std::mem::take(self.functions.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !functions.is_empty() && runtime::is_started() {
+            runtime::attach(|_py| drop(functions));
+        }
+    }
+}
+
+/// Rejects names that cannot be a Python module path or attribute path: empty, empty
+/// components, or components that are not identifiers.
+fn validate_dotted(what: &str, name: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::invalid_argument(format!("invalid {what} {name:?}: {why}")));
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    for part in name.split('.') {
+        let mut chars = part.chars();
+        match chars.next() {
+            None => return bad("it has an empty component"),
+            Some(c) if !(c == '_' || c.is_alphabetic()) => return bad("a component does not start with a letter or '_'"),
+            _ => {}
+        }
+        if !chars.all(|c| c == '_' || c.is_alphanumeric()) {
+            return bad("a component is not a Python identifier");
+        }
+    }
+    Ok(())
+}
+
+/// Address of the live process-wide state (0 when none is alive). Equal in every
+/// plugin of a process that shares this library.
+pub fn debug_shared_state_address() -> usize {
+    SHARED.lock().unwrap_or_else(|p| p.into_inner()).as_ptr() as usize * usize::from(debug_arc_count() > 0)
+}
+
+/// Live managers plus live handlers (each holds the state once).
+pub fn debug_arc_count() -> u64 {
+    SHARED.lock().unwrap_or_else(|p| p.into_inner()).strong_count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_dotted;
+
+    #[test]
+    fn dotted_names() {
+        assert!(validate_dotted("m", "a.b_c.d1").is_ok());
+        assert!(validate_dotted("m", "ünï").is_ok());
+        for bad in ["", ".", "a.", ".a", "a..b", "1a", "a-b", "a b", "a/b"] {
+            assert!(validate_dotted("m", bad).is_err(), "{bad:?}");
+        }
+    }
+}

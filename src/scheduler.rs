@@ -1,0 +1,954 @@
+//! The worker pool and each handler's pipeline: items are queued, taken in batches
+//! (optionally prepared without the GIL, ahead of execution), committed and passed to
+//! Python as one list under a single GIL hold, and fanned out to their completions.
+//!
+//! Workers block on a channel of handlers that have work (no polling); a handler is in
+//! that channel at most once, and a worker that finishes a batch while other handlers
+//! wait puts its handler back at the end (round-robin). A timer thread fires batch-delay
+//! and per-item deadline events.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::future::Completion;
+use crate::stats::{Counters, Emas, HandlerStats, Histograms};
+use crossbeam_channel::{Receiver, Sender};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+/// The work of one queued item, supplied by the submitter. Exactly one of `complete`
+/// or `fail` is called, then the job is dropped (its `Drop` is the finalizer).
+pub trait Job: Send + 'static {
+    /// Whether [`Job::prepare`] has work to do; such items are prepared ahead of
+    /// execution, up to `prefetch_depth` batches, on pool threads without the GIL.
+    fn needs_prepare(&self) -> bool {
+        false
+    }
+    /// GIL-free staging (decoding, GPU uploads). Runs on a pool thread WITHOUT the GIL.
+    fn prepare(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Builds the item's Python object. Runs with the GIL held, just before the call.
+    fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>>;
+    /// Receives the item's element of the function's result. GIL held. An error fails
+    /// the item (its future gets it); other items are unaffected.
+    fn complete(&mut self, py: Python<'_>, result: &Bound<'_, PyAny>) -> Result<()>;
+    /// Receives the item's failure (its own commit, its batch's Python error, cancel,
+    /// deadline, rejection or shutdown). Any thread; the GIL may or may not be held.
+    fn fail(&mut self, error: &Error);
+}
+
+const QUEUED: u8 = 0;
+const CLAIMED: u8 = 1;
+const FINISHED: u8 = 2;
+
+/// One queued item, shared by its handler's queue, its future and the timer.
+pub(crate) struct Item {
+    /// QUEUED -> CLAIMED (a worker took it) or QUEUED -> FINISHED (cancel, deadline,
+    /// shutdown): whoever wins the transition from QUEUED owns the job.
+    state: AtomicU8,
+    job: Mutex<Option<Box<dyn Job>>>,
+    pub(crate) completion: Completion,
+    keep_value: bool,
+    needs_prepare: bool,
+    enqueued_at: Instant,
+    deadline: Option<Instant>,
+    handler: Weak<HandlerCore>,
+}
+
+impl Item {
+    fn take_job(&self) -> Option<Box<dyn Job>> {
+        self.job.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Cancels a queued item; false if it already started or finished.
+    pub(crate) fn cancel(self: &Arc<Self>) -> bool {
+        self.finish_unstarted(ErrorKind::Cancelled)
+    }
+
+    fn finish_unstarted(self: &Arc<Self>, kind: ErrorKind) -> bool {
+        if self.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_err() {
+            return false;
+        }
+        let error = match kind {
+            ErrorKind::Cancelled => Error::new(kind, "the item was cancelled before it started"),
+            ErrorKind::TimedOut => Error::new(kind, "the item's deadline passed before it started"),
+            _ => Error::new(kind, "the handler shut down before the item started"),
+        };
+        if let Some(h) = self.handler.upgrade() {
+            let mut pipe = h.lock();
+            pipe.live_pending -= 1;
+            h.count_unstarted(kind);
+            h.finish_items_locked(&mut pipe, 1);
+        }
+        fail_job(self.take_job(), &error);
+        self.completion.resolve(Err(error));
+        true
+    }
+}
+
+fn fail_job(job: Option<Box<dyn Job>>, error: &Error) {
+    if let Some(mut job) = job {
+        job.fail(error);
+    }
+}
+
+/// What to do when a bounded queue is full.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Wait for room (up to `block_timeout`, if set), then fail with `QueueFull`.
+    #[default]
+    Block = 0,
+    /// Fail the item at once with `QueueFull`.
+    Reject = 1,
+}
+
+/// How a handler batches and queues.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandlerOptions {
+    /// Most items per Python call (1..=1_000_000).
+    pub batch_size: usize,
+    /// Batches that may be taken and prepared ahead of execution (1..=4096).
+    pub prefetch_depth: usize,
+    /// Wait up to this long after the oldest queued item for a fuller batch (0: take
+    /// whatever is queued, as the original does). At most 60 s.
+    pub max_batch_delay: Duration,
+    /// Most items waiting to be taken into a batch (0: unbounded).
+    pub max_queue: usize,
+    pub full_policy: FullPolicy,
+    /// For `FullPolicy::Block`: give up after this long (`None`: wait indefinitely).
+    pub block_timeout: Option<Duration>,
+    /// Label for metrics; defaults to "module.entry_point".
+    pub name: Option<String>,
+}
+
+impl Default for HandlerOptions {
+    fn default() -> Self {
+        HandlerOptions {
+            batch_size: 1,
+            prefetch_depth: 1,
+            max_batch_delay: Duration::ZERO,
+            max_queue: 0,
+            full_policy: FullPolicy::Block,
+            block_timeout: None,
+            name: None,
+        }
+    }
+}
+
+pub const MAX_BATCH_SIZE: usize = 1_000_000;
+pub const MAX_PREFETCH_DEPTH: usize = 4096;
+pub const MAX_BATCH_DELAY: Duration = Duration::from_secs(60);
+
+impl HandlerOptions {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
+            return Err(Error::invalid_argument(format!(
+                "batch_size must be in 1..={MAX_BATCH_SIZE}, got {}",
+                self.batch_size
+            )));
+        }
+        if self.prefetch_depth == 0 || self.prefetch_depth > MAX_PREFETCH_DEPTH {
+            return Err(Error::invalid_argument(format!(
+                "prefetch_depth must be in 1..={MAX_PREFETCH_DEPTH}, got {}",
+                self.prefetch_depth
+            )));
+        }
+        if self.max_batch_delay > MAX_BATCH_DELAY {
+            return Err(Error::invalid_argument(format!(
+                "max_batch_delay must be at most {} s, got {:?}",
+                MAX_BATCH_DELAY.as_secs(),
+                self.max_batch_delay
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Per-item submission options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ItemOptions {
+    /// Fail the item with `TimedOut` if it has not started by then.
+    pub deadline: Option<Instant>,
+    /// Keep the item's Python result in its future (for `ItemFuture::take`).
+    pub keep_value: bool,
+}
+
+/// A handler's queue and batch pipeline; guarded by `HandlerCore::pipe`.
+#[derive(Default)]
+struct Pipeline {
+    /// Items in arrival order; entries no longer QUEUED (cancelled, expired) are skipped.
+    pending: VecDeque<Arc<Item>>,
+    /// Items in `pending` still QUEUED.
+    live_pending: usize,
+    /// Items taken into a batch and not yet finished.
+    in_batches: usize,
+    /// Accepted items not yet finished.
+    outstanding: usize,
+    next_claim_seq: u64,
+    next_exec_seq: u64,
+    /// Prepared batches waiting for their turn, by sequence number.
+    staged: BTreeMap<u64, Vec<Arc<Item>>>,
+    /// Batches taken and not yet executed.
+    batches_in_flight: usize,
+    executing: bool,
+    in_ready_queue: bool,
+    delay_timer_at: Option<Instant>,
+    /// Set by drain: flush partial batches at once, ignoring the batch delay.
+    draining: bool,
+    /// Set after drain: new items are refused with `ShutDown`.
+    closed: bool,
+    emas: Emas,
+}
+
+/// A bound Python callable with its queue; shared by the user's handle, the ready
+/// channel, in-flight items and the timer (weakly).
+pub(crate) struct HandlerCore {
+    pub(crate) name: String,
+    pub(crate) function: Py<PyAny>,
+    pub(crate) options: HandlerOptions,
+    pool: Arc<Pool>,
+    pipe: Mutex<Pipeline>,
+    /// Signalled when queued items are taken or finish (room in a bounded queue).
+    room: Condvar,
+    /// Signalled when `outstanding` drops to zero.
+    drained: Condvar,
+    counters: Counters,
+    pub(crate) histograms: Histograms,
+    weak_self: Weak<HandlerCore>,
+}
+
+enum Action {
+    Execute(Vec<Arc<Item>>),
+    Prepare(u64, Vec<Arc<Item>>),
+    Idle,
+}
+
+thread_local! {
+    /// The handler whose batch this worker thread is executing, to detect a handler
+    /// being drained from inside its own callback.
+    static EXECUTING: std::cell::Cell<*const HandlerCore> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+impl HandlerCore {
+    pub(crate) fn new(
+        name: String,
+        function: Py<PyAny>,
+        options: HandlerOptions,
+        pool: Arc<Pool>,
+    ) -> Arc<HandlerCore> {
+        Arc::new_cyclic(|weak| HandlerCore {
+            name,
+            function,
+            options,
+            pool,
+            pipe: Mutex::new(Pipeline::default()),
+            room: Condvar::new(),
+            drained: Condvar::new(),
+            counters: Counters::default(),
+            histograms: Histograms::default(),
+            weak_self: weak.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pipeline> {
+        self.pipe.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_unstarted(&self, kind: ErrorKind) {
+        let counter = match kind {
+            ErrorKind::Cancelled => &self.counters.cancelled,
+            ErrorKind::TimedOut => &self.counters.expired,
+            _ => &self.counters.rejected,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    fn finish_items_locked(&self, pipe: &mut Pipeline, n: usize) {
+        pipe.outstanding -= n;
+        self.room.notify_all();
+        if pipe.outstanding == 0 {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Queues one item. The job is always consumed: on refusal (shutdown, full queue)
+    /// its `fail` runs before this returns and the returned future is already failed.
+    /// Blocks only under `FullPolicy::Block` with a full queue.
+    pub(crate) fn enqueue(&self, job: Box<dyn Job>, opts: ItemOptions) -> Arc<Item> {
+        self.counters.enqueued.fetch_add(1, Relaxed);
+        let item = Arc::new(Item {
+            state: AtomicU8::new(QUEUED),
+            needs_prepare: job.needs_prepare(),
+            job: Mutex::new(Some(job)),
+            completion: Completion::default(),
+            keep_value: opts.keep_value,
+            enqueued_at: Instant::now(),
+            deadline: opts.deadline,
+            handler: self.weak_self.clone(),
+        });
+        // A blocking wait for room must not hold the GIL the workers need.
+        let verdict = crate::runtime::without_gil(|| {
+            let (mut pipe, verdict) = self.wait_for_room(self.lock());
+            if verdict.is_ok() {
+                pipe.pending.push_back(item.clone());
+                pipe.live_pending += 1;
+                pipe.outstanding += 1;
+                self.reschedule_locked(&mut pipe);
+            }
+            verdict
+        });
+        if let Err(error) = verdict {
+            self.counters.rejected.fetch_add(1, Relaxed);
+            item.state.store(FINISHED, Relaxed);
+            fail_job(item.take_job(), &error);
+            item.completion.resolve(Err(error));
+            return item;
+        }
+        if let Some(deadline) = opts.deadline {
+            self.pool.timer.add(deadline, TimerTarget::Item(Arc::downgrade(&item)));
+        }
+        item
+    }
+
+    /// Waits (under `FullPolicy::Block`) until the bounded queue has room; hands the
+    /// guard back with the verdict.
+    fn wait_for_room<'a>(
+        &'a self,
+        mut pipe: MutexGuard<'a, Pipeline>,
+    ) -> (MutexGuard<'a, Pipeline>, Result<()>) {
+        let limit = self.options.max_queue;
+        let give_up_at = self.options.block_timeout.map(|t| Instant::now() + t);
+        let full = || {
+            Error::new(
+                ErrorKind::QueueFull,
+                format!("handler {} queue is full ({limit} items waiting)", self.name),
+            )
+        };
+        loop {
+            if pipe.closed {
+                let e = Error::new(ErrorKind::ShutDown, format!("handler {} is shut down", self.name));
+                return (pipe, Err(e));
+            }
+            if limit == 0 || pipe.live_pending < limit {
+                return (pipe, Ok(()));
+            }
+            if self.options.full_policy == FullPolicy::Reject {
+                return (pipe, Err(full()));
+            }
+            pipe = match give_up_at {
+                None => self.room.wait(pipe).unwrap_or_else(|p| p.into_inner()),
+                Some(t) => {
+                    let now = Instant::now();
+                    if now >= t {
+                        return (pipe, Err(full()));
+                    }
+                    self.room.wait_timeout(pipe, t - now).unwrap_or_else(|p| p.into_inner()).0
+                }
+            };
+        }
+    }
+
+    /// Oldest still-queued item, after dropping finished entries from the front.
+    fn purge_front(pipe: &mut Pipeline) -> Option<&Arc<Item>> {
+        while let Some(front) = pipe.pending.front() {
+            if front.state.load(Acquire) == QUEUED {
+                break;
+            }
+            pipe.pending.pop_front();
+        }
+        pipe.pending.front()
+    }
+
+    /// Whether a batch may be taken now; arms the delay timer when only the batch delay
+    /// holds it back.
+    fn claimable_locked(&self, pipe: &mut Pipeline) -> bool {
+        let delay = self.options.max_batch_delay;
+        let batch = self.options.batch_size;
+        let Some(oldest) = Self::purge_front(pipe).map(|f| f.enqueued_at) else { return false };
+        if pipe.live_pending >= batch || delay.is_zero() || pipe.draining {
+            return true;
+        }
+        let due = oldest + delay;
+        if Instant::now() >= due {
+            return true;
+        }
+        if pipe.delay_timer_at.is_none_or(|t| t > due) {
+            pipe.delay_timer_at = Some(due);
+            self.pool.timer.add(due, TimerTarget::Handler(self.weak_self.clone()));
+        }
+        false
+    }
+
+    fn head_needs_prepare(pipe: &Pipeline) -> bool {
+        pipe.pending.front().is_some_and(|i| i.needs_prepare)
+    }
+
+    /// Picks the next step for a worker. Called with the pipeline lock held.
+    fn next_action_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Action {
+        if !pipe.executing {
+            let next = pipe.next_exec_seq;
+            if let Some(batch) = pipe.staged.remove(&next) {
+                pipe.executing = true;
+                return Action::Execute(batch);
+            }
+        }
+        let can_run_now = !pipe.executing && pipe.batches_in_flight == 0;
+        let can_prefetch = pipe.batches_in_flight < self.options.prefetch_depth;
+        if !(can_run_now || can_prefetch) || !self.claimable_locked(pipe) {
+            return Action::Idle;
+        }
+        if !can_run_now && !Self::head_needs_prepare(pipe) {
+            // Taking a GIL-path batch early only makes batches smaller.
+            return Action::Idle;
+        }
+        let batch = self.claim_locked(pipe, expired);
+        if batch.is_empty() {
+            return Action::Idle;
+        }
+        let seq = pipe.next_claim_seq;
+        pipe.next_claim_seq += 1;
+        pipe.batches_in_flight += 1;
+        if batch.iter().any(|i| i.needs_prepare) {
+            Action::Prepare(seq, batch)
+        } else if can_run_now {
+            debug_assert_eq!(seq, pipe.next_exec_seq);
+            pipe.executing = true;
+            Action::Execute(batch)
+        } else {
+            pipe.staged.insert(seq, batch);
+            Action::Idle
+        }
+    }
+
+    fn claim_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Vec<Arc<Item>> {
+        let now = Instant::now();
+        let want = self.options.batch_size.min(pipe.live_pending);
+        let mut batch = Vec::with_capacity(want);
+        while batch.len() < self.options.batch_size {
+            let Some(item) = pipe.pending.pop_front() else { break };
+            if item.deadline.is_some_and(|d| d <= now) {
+                if item.state.load(Acquire) == QUEUED {
+                    expired.push(item);
+                }
+                continue;
+            }
+            if item.state.compare_exchange(QUEUED, CLAIMED, AcqRel, Acquire).is_ok() {
+                batch.push(item);
+            }
+        }
+        pipe.live_pending -= batch.len();
+        pipe.in_batches += batch.len();
+        if !batch.is_empty() {
+            self.room.notify_all();
+        }
+        batch
+    }
+
+    /// Puts the handler on the ready channel if a worker could make progress on it and
+    /// it is not there already.
+    fn reschedule_locked(&self, pipe: &mut Pipeline) {
+        if pipe.in_ready_queue {
+            return;
+        }
+        let exec_ready = !pipe.executing && pipe.staged.contains_key(&pipe.next_exec_seq);
+        let claim_ready = (!pipe.executing && pipe.batches_in_flight == 0)
+            || (pipe.batches_in_flight < self.options.prefetch_depth && Self::head_needs_prepare(pipe));
+        if exec_ready || (claim_ready && self.claimable_locked(pipe)) {
+            if let Some(me) = self.weak_self.upgrade() {
+                pipe.in_ready_queue = true;
+                self.pool.submit(me);
+            }
+        }
+    }
+
+    /// Called by the timer when a batch delay ends.
+    fn on_delay_timer(&self) {
+        let mut pipe = self.lock();
+        pipe.delay_timer_at = None;
+        self.reschedule_locked(&mut pipe);
+    }
+
+    /// A worker's turn on this handler: runs steps until none is left or other
+    /// handlers are waiting (then it requeues itself behind them).
+    fn run(self: &Arc<Self>) {
+        let mut expired = Vec::new();
+        let mut pipe = self.lock();
+        pipe.in_ready_queue = false;
+        loop {
+            let action = self.next_action_locked(&mut pipe, &mut expired);
+            if !expired.is_empty() {
+                drop(pipe);
+                for item in expired.drain(..) {
+                    item.finish_unstarted(ErrorKind::TimedOut);
+                }
+                pipe = self.lock();
+            }
+            match action {
+                Action::Idle => {
+                    self.reschedule_locked(&mut pipe);
+                    return;
+                }
+                Action::Prepare(seq, batch) => {
+                    // Let another worker take the next batch (or execute) meanwhile.
+                    self.reschedule_locked(&mut pipe);
+                    drop(pipe);
+                    let batch = self.prepare_batch(batch);
+                    pipe = self.lock();
+                    pipe.staged.insert(seq, batch);
+                }
+                Action::Execute(batch) => {
+                    drop(pipe);
+                    let n = batch.len();
+                    let timings = self.execute_batch(batch);
+                    pipe = self.lock();
+                    pipe.executing = false;
+                    pipe.next_exec_seq += 1;
+                    pipe.batches_in_flight -= 1;
+                    pipe.in_batches -= n;
+                    if let Some((commit_ns, exec_ns, executed)) = timings {
+                        pipe.emas.record_commit(n, commit_ns);
+                        if executed > 0 {
+                            pipe.emas.record_execute(executed, exec_ns);
+                        }
+                    }
+                    self.finish_items_locked(&mut pipe, n);
+                    if self.pool.others_waiting() {
+                        self.reschedule_locked(&mut pipe);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the GIL-free preparation of each item; failures finish the item at once.
+    fn prepare_batch(&self, batch: Vec<Arc<Item>>) -> Vec<Arc<Item>> {
+        let mut failed = 0;
+        let mut kept = Vec::with_capacity(batch.len());
+        for item in batch {
+            if !item.needs_prepare {
+                kept.push(item);
+                continue;
+            }
+            let mut guard = item.job.lock().unwrap_or_else(|p| p.into_inner());
+            let result = match guard.as_mut() {
+                Some(job) => job.prepare(),
+                None => Err(Error::internal("item has no job")),
+            };
+            match result {
+                Ok(()) => {
+                    drop(guard);
+                    kept.push(item);
+                }
+                Err(e) => {
+                    let job = guard.take();
+                    drop(guard);
+                    self.fail_started(&item, job, e);
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            let mut pipe = self.lock();
+            pipe.in_batches -= failed;
+            self.finish_items_locked(&mut pipe, failed);
+        }
+        kept
+    }
+
+    fn fail_started(&self, item: &Item, job: Option<Box<dyn Job>>, error: Error) {
+        self.counters.failed.fetch_add(1, Relaxed);
+        fail_job(job, &error);
+        item.completion.resolve(Err(error));
+    }
+
+    /// Commits, calls Python once, fans out. Returns (commit ns, execute ns, items
+    /// executed) when the GIL was taken.
+    fn execute_batch(&self, batch: Vec<Arc<Item>>) -> Option<(u64, u64, usize)> {
+        if batch.is_empty() {
+            return None;
+        }
+        let gil_asked = Instant::now();
+        EXECUTING.with(|e| e.set(self as *const _));
+        let out = crate::runtime::attach(|py| {
+            let start = Instant::now();
+            self.histograms.gil_wait_ns.record(nanos(start - gil_asked));
+            let mut objects = Vec::with_capacity(batch.len());
+            let mut live = Vec::with_capacity(batch.len());
+            for item in batch {
+                self.histograms.queue_wait_ns.record(nanos(start.saturating_duration_since(item.enqueued_at)));
+                let Some(mut job) = item.take_job() else {
+                    self.fail_started(&item, None, Error::internal("item has no job"));
+                    continue;
+                };
+                match job.commit(py) {
+                    Ok(obj) => {
+                        objects.push(obj);
+                        live.push((item, job));
+                    }
+                    Err(e) => self.fail_started(&item, Some(job), e),
+                }
+            }
+            let committed = Instant::now();
+            let commit_ns = nanos(committed - start);
+            self.histograms.commit_ns.record(commit_ns);
+            if live.is_empty() {
+                return (commit_ns, 0, 0);
+            }
+            let n = live.len();
+            self.histograms.batch_size.record(n as u64);
+            self.counters.batches.fetch_add(1, Relaxed);
+            let list = new_list(py, objects);
+            let called = self.function.bind(py).call1((list,));
+            let exec_ns = nanos(committed.elapsed());
+            self.histograms.execute_ns.record(exec_ns);
+            let results = called
+                .map_err(|e| {
+                    Error::from_pyerr_context(
+                        py,
+                        &e,
+                        ErrorKind::PythonException,
+                        &format!("{} raised", self.name),
+                    )
+                })
+                .and_then(|r| ResultSeq::new(py, r, n, &self.name));
+            match results {
+                Err(error) => {
+                    for (item, job) in live {
+                        self.fail_started(&item, Some(job), error.clone());
+                    }
+                }
+                Ok(seq) => {
+                    for (i, (item, mut job)) in live.into_iter().enumerate() {
+                        let value = seq.get(py, i);
+                        match job.complete(py, &value) {
+                            Ok(()) => {
+                                self.counters.completed.fetch_add(1, Relaxed);
+                                drop(job);
+                                let kept = item.keep_value.then(|| value.clone().unbind());
+                                item.completion.resolve(Ok(kept));
+                            }
+                            Err(e) => {
+                                self.counters.failed.fetch_add(1, Relaxed);
+                                drop(job);
+                                item.completion.resolve(Err(e));
+                            }
+                        }
+                    }
+                }
+            }
+            (commit_ns, exec_ns, n)
+        });
+        EXECUTING.with(|e| e.set(std::ptr::null()));
+        Some(out)
+    }
+
+    /// Waits until every accepted item has finished; later items are refused when
+    /// `close` is set. Releases the GIL while waiting. Called from inside one of this
+    /// handler's own callbacks it cannot wait for itself: it then only marks the handler.
+    pub(crate) fn drain(&self, close: bool) {
+        let reentrant = EXECUTING.with(|e| e.get() == self as *const _);
+        crate::runtime::without_gil(|| {
+            let mut pipe = self.lock();
+            pipe.draining = true;
+            self.reschedule_locked(&mut pipe);
+            if !reentrant {
+                while pipe.outstanding > 0 {
+                    pipe = self.drained.wait(pipe).unwrap_or_else(|p| p.into_inner());
+                }
+                pipe.draining = false;
+            }
+            if close {
+                pipe.closed = true;
+                self.room.notify_all();
+            }
+        });
+    }
+
+    pub(crate) fn stats(&self) -> HandlerStats {
+        let pipe = self.lock();
+        let c = &self.counters;
+        HandlerStats {
+            commit_queue_size: pipe.live_pending as u64,
+            execute_queue_size: pipe.in_batches as u64,
+            total_enqueued: c.enqueued.load(Relaxed),
+            completed: c.completed.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            cancelled: c.cancelled.load(Relaxed),
+            expired: c.expired.load(Relaxed),
+            rejected: c.rejected.load(Relaxed),
+            batches: c.batches.load(Relaxed),
+            commit_batch_size_ema: pipe.emas.commit_batch_size,
+            execute_batch_size_ema: pipe.emas.execute_batch_size,
+            commit_ns_per_batch_ema: pipe.emas.commit_ns_per_batch,
+            execute_ns_per_batch_ema: pipe.emas.execute_ns_per_batch,
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// Builds a list that takes ownership of `objects` without touching reference counts.
+fn new_list(py: Python<'_>, objects: Vec<Py<PyAny>>) -> Bound<'_, PyAny> {
+    // SAFETY: GIL held (py). PyList_New returns a new list of len objects.len() with NULL
+    // slots; PyList_SET_ITEM steals each reference, filling every slot exactly once.
+    unsafe {
+        let list = ffi::PyList_New(objects.len() as ffi::Py_ssize_t);
+        if list.is_null() {
+            // Out of memory: PyList_New set MemoryError; let pyo3 raise it on call.
+            return Bound::from_owned_ptr(py, ffi::Py_NewRef(ffi::Py_None()));
+        }
+        for (i, obj) in objects.into_iter().enumerate() {
+            ffi::PyList_SET_ITEM(list, i as ffi::Py_ssize_t, obj.into_ptr());
+        }
+        Bound::from_owned_ptr(py, list)
+    }
+}
+
+/// The function's result, checked to be a sequence of exactly `n` items (list or tuple,
+/// or any other sequence, materialized once).
+struct ResultSeq<'py> {
+    seq: Bound<'py, PyAny>,
+}
+
+impl<'py> ResultSeq<'py> {
+    fn new(py: Python<'py>, result: Bound<'py, PyAny>, n: usize, name: &str) -> Result<Self> {
+        // SAFETY: GIL held; the checks only read the object's type.
+        let fast = unsafe {
+            ffi::PyList_Check(result.as_ptr()) != 0 || ffi::PyTuple_Check(result.as_ptr()) != 0
+        };
+        let seq = if fast {
+            result
+        } else {
+            // SAFETY: GIL held; PySequence_Check only inspects the type.
+            let is_seq = unsafe { ffi::PySequence_Check(result.as_ptr()) } != 0
+                && !result.is_instance_of::<pyo3::types::PyString>()
+                && !result.is_instance_of::<pyo3::types::PyBytes>();
+            if !is_seq {
+                return Err(Error::new(
+                    ErrorKind::PythonException,
+                    format!(
+                        "{name} must return a sequence of {n} results (one per item of the batch), got {}",
+                        type_name(&result)
+                    ),
+                ));
+            }
+            pyo3::types::PyList::type_object(py)
+                .call1((&result,))
+                .map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::PythonException, "reading the results"))?
+        };
+        let len = seq.len().map_err(|e| Error::from_pyerr(py, &e, ErrorKind::PythonException))?;
+        if len != n {
+            return Err(Error::new(
+                ErrorKind::PythonException,
+                format!(
+                    "{name} must return a sequence of {n} results (one per item of the batch), got a {} of length {len}",
+                    type_name(&seq)
+                ),
+            ));
+        }
+        Ok(ResultSeq { seq })
+    }
+
+    fn get(&self, py: Python<'py>, i: usize) -> Bound<'py, PyAny> {
+        let p = self.seq.as_ptr();
+        // SAFETY: GIL held; `seq` is a list or tuple (subclasses included) checked in `new`
+        // to hold n > i items. A tuple cannot change; a list could be shrunk by Python
+        // code run from an earlier item's completion, so its size is re-checked. The
+        // borrowed item is incref'd at once by from_borrowed_ptr.
+        unsafe {
+            let item = if ffi::PyList_Check(p) != 0 {
+                if (i as ffi::Py_ssize_t) < ffi::PyList_GET_SIZE(p) {
+                    ffi::PyList_GET_ITEM(p, i as ffi::Py_ssize_t)
+                } else {
+                    std::ptr::null_mut()
+                }
+            } else {
+                ffi::PyTuple_GET_ITEM(p, i as ffi::Py_ssize_t)
+            };
+            if item.is_null() {
+                Bound::from_owned_ptr(py, ffi::Py_NewRef(ffi::Py_None()))
+            } else {
+                Bound::from_borrowed_ptr(py, item)
+            }
+        }
+    }
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .qualname()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "<unknown>".into())
+}
+
+use pyo3::types::{PyAnyMethods, PyTypeMethods};
+use pyo3::PyTypeInfo;
+
+enum Task {
+    Run(Arc<HandlerCore>),
+    Stop,
+}
+
+/// The worker threads shared by every handler of the interpreter, and the timer.
+pub(crate) struct Pool {
+    ready_tx: Sender<Task>,
+    ready_rx: Receiver<Task>,
+    threads: usize,
+    pub(crate) timer: Arc<Timer>,
+}
+
+impl Pool {
+    pub(crate) fn new(threads: usize) -> Result<Arc<Pool>> {
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let timer = Timer::start()?;
+        for i in 0..threads {
+            let rx = ready_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("pysched-worker-{i}"))
+                .spawn(move || worker_main(rx))
+                .map_err(|e| Error::internal(format!("cannot start worker thread: {e}")))?;
+        }
+        Ok(Arc::new(Pool { ready_tx, ready_rx, threads, timer }))
+    }
+
+    pub(crate) fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn submit(&self, handler: Arc<HandlerCore>) {
+        // The receiver lives in this pool, so the channel cannot be disconnected.
+        let _ = self.ready_tx.send(Task::Run(handler));
+    }
+
+    fn others_waiting(&self) -> bool {
+        !self.ready_rx.is_empty()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for _ in 0..self.threads {
+            let _ = self.ready_tx.send(Task::Stop);
+        }
+        self.timer.stop();
+    }
+}
+
+fn worker_main(rx: Receiver<Task>) {
+    crate::runtime::persist_current_thread_state();
+    while let Ok(Task::Run(handler)) = rx.recv() {
+        handler.run();
+    }
+}
+
+pub(crate) enum TimerTarget {
+    Handler(Weak<HandlerCore>),
+    Item(Weak<Item>),
+}
+
+struct TimerEntry {
+    at: Instant,
+    seq: u64,
+    target: TimerTarget,
+}
+
+impl PartialEq for TimerEntry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for TimerEntry {}
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Default)]
+struct TimerState {
+    heap: BinaryHeap<Reverse<TimerEntry>>,
+    seq: u64,
+    stopped: bool,
+}
+
+/// One thread that fires batch-delay and deadline events at their time; sleeps on a
+/// condvar until the earliest one (no polling).
+pub(crate) struct Timer {
+    state: Mutex<TimerState>,
+    wake: Condvar,
+}
+
+impl Timer {
+    fn start() -> Result<Arc<Timer>> {
+        let timer = Arc::new(Timer { state: Mutex::new(TimerState::default()), wake: Condvar::new() });
+        let t = timer.clone();
+        std::thread::Builder::new()
+            .name("pysched-timer".into())
+            .spawn(move || t.run())
+            .map_err(|e| Error::internal(format!("cannot start timer thread: {e}")))?;
+        Ok(timer)
+    }
+
+    pub(crate) fn add(&self, at: Instant, target: TimerTarget) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.seq += 1;
+        let seq = st.seq;
+        let earliest = st.heap.peek().is_none_or(|Reverse(e)| at < e.at);
+        st.heap.push(Reverse(TimerEntry { at, seq, target }));
+        if earliest {
+            self.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stopped = true;
+        self.wake.notify_one();
+    }
+
+    fn run(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.stopped {
+                return;
+            }
+            let now = Instant::now();
+            match st.heap.peek() {
+                None => st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(Reverse(e)) if e.at > now => {
+                    let wait = e.at - now;
+                    st = self.wake.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                Some(_) => {
+                    let Some(Reverse(entry)) = st.heap.pop() else { continue };
+                    drop(st);
+                    match entry.target {
+                        TimerTarget::Handler(h) => {
+                            if let Some(h) = h.upgrade() {
+                                h.on_delay_timer();
+                            }
+                        }
+                        TimerTarget::Item(i) => {
+                            if let Some(i) = i.upgrade() {
+                                i.finish_unstarted(ErrorKind::TimedOut);
+                            }
+                        }
+                    }
+                    st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
+}
