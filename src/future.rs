@@ -89,7 +89,9 @@ impl Completion {
                 st.taken = true;
                 o
             }
-            None if st.taken => Err(Error::invalid_argument("the future's result was already taken")),
+            None if st.taken => Err(Error::invalid_argument(
+                "the future's result was already taken",
+            )),
             None => Err(Error::new(ErrorKind::NotReady, "the future is not ready")),
         }
     }
@@ -101,7 +103,9 @@ impl Completion {
             return Poll::Ready(o);
         }
         if st.taken {
-            return Poll::Ready(Err(Error::invalid_argument("the future's result was already taken")));
+            return Poll::Ready(Err(Error::invalid_argument(
+                "the future's result was already taken",
+            )));
         }
         st.waker = Some(cx.waker().clone());
         Poll::Pending

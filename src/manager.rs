@@ -32,7 +32,10 @@ pub(crate) struct Shared {
 static SHARED: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
 
 fn default_worker_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).clamp(4, 64)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(4)
+        .clamp(4, 64)
 }
 
 /// Entry point to the embedded interpreter. Cheap to create; all managers of a process
@@ -85,12 +88,20 @@ impl Manager {
 
     /// Imports `module` (once per process) and binds `entry_point` (a dotted attribute
     /// path such as `"Model.predict"` is allowed) as a handler with its own queue.
-    pub fn load(&self, module: &str, entry_point: &str, options: HandlerOptions) -> Result<Handler> {
+    pub fn load(
+        &self,
+        module: &str,
+        entry_point: &str,
+        options: HandlerOptions,
+    ) -> Result<Handler> {
         options.validate()?;
         validate_dotted("module name", module)?;
         validate_dotted("entry point", entry_point)?;
         let function = self.function(module, entry_point)?;
-        let name = options.name.clone().unwrap_or_else(|| format!("{module}.{entry_point}"));
+        let name = options
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{module}.{entry_point}"));
         let core = HandlerCore::new(name, function, options, self.shared.pool.clone());
         Ok(Handler::new(core, self.shared.clone()))
     }
@@ -98,21 +109,46 @@ impl Manager {
     fn function(&self, module: &str, entry_point: &str) -> Result<Py<PyAny>> {
         let key = (module.to_owned(), entry_point.to_owned());
         runtime::attach(|py| {
-            if let Some(f) = self.shared.functions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if let Some(f) = self
+                .shared
+                .functions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+            {
                 return Ok(f.clone_ref(py));
             }
-            let mut obj = py.import(module).map_err(|e| {
-                Error::from_pyerr_context(py, &e, ErrorKind::Import, &format!("cannot import module {module:?}"))
-            })?.into_any();
+            let mut obj = py
+                .import(module)
+                .map_err(|e| {
+                    Error::from_pyerr_context(
+                        py,
+                        &e,
+                        ErrorKind::Import,
+                        &format!("cannot import module {module:?}"),
+                    )
+                })?
+                .into_any();
             for part in entry_point.split('.') {
                 obj = obj.getattr(part).map_err(|e| {
-                    Error::from_pyerr_context(py, &e, ErrorKind::Attribute, &format!("module {module:?} has no attribute {entry_point:?}"))
+                    Error::from_pyerr_context(
+                        py,
+                        &e,
+                        ErrorKind::Attribute,
+                        &format!("module {module:?} has no attribute {entry_point:?}"),
+                    )
                 })?;
             }
             if !obj.is_callable() {
                 return Err(Error::new(
                     ErrorKind::Attribute,
-                    format!("{module}.{entry_point} is not callable (it is a {})", obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()),
+                    format!(
+                        "{module}.{entry_point} is not callable (it is a {})",
+                        obj.get_type()
+                            .name()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default()
+                    ),
                 ));
             }
             let f = obj.unbind();
@@ -140,7 +176,11 @@ impl Drop for Shared {
 /// Rejects names that cannot be a Python module path or attribute path: empty, empty
 /// components, or components that are not identifiers.
 fn validate_dotted(what: &str, name: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::invalid_argument(format!("invalid {what} {name:?}: {why}")));
+    let bad = |why: &str| {
+        Err(Error::invalid_argument(format!(
+            "invalid {what} {name:?}: {why}"
+        )))
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -148,7 +188,9 @@ fn validate_dotted(what: &str, name: &str) -> Result<()> {
         let mut chars = part.chars();
         match chars.next() {
             None => return bad("it has an empty component"),
-            Some(c) if !(c == '_' || c.is_alphabetic()) => return bad("a component does not start with a letter or '_'"),
+            Some(c) if !(c == '_' || c.is_alphabetic()) => {
+                return bad("a component does not start with a letter or '_'")
+            }
             _ => {}
         }
         if !chars.all(|c| c == '_' || c.is_alphanumeric()) {
@@ -161,12 +203,20 @@ fn validate_dotted(what: &str, name: &str) -> Result<()> {
 /// Address of the live process-wide state (0 when none is alive). Equal in every
 /// plugin of a process that shares this library.
 pub fn debug_shared_state_address() -> usize {
-    SHARED.lock().unwrap_or_else(|p| p.into_inner()).as_ptr() as usize * usize::from(debug_arc_count() > 0)
+    let slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.strong_count() == 0 {
+        0
+    } else {
+        slot.as_ptr() as usize
+    }
 }
 
 /// Live managers plus live handlers (each holds the state once).
 pub fn debug_arc_count() -> u64 {
-    SHARED.lock().unwrap_or_else(|p| p.into_inner()).strong_count() as u64
+    SHARED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .strong_count() as u64
 }
 
 #[cfg(test)]

@@ -41,9 +41,7 @@ static PATH_LOCK: Mutex<()> = Mutex::new(());
 /// threads. Returns how it came to run. Thread-safe; the first caller blocks while
 /// Python starts, the others wait for it.
 pub fn ensure_started(options: &RuntimeOptions) -> Result<StartMode> {
-    let mode = START
-        .get_or_init(|| start_interpreter(options))
-        .clone()?;
+    let mode = START.get_or_init(|| start_interpreter(options)).clone()?;
     if options.add_cwd_to_path {
         let cwd = std::env::current_dir()
             .map_err(|e| Error::invalid_argument(format!("cannot read current directory: {e}")))?;
@@ -115,9 +113,16 @@ fn start_interpreter(options: &RuntimeOptions) -> Result<StartMode> {
         let path = sys_path(py)?;
         let mut i = 0;
         while i < path.len() {
-            let entry = path.get_item(i).map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
-            if entry.extract::<String>().map(|s| s.is_empty()).unwrap_or(false) {
-                path.del_item(i).map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
+            let entry = path
+                .get_item(i)
+                .map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
+            if entry
+                .extract::<String>()
+                .map(|s| s.is_empty())
+                .unwrap_or(false)
+            {
+                path.del_item(i)
+                    .map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
             } else {
                 i += 1;
             }
@@ -138,7 +143,9 @@ fn status_error(status: ffi::PyStatus, what: &str) -> Error {
         "unknown error".to_owned()
     } else {
         // SAFETY: err_msg is a static NUL-terminated string owned by CPython.
-        unsafe { CStr::from_ptr(status.err_msg) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(status.err_msg) }
+            .to_string_lossy()
+            .into_owned()
     };
     Error::new(ErrorKind::Internal, format!("{what}: {msg}"))
 }
@@ -175,10 +182,14 @@ pub(crate) fn sys_path<'py>(py: Python<'py>) -> Result<Bound<'py, PyList>> {
 /// to the interpreter (blocks until the GIL is available).
 pub fn add_path(directory: &str) -> Result<()> {
     if directory.is_empty() {
-        return Err(Error::invalid_argument("add_path: directory must not be empty"));
+        return Err(Error::invalid_argument(
+            "add_path: directory must not be empty",
+        ));
     }
     if directory.contains('\0') {
-        return Err(Error::invalid_argument("add_path: directory contains a NUL byte"));
+        return Err(Error::invalid_argument(
+            "add_path: directory contains a NUL byte",
+        ));
     }
     let _guard = PATH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     attach(|py| {
@@ -211,11 +222,12 @@ impl Drop for ThreadStateKeeper {
             return;
         }
         // SAFETY: this thread created its state with PyGILState_Ensure (counter 1) and
-        // released the GIL; PyGILState_Ensure re-attaches it (counter 2) and the two
-        // releases bring it to 0, which deletes the thread state with the GIL held.
+        // released the GIL. Ensure re-attaches it (counter 2); releasing with LOCKED
+        // drops the counter to 1 and stays attached; the final release brings it to 0,
+        // which clears and deletes the thread state and releases the GIL.
         unsafe {
-            let g = ffi::PyGILState_Ensure();
-            ffi::PyGILState_Release(g);
+            ffi::PyGILState_Ensure();
+            ffi::PyGILState_Release(ffi::PyGILState_STATE::PyGILState_LOCKED);
             ffi::PyGILState_Release(self.gstate);
         }
     }

@@ -70,7 +70,11 @@ impl Item {
     }
 
     fn finish_unstarted(self: &Arc<Self>, kind: ErrorKind) -> bool {
-        if self.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_err() {
+        if self
+            .state
+            .compare_exchange(QUEUED, FINISHED, AcqRel, Acquire)
+            .is_err()
+        {
             return false;
         }
         let error = match kind {
@@ -209,6 +213,8 @@ struct Pipeline {
 /// channel, in-flight items and the timer (weakly).
 pub(crate) struct HandlerCore {
     pub(crate) name: String,
+    /// `name` for the C ABI (NUL bytes replaced).
+    pub(crate) name_c: std::ffi::CString,
     pub(crate) function: Py<PyAny>,
     pub(crate) options: HandlerOptions,
     pool: Arc<Pool>,
@@ -242,6 +248,7 @@ impl HandlerCore {
         pool: Arc<Pool>,
     ) -> Arc<HandlerCore> {
         Arc::new_cyclic(|weak| HandlerCore {
+            name_c: std::ffi::CString::new(name.replace('\0', "?")).unwrap_or_default(),
             name,
             function,
             options,
@@ -310,7 +317,9 @@ impl HandlerCore {
             return item;
         }
         if let Some(deadline) = opts.deadline {
-            self.pool.timer.add(deadline, TimerTarget::Item(Arc::downgrade(&item)));
+            self.pool
+                .timer
+                .add(deadline, TimerTarget::Item(Arc::downgrade(&item)));
         }
         item
     }
@@ -326,12 +335,18 @@ impl HandlerCore {
         let full = || {
             Error::new(
                 ErrorKind::QueueFull,
-                format!("handler {} queue is full ({limit} items waiting)", self.name),
+                format!(
+                    "handler {} queue is full ({limit} items waiting)",
+                    self.name
+                ),
             )
         };
         loop {
             if pipe.closed {
-                let e = Error::new(ErrorKind::ShutDown, format!("handler {} is shut down", self.name));
+                let e = Error::new(
+                    ErrorKind::ShutDown,
+                    format!("handler {} is shut down", self.name),
+                );
                 return (pipe, Err(e));
             }
             if limit == 0 || pipe.live_pending < limit {
@@ -347,7 +362,10 @@ impl HandlerCore {
                     if now >= t {
                         return (pipe, Err(full()));
                     }
-                    self.room.wait_timeout(pipe, t - now).unwrap_or_else(|p| p.into_inner()).0
+                    self.room
+                        .wait_timeout(pipe, t - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
             };
         }
@@ -369,7 +387,9 @@ impl HandlerCore {
     fn claimable_locked(&self, pipe: &mut Pipeline) -> bool {
         let delay = self.options.max_batch_delay;
         let batch = self.options.batch_size;
-        let Some(oldest) = Self::purge_front(pipe).map(|f| f.enqueued_at) else { return false };
+        let Some(oldest) = Self::purge_front(pipe).map(|f| f.enqueued_at) else {
+            return false;
+        };
         if pipe.live_pending >= batch || delay.is_zero() || pipe.draining {
             return true;
         }
@@ -379,7 +399,9 @@ impl HandlerCore {
         }
         if pipe.delay_timer_at.is_none_or(|t| t > due) {
             pipe.delay_timer_at = Some(due);
-            self.pool.timer.add(due, TimerTarget::Handler(self.weak_self.clone()));
+            self.pool
+                .timer
+                .add(due, TimerTarget::Handler(self.weak_self.clone()));
         }
         false
     }
@@ -430,14 +452,20 @@ impl HandlerCore {
         let want = self.options.batch_size.min(pipe.live_pending);
         let mut batch = Vec::with_capacity(want);
         while batch.len() < self.options.batch_size {
-            let Some(item) = pipe.pending.pop_front() else { break };
+            let Some(item) = pipe.pending.pop_front() else {
+                break;
+            };
             if item.deadline.is_some_and(|d| d <= now) {
                 if item.state.load(Acquire) == QUEUED {
                     expired.push(item);
                 }
                 continue;
             }
-            if item.state.compare_exchange(QUEUED, CLAIMED, AcqRel, Acquire).is_ok() {
+            if item
+                .state
+                .compare_exchange(QUEUED, CLAIMED, AcqRel, Acquire)
+                .is_ok()
+            {
                 batch.push(item);
             }
         }
@@ -457,7 +485,8 @@ impl HandlerCore {
         }
         let exec_ready = !pipe.executing && pipe.staged.contains_key(&pipe.next_exec_seq);
         let claim_ready = (!pipe.executing && pipe.batches_in_flight == 0)
-            || (pipe.batches_in_flight < self.options.prefetch_depth && Self::head_needs_prepare(pipe));
+            || (pipe.batches_in_flight < self.options.prefetch_depth
+                && Self::head_needs_prepare(pipe));
         if exec_ready || (claim_ready && self.claimable_locked(pipe)) {
             if let Some(me) = self.weak_self.upgrade() {
                 pipe.in_ready_queue = true;
@@ -581,7 +610,9 @@ impl HandlerCore {
             let mut objects = Vec::with_capacity(batch.len());
             let mut live = Vec::with_capacity(batch.len());
             for item in batch {
-                self.histograms.queue_wait_ns.record(nanos(start.saturating_duration_since(item.enqueued_at)));
+                self.histograms
+                    .queue_wait_ns
+                    .record(nanos(start.saturating_duration_since(item.enqueued_at)));
                 let Some(mut job) = item.take_job() else {
                     self.fail_started(&item, None, Error::internal("item has no job"));
                     continue;
@@ -742,9 +773,18 @@ impl<'py> ResultSeq<'py> {
             }
             pyo3::types::PyList::type_object(py)
                 .call1((&result,))
-                .map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::PythonException, "reading the results"))?
+                .map_err(|e| {
+                    Error::from_pyerr_context(
+                        py,
+                        &e,
+                        ErrorKind::PythonException,
+                        "reading the results",
+                    )
+                })?
         };
-        let len = seq.len().map_err(|e| Error::from_pyerr(py, &e, ErrorKind::PythonException))?;
+        let len = seq
+            .len()
+            .map_err(|e| Error::from_pyerr(py, &e, ErrorKind::PythonException))?;
         if len != n {
             return Err(Error::new(
                 ErrorKind::PythonException,
@@ -816,7 +856,12 @@ impl Pool {
                 .spawn(move || worker_main(rx))
                 .map_err(|e| Error::internal(format!("cannot start worker thread: {e}")))?;
         }
-        Ok(Arc::new(Pool { ready_tx, ready_rx, threads, timer }))
+        Ok(Arc::new(Pool {
+            ready_tx,
+            ready_rx,
+            threads,
+            timer,
+        }))
     }
 
     pub(crate) fn threads(&self) -> usize {
@@ -893,7 +938,10 @@ pub(crate) struct Timer {
 
 impl Timer {
     fn start() -> Result<Arc<Timer>> {
-        let timer = Arc::new(Timer { state: Mutex::new(TimerState::default()), wake: Condvar::new() });
+        let timer = Arc::new(Timer {
+            state: Mutex::new(TimerState::default()),
+            wake: Condvar::new(),
+        });
         let t = timer.clone();
         std::thread::Builder::new()
             .name("pysched-timer".into())
@@ -929,10 +977,16 @@ impl Timer {
                 None => st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(Reverse(e)) if e.at > now => {
                     let wait = e.at - now;
-                    st = self.wake.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+                    st = self
+                        .wake
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
                 Some(_) => {
-                    let Some(Reverse(entry)) = st.heap.pop() else { continue };
+                    let Some(Reverse(entry)) = st.heap.pop() else {
+                        continue;
+                    };
                     drop(st);
                     match entry.target {
                         TimerTarget::Handler(h) => {

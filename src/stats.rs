@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Weight of the newest sample in the exponential moving averages.
 const EMA_ALPHA: f64 = 0.1;
 
-/// A snapshot of one handler's queue and counters.
+/// A snapshot of one handler's queue sizes, counters and moving averages
+/// (`pysched_stats` in C).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct HandlerStats {
@@ -137,10 +138,18 @@ impl Histogram {
             let c = b.load(Relaxed);
             cumulative += c;
             if c > 0 {
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}", bucket_upper(i));
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
+                    bucket_upper(i)
+                );
             }
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count());
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+            self.count()
+        );
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum());
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count());
     }
@@ -169,7 +178,8 @@ pub struct Histograms {
     pub gil_wait_ns: Histogram,
 }
 
-/// Quantiles of one handler's distributions, for the C ABI.
+/// p50/p99 of one handler's batch sizes and latencies, as histogram bucket upper
+/// bounds (`pysched_latency` in C).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LatencySummary {
@@ -204,10 +214,18 @@ impl Histograms {
 
 /// Appends one handler's metrics in Prometheus text exposition format. `handler` labels
 /// every series (quotes and backslashes in it are escaped).
-pub(crate) fn write_prometheus(out: &mut String, handler: &str, stats: &HandlerStats, hist: &Histograms) {
+pub(crate) fn write_prometheus(
+    out: &mut String,
+    handler: &str,
+    stats: &HandlerStats,
+    hist: &Histograms,
+) {
     let label = format!(
         "handler=\"{}\"",
-        handler.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+        handler
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
     );
     let counters = [
         ("enqueued", stats.total_enqueued),

@@ -1,0 +1,462 @@
+//! `pysched_handler`: synchronous calls, queued items with C callbacks, stats and drain.
+
+use super::future::pysched_future;
+use super::{boundary, error, handle, opt_utf8, out_ptr, pysched_error, pysched_status};
+use crate::error::{Error, ErrorKind, Result};
+use crate::handler::{FullPolicy, Handler, HandlerOptions};
+use crate::scheduler::{ItemOptions, Job};
+use crate::stats::{HandlerStats, LatencySummary};
+use pyo3::ffi::PyObject;
+use pyo3::prelude::*;
+use std::ffi::{c_char, c_int, c_void};
+use std::time::{Duration, Instant};
+
+/// A handler handle: a bound Python function with its own queue. Single owner; free
+/// with `pysched_handler_free`, which drains the queue first.
+pub struct pysched_handler {
+    pub(crate) inner: Handler,
+}
+
+/// What to do when a bounded queue is full.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum pysched_full_policy {
+    /// Wait for room (up to `block_timeout_us` when non-zero), then fail with QUEUE_FULL.
+    PYSCHED_FULL_BLOCK = 0,
+    /// Fail the item at once with QUEUE_FULL.
+    PYSCHED_FULL_REJECT = 1,
+}
+
+/// Options for `pysched_manager_load`. Start from `pysched_handler_options_default()`:
+/// a zero `batch_size` or `prefetch_depth` is rejected as invalid.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pysched_handler_options {
+    /// Most items per Python call, 1..=1000000.
+    pub batch_size: u32,
+    /// Batches that may be taken and prepared ahead of execution, 1..=4096.
+    pub prefetch_depth: u32,
+    /// Wait up to this long after the oldest queued item for a fuller batch; 0 means
+    /// opportunistic batching (take whatever is queued). At most 60 s.
+    pub max_batch_delay_us: u64,
+    /// Most items waiting to be batched; 0 means unbounded.
+    pub max_queue: u64,
+    /// A `pysched_full_policy` value; others are rejected.
+    pub full_policy: u32,
+    /// For PYSCHED_FULL_BLOCK: give up after this long; 0 waits indefinitely.
+    pub block_timeout_us: u64,
+    /// Label for metrics (NULL: "module.entry_point"). Copied.
+    pub name: *const c_char,
+}
+
+/// The default handler options: batch 1, prefetch 1, no delay, unbounded queue.
+/// Thread-safe. Never blocks.
+#[no_mangle]
+pub extern "C" fn pysched_handler_options_default() -> pysched_handler_options {
+    pysched_handler_options {
+        batch_size: 1,
+        prefetch_depth: 1,
+        max_batch_delay_us: 0,
+        max_queue: 0,
+        full_policy: pysched_full_policy::PYSCHED_FULL_BLOCK as u32,
+        block_timeout_us: 0,
+        name: std::ptr::null(),
+    }
+}
+
+pub(crate) fn handler_options(o: Option<&pysched_handler_options>) -> Result<HandlerOptions> {
+    let Some(o) = o else {
+        return Ok(HandlerOptions::default());
+    };
+    let full_policy = match o.full_policy {
+        0 => FullPolicy::Block,
+        1 => FullPolicy::Reject,
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "full_policy {other} is not a pysched_full_policy"
+            )))
+        }
+    };
+    let options = HandlerOptions {
+        batch_size: o.batch_size as usize,
+        prefetch_depth: o.prefetch_depth as usize,
+        max_batch_delay: Duration::from_micros(o.max_batch_delay_us.min(u64::MAX / 2)),
+        max_queue: usize::try_from(o.max_queue).unwrap_or(usize::MAX),
+        full_policy,
+        block_timeout: (o.block_timeout_us > 0).then(|| Duration::from_micros(o.block_timeout_us)),
+        name: opt_utf8(o.name, "options->name")?.map(str::to_owned),
+    };
+    options.validate()?;
+    Ok(options)
+}
+
+/// Builds the item's Python object. Called on a worker thread WITH the GIL held, right
+/// before the batch's Python call. Returns a new reference, or NULL with a Python
+/// exception set (the item then fails with PYSCHED_COMMIT; other items still run).
+pub type pysched_commit_fn = Option<unsafe extern "C" fn(user_data: *mut c_void) -> *mut PyObject>;
+/// GIL-free staging (decoding, GPU uploads). Called on a worker thread WITHOUT the GIL,
+/// ahead of execution (up to `prefetch_depth` batches). Returns 0 on success; non-zero
+/// fails the item with PYSCHED_COMMIT.
+pub type pysched_prepare_fn = Option<unsafe extern "C" fn(user_data: *mut c_void) -> c_int>;
+/// Receives the outcome, exactly once per item. On success `result` is the item's element
+/// of the function's result (borrowed, valid during the call) and `error` is NULL; the
+/// call is made on a worker thread WITH the GIL held. On failure `result` is NULL and
+/// `error` (borrowed; copy it with `pysched_error_clone`) says why; the call may come
+/// from any thread, with or without the GIL. Return 0, or non-zero to count the item as
+/// failed (its future then reports PYSCHED_CALLBACK).
+pub type pysched_complete_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        result: *mut PyObject,
+        error: *const pysched_error,
+    ) -> c_int,
+>;
+/// Releases `user_data`; called exactly once per item, after `complete`, on every path
+/// (success, error, cancel, deadline, rejection, shutdown). Any thread; the GIL is held
+/// on the success path and may or may not be held otherwise.
+pub type pysched_drop_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
+/// One unit of queued work: callbacks sharing `user_data`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pysched_item {
+    /// Passed to every callback; must be usable from any thread.
+    pub user_data: *mut c_void,
+    /// Required.
+    pub commit: pysched_commit_fn,
+    /// Optional (NULL: commit does all the work under the GIL).
+    pub prepare: pysched_prepare_fn,
+    /// Optional.
+    pub complete: pysched_complete_fn,
+    /// Optional.
+    pub drop: pysched_drop_fn,
+    /// Fail the item with PYSCHED_TIMED_OUT if it has not started this many microseconds
+    /// after queueing; 0 means no deadline.
+    pub timeout_us: u64,
+}
+
+/// An item's C callbacks; the state machine in `scheduler` calls commit/prepare at most
+/// once and exactly one of complete/fail, then drops it (calling `drop`).
+struct CJob {
+    item: pysched_item,
+}
+
+// SAFETY: the caller of pysched_handler_queue guarantees (documented on pysched_item)
+// that user_data and the callbacks may be used from any thread.
+unsafe impl Send for CJob {}
+
+impl Job for CJob {
+    fn needs_prepare(&self) -> bool {
+        self.item.prepare.is_some()
+    }
+
+    fn prepare(&mut self) -> Result<()> {
+        let Some(prepare) = self.item.prepare else {
+            return Ok(());
+        };
+        // SAFETY: a C callback supplied with this user_data; called once, without the GIL.
+        match unsafe { prepare(self.item.user_data) } {
+            0 => Ok(()),
+            rc => Err(Error::new(
+                ErrorKind::Commit,
+                format!("prepare callback failed (returned {rc})"),
+            )),
+        }
+    }
+
+    fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>> {
+        let Some(commit) = self.item.commit else {
+            return Err(Error::invalid_argument("item has no commit callback"));
+        };
+        // SAFETY: a C callback supplied with this user_data; called once with the GIL
+        // held. It returns a new reference or NULL with an exception set.
+        let obj = unsafe { commit(self.item.user_data) };
+        if obj.is_null() {
+            return Err(Error::fetch(
+                py,
+                ErrorKind::Commit,
+                "commit callback failed",
+            ));
+        }
+        // SAFETY: obj is a new reference (the commit contract), owned from here on.
+        Ok(unsafe { Bound::from_owned_ptr(py, obj) }.unbind())
+    }
+
+    fn complete(&mut self, _py: Python<'_>, result: &Bound<'_, PyAny>) -> Result<()> {
+        let Some(complete) = self.item.complete.take() else {
+            return Ok(());
+        };
+        // SAFETY: called once, GIL held; result is borrowed for the duration of the call.
+        match unsafe { complete(self.item.user_data, result.as_ptr(), std::ptr::null()) } {
+            0 => Ok(()),
+            rc => Err(Error::new(
+                ErrorKind::Callback,
+                format!("completion callback failed (returned {rc})"),
+            )),
+        }
+    }
+
+    fn fail(&mut self, e: &Error) {
+        let Some(complete) = self.item.complete.take() else {
+            return;
+        };
+        let err = error::new(e.clone());
+        // SAFETY: called once; the error object lives until after the call.
+        unsafe { complete(self.item.user_data, std::ptr::null_mut(), &err) };
+    }
+}
+
+impl Drop for CJob {
+    fn drop(&mut self) {
+        if let Some(drop_fn) = self.item.drop.take() {
+            // SAFETY: the finalizer of user_data, called exactly once (CJob is dropped once).
+            unsafe { drop_fn(self.item.user_data) };
+        }
+    }
+}
+
+/// Queues one item: later, on a worker, `prepare` (if set, without the GIL), then
+/// `commit` and one Python call with a list of up to `batch_size` committed objects,
+/// then `complete` with this item's element of the result, then `drop`.
+///
+/// Ownership: once `item` is non-NULL, its callbacks are consumed: `complete` (if set)
+/// and `drop` (if set) are each called exactly once, also when this function returns an
+/// error (then before it returns, with the error). `item` itself is copied.
+///
+/// `handler` must not be NULL (else the item fails with PYSCHED_INVALID_ARGUMENT).
+/// `out_future` may be NULL (fire-and-forget with callbacks); when not NULL it receives,
+/// on success only, a future owned by the caller whose result is the item's Python
+/// object. `out_error` may be NULL.
+/// Thread-safe. Never blocks, except on a full bounded queue under PYSCHED_FULL_BLOCK
+/// (the GIL is released while waiting if held).
+#[no_mangle]
+pub extern "C" fn pysched_handler_queue(
+    handler: *const pysched_handler,
+    item: *const pysched_item,
+    out_future: *mut *mut pysched_future,
+    out_error: *mut *mut pysched_error,
+) -> pysched_status {
+    boundary(out_error, || {
+        // SAFETY: NULL or a readable item (documented).
+        let Some(item) = (unsafe { item.as_ref() }).copied() else {
+            return Err(Error::invalid_argument("item is NULL"));
+        };
+        let mut job = CJob { item };
+        let h = match handle(handler, "handler") {
+            Ok(h) => h,
+            Err(e) => {
+                job.fail(&e);
+                return Err(e);
+            }
+        };
+        if item.commit.is_none() {
+            let e = Error::invalid_argument("item->commit is NULL");
+            job.fail(&e);
+            return Err(e);
+        }
+        let opts = ItemOptions {
+            deadline: (item.timeout_us > 0)
+                .then(|| Instant::now() + Duration::from_micros(item.timeout_us)),
+            keep_value: !out_future.is_null(),
+        };
+        let future = h.inner.queue_job(Box::new(job), opts);
+        if future.is_ready() {
+            // Refused at once (full queue, shut down): the callbacks already saw the error.
+            if let Err(e) = future.take() {
+                return Err(e);
+            }
+        }
+        if !out_future.is_null() {
+            // SAFETY: checked non-NULL; points to writable storage (documented).
+            unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
+        }
+        Ok(())
+    })
+}
+
+/// Calls the function synchronously on this thread: `function(*args, **kwargs)`.
+///
+/// `args` must be a tuple (borrowed); `kwargs` may be NULL or a dict (borrowed).
+/// `out_result` receives a new reference on success only. `out_error` may be NULL.
+/// Works with or without the GIL held (a persistent thread state is used, so repeated
+/// calls from one thread allocate nothing). Blocks for the call.
+#[no_mangle]
+pub extern "C" fn pysched_handler_call(
+    handler: *const pysched_handler,
+    args: *mut PyObject,
+    kwargs: *mut PyObject,
+    out_result: *mut *mut PyObject,
+    out_error: *mut *mut pysched_error,
+) -> pysched_status {
+    boundary(out_error, || {
+        let h = handle(handler, "handler")?;
+        let out = out_ptr(out_result, "out_result")?;
+        if args.is_null() {
+            return Err(Error::invalid_argument("args is NULL"));
+        }
+        h.inner.with_function(|py, f| {
+            // SAFETY: args/kwargs are borrowed references owned by the caller.
+            let args = unsafe { Bound::from_borrowed_ptr(py, args) };
+            let args = args
+                .cast_into::<pyo3::types::PyTuple>()
+                .map_err(|_| Error::invalid_argument("args must be a tuple"))?;
+            let kwargs = if kwargs.is_null() {
+                None
+            } else {
+                // SAFETY: as above.
+                let k = unsafe { Bound::from_borrowed_ptr(py, kwargs) };
+                Some(
+                    k.cast_into::<pyo3::types::PyDict>()
+                        .map_err(|_| Error::invalid_argument("kwargs must be a dict"))?,
+                )
+            };
+            let result = f.call(args, kwargs.as_ref()).map_err(|e| {
+                Error::from_pyerr_context(
+                    py,
+                    &e,
+                    ErrorKind::PythonException,
+                    &format!("{} raised", h.inner.name()),
+                )
+            })?;
+            // SAFETY: checked non-NULL; the new reference is handed to the caller.
+            unsafe { *out = result.into_ptr() };
+            Ok(())
+        })
+    })
+}
+
+/// Receives the handler's function (borrowed, valid during the call) with the GIL held.
+/// Returns 0 on success; non-zero becomes PYSCHED_CALLBACK.
+pub type pysched_with_function_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, function: *mut PyObject) -> c_int>;
+
+/// Runs `fn(user_data, function)` on this thread attached to the interpreter (GIL held),
+/// through a persistent per-thread thread state: the building block of synchronous
+/// invoke for wrappers that convert arguments and results themselves.
+///
+/// `handler` and `fn` must not be NULL; `out_error` may be NULL. `fn` must not let a
+/// C++ exception or longjmp escape.
+/// Thread-safe. Blocks until the GIL is available and `fn` returns.
+#[no_mangle]
+pub extern "C" fn pysched_handler_with_function(
+    handler: *const pysched_handler,
+    r#fn: pysched_with_function_fn,
+    user_data: *mut c_void,
+    out_error: *mut *mut pysched_error,
+) -> pysched_status {
+    boundary(out_error, || {
+        let h = handle(handler, "handler")?;
+        let f = r#fn.ok_or_else(|| Error::invalid_argument("fn is NULL"))?;
+        // SAFETY: the callback receives a borrowed function with the GIL held.
+        let rc = h
+            .inner
+            .with_function(|_py, function| unsafe { f(user_data, function.as_ptr()) });
+        match rc {
+            0 => Ok(()),
+            rc => Err(Error::new(
+                ErrorKind::Callback,
+                format!("callback failed (returned {rc})"),
+            )),
+        }
+    })
+}
+
+/// Writes the handler's stats to `out_stats`. Both must not be NULL.
+/// Thread-safe. Never blocks on Python.
+#[no_mangle]
+pub extern "C" fn pysched_handler_stats(
+    handler: *const pysched_handler,
+    out_stats: *mut HandlerStats,
+    out_error: *mut *mut pysched_error,
+) -> pysched_status {
+    boundary(out_error, || {
+        let h = handle(handler, "handler")?;
+        let out = out_ptr(out_stats, "out_stats")?;
+        // SAFETY: checked non-NULL; writable (documented).
+        unsafe { *out = h.inner.stats() };
+        Ok(())
+    })
+}
+
+/// Writes the handler's latency and batch-size quantiles to `out_latency`.
+/// Thread-safe. Never blocks on Python.
+#[no_mangle]
+pub extern "C" fn pysched_handler_latency(
+    handler: *const pysched_handler,
+    out_latency: *mut LatencySummary,
+    out_error: *mut *mut pysched_error,
+) -> pysched_status {
+    boundary(out_error, || {
+        let h = handle(handler, "handler")?;
+        let out = out_ptr(out_latency, "out_latency")?;
+        // SAFETY: checked non-NULL; writable (documented).
+        unsafe { *out = h.inner.latency_summary() };
+        Ok(())
+    })
+}
+
+/// Writes the handler's metrics in Prometheus text format into `buffer` (snprintf
+/// style: at most `capacity` bytes including the NUL; `buffer` may be NULL when
+/// `capacity` is 0). Returns the full length excluding the NUL; 0 for a NULL handler.
+/// Thread-safe. Never blocks on Python.
+#[no_mangle]
+pub extern "C" fn pysched_handler_metrics_text(
+    handler: *const pysched_handler,
+    buffer: *mut c_char,
+    capacity: usize,
+) -> usize {
+    super::boundary_value(0, || {
+        let Ok(h) = handle(handler, "handler") else {
+            return 0;
+        };
+        let text = h.inner.prometheus_text();
+        if !buffer.is_null() && capacity > 0 {
+            let n = text.len().min(capacity - 1);
+            // SAFETY: buffer has `capacity` writable bytes (documented); n + 1 <= capacity.
+            unsafe {
+                std::ptr::copy_nonoverlapping(text.as_ptr(), buffer.cast::<u8>(), n);
+                *buffer.add(n) = 0;
+            }
+        }
+        text.len()
+    })
+}
+
+/// The handler's name ("module.entry_point" or the options' name). Valid until the
+/// handler is freed; "" for NULL.
+/// Thread-safe. Never blocks.
+#[no_mangle]
+pub extern "C" fn pysched_handler_name(handler: *const pysched_handler) -> *const c_char {
+    super::boundary_value(c"".as_ptr(), || match handle(handler, "handler") {
+        Ok(h) => h.inner.name_c().as_ptr(),
+        Err(_) => c"".as_ptr(),
+    })
+}
+
+/// Blocks until every item queued so far has finished (each future resolved).
+/// Thread-safe. Blocks; releases the GIL while waiting if the caller holds it.
+#[no_mangle]
+pub extern "C" fn pysched_handler_drain(
+    handler: *const pysched_handler,
+    out_error: *mut *mut pysched_error,
+) -> pysched_status {
+    boundary(out_error, || {
+        handle(handler, "handler")?.inner.drain();
+        Ok(())
+    })
+}
+
+/// Drains the handler (every queued item finishes and its callbacks run), then releases
+/// it. Items queued concurrently with this call after the drain are refused with
+/// PYSCHED_SHUT_DOWN. NULL is a no-op.
+/// Blocks until drained; releases the GIL while waiting if the caller holds it.
+#[no_mangle]
+pub extern "C" fn pysched_handler_free(handler: *mut pysched_handler) {
+    if !handler.is_null() {
+        super::boundary_value((), || {
+            // SAFETY: created by pysched_manager_load (Box) and freed exactly once.
+            drop(unsafe { Box::from_raw(handler) })
+        });
+    }
+}
