@@ -102,7 +102,7 @@ impl Manager {
             .name
             .clone()
             .unwrap_or_else(|| format!("{module}.{entry_point}"));
-        let core = HandlerCore::new(name, function, options, self.shared.pool.clone());
+        let core = HandlerCore::new(name, function, options, self.shared.pool.clone(), 0);
         Ok(Handler::new(core, self.shared.clone()))
     }
 

@@ -39,6 +39,43 @@ pub trait Job: Send + 'static {
     /// Receives the item's failure (its own commit, its batch's Python error, cancel,
     /// deadline, rejection or shutdown). Any thread; the GIL may or may not be held.
     fn fail(&mut self, error: &Error);
+
+    /// Whether the job can run in an own-GIL sub-interpreter replica, which only raw
+    /// C-API callbacks can (pyo3's safe API caches objects per process).
+    fn supports_raw(&self) -> bool {
+        false
+    }
+    /// Raw commit for sub-interpreter replicas: the replica's interpreter is current and
+    /// its GIL held. Returns a new reference, or NULL with a Python exception set.
+    fn commit_raw(&mut self) -> *mut ffi::PyObject {
+        std::ptr::null_mut()
+    }
+    /// Raw completion for sub-interpreter replicas: `result` is borrowed, the replica's
+    /// interpreter is current and its GIL held. An error fails the item.
+    fn complete_raw(&mut self, result: *mut ffi::PyObject) -> Result<()> {
+        let _ = result;
+        Ok(())
+    }
+}
+
+/// Where the replica threads of a sub-interpreter handler get their work; implemented
+/// by `HandlerCore`. Batches are claimed (and prepared) by `next_batch`; the replica
+/// resolves every item of a batch through `complete_item`/`fail_item`, then reports
+/// the batch with `finish_batch`.
+#[allow(dead_code)] // The sub-interpreter replicas (src/subinterp.rs) are its user.
+pub(crate) trait BatchSource: Send + Sync {
+    /// Blocks (call it with no GIL held) until a batch is available, or returns None once
+    /// the handler is closed and nothing is left.
+    fn next_batch(&self) -> Option<Vec<Arc<Item>>>;
+    /// Resolves an item whose completion ran: `outcome` is what `complete_raw` returned.
+    /// Drops the job (its finalizer runs here).
+    fn complete_item(&self, item: &Arc<Item>, job: Box<dyn Job>, outcome: Result<()>);
+    /// Fails one item of a claimed batch (commit error, Python error, bad result).
+    fn fail_item(&self, item: &Arc<Item>, job: Option<Box<dyn Job>>, error: Error);
+    /// Reports a batch whose items have all been resolved.
+    fn finish_batch(&self, items: usize, commit_ns: u64, execute_ns: u64, executed: usize);
+    /// The handler's name, for error messages.
+    fn name(&self) -> &str;
 }
 
 const QUEUED: u8 = 0;
@@ -60,7 +97,7 @@ pub(crate) struct Item {
 }
 
 impl Item {
-    fn take_job(&self) -> Option<Box<dyn Job>> {
+    pub(crate) fn take_job(&self) -> Option<Box<dyn Job>> {
         self.job.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -223,6 +260,10 @@ pub(crate) struct HandlerCore {
     room: Condvar,
     /// Signalled when `outstanding` drops to zero.
     drained: Condvar,
+    /// Sub-interpreter replicas serving this handler (0: the shared worker pool).
+    replicas: usize,
+    /// Wakes idle replica threads (unused by pool handlers).
+    replica_wake: Condvar,
     counters: Counters,
     pub(crate) histograms: Histograms,
     weak_self: Weak<HandlerCore>,
@@ -246,6 +287,7 @@ impl HandlerCore {
         function: Py<PyAny>,
         options: HandlerOptions,
         pool: Arc<Pool>,
+        replicas: usize,
     ) -> Arc<HandlerCore> {
         Arc::new_cyclic(|weak| HandlerCore {
             name_c: std::ffi::CString::new(name.replace('\0', "?")).unwrap_or_default(),
@@ -256,6 +298,8 @@ impl HandlerCore {
             pipe: Mutex::new(Pipeline::default()),
             room: Condvar::new(),
             drained: Condvar::new(),
+            replicas,
+            replica_wake: Condvar::new(),
             counters: Counters::default(),
             histograms: Histograms::default(),
             weak_self: weak.clone(),
@@ -480,6 +524,14 @@ impl HandlerCore {
     /// Puts the handler on the ready channel if a worker could make progress on it and
     /// it is not there already.
     fn reschedule_locked(&self, pipe: &mut Pipeline) {
+        if self.replicas > 0 {
+            if pipe.closed
+                || (pipe.batches_in_flight < self.replicas && self.claimable_locked(pipe))
+            {
+                self.replica_wake.notify_one();
+            }
+            return;
+        }
         if pipe.in_ready_queue {
             return;
         }
@@ -697,6 +749,7 @@ impl HandlerCore {
             if close {
                 pipe.closed = true;
                 self.room.notify_all();
+                self.replica_wake.notify_all();
             }
         });
     }
@@ -1004,5 +1057,80 @@ impl Timer {
                 }
             }
         }
+    }
+}
+
+impl BatchSource for HandlerCore {
+    fn next_batch(&self) -> Option<Vec<Arc<Item>>> {
+        let mut expired = Vec::new();
+        let mut pipe = self.lock();
+        loop {
+            if pipe.batches_in_flight < self.replicas && self.claimable_locked(&mut pipe) {
+                let batch = self.claim_locked(&mut pipe, &mut expired);
+                if !expired.is_empty() {
+                    drop(pipe);
+                    for item in expired.drain(..) {
+                        item.finish_unstarted(ErrorKind::TimedOut);
+                    }
+                    pipe = self.lock();
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                pipe.batches_in_flight += 1;
+                // Another replica may take the next batch meanwhile.
+                self.reschedule_locked(&mut pipe);
+                drop(pipe);
+                return Some(self.prepare_batch(batch));
+            }
+            if pipe.closed && pipe.live_pending == 0 {
+                self.replica_wake.notify_all();
+                return None;
+            }
+            pipe = self
+                .replica_wake
+                .wait(pipe)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn complete_item(&self, item: &Arc<Item>, job: Box<dyn Job>, outcome: Result<()>) {
+        drop(job);
+        match outcome {
+            Ok(()) => {
+                self.counters.completed.fetch_add(1, Relaxed);
+                item.completion.resolve(Ok(None));
+            }
+            Err(e) => {
+                self.counters.failed.fetch_add(1, Relaxed);
+                item.completion.resolve(Err(e));
+            }
+        }
+    }
+
+    fn fail_item(&self, item: &Arc<Item>, job: Option<Box<dyn Job>>, error: Error) {
+        self.fail_started(item, job, error);
+    }
+
+    fn finish_batch(&self, items: usize, commit_ns: u64, execute_ns: u64, executed: usize) {
+        self.histograms.commit_ns.record(commit_ns);
+        if executed > 0 {
+            self.histograms.execute_ns.record(execute_ns);
+            self.histograms.batch_size.record(executed as u64);
+            self.counters.batches.fetch_add(1, Relaxed);
+        }
+        let mut pipe = self.lock();
+        pipe.batches_in_flight -= 1;
+        pipe.in_batches -= items;
+        pipe.emas.record_commit(items, commit_ns);
+        if executed > 0 {
+            pipe.emas.record_execute(executed, execute_ns);
+        }
+        self.finish_items_locked(&mut pipe, items);
+        self.reschedule_locked(&mut pipe);
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }

@@ -197,6 +197,32 @@ impl Job for CJob {
         }
     }
 
+    fn supports_raw(&self) -> bool {
+        true
+    }
+
+    fn commit_raw(&mut self) -> *mut PyObject {
+        match self.item.commit {
+            // SAFETY: as in `commit`; the replica's interpreter is current with its GIL.
+            Some(commit) => unsafe { commit(self.item.user_data) },
+            None => std::ptr::null_mut(),
+        }
+    }
+
+    fn complete_raw(&mut self, result: *mut PyObject) -> Result<()> {
+        let Some(complete) = self.item.complete.take() else {
+            return Ok(());
+        };
+        // SAFETY: called once with the replica's GIL held; result is borrowed.
+        match unsafe { complete(self.item.user_data, result, std::ptr::null()) } {
+            0 => Ok(()),
+            rc => Err(Error::new(
+                ErrorKind::Callback,
+                format!("completion callback failed (returned {rc})"),
+            )),
+        }
+    }
+
     fn fail(&mut self, e: &Error) {
         let Some(complete) = self.item.complete.take() else {
             return;
