@@ -15,7 +15,9 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -72,8 +74,11 @@ pub(crate) trait BatchSource: Send + Sync {
     fn complete_item(&self, item: &Arc<Item>, job: Box<dyn Job>, outcome: Result<()>);
     /// Fails one item of a claimed batch (commit error, Python error, bad result).
     fn fail_item(&self, item: &Arc<Item>, job: Option<Box<dyn Job>>, error: Error);
+    /// Records a batch's timings (stats, histograms); call it right after the Python
+    /// call returns and before resolving its items.
+    fn record_timings(&self, items: usize, commit_ns: u64, execute_ns: u64, executed: usize);
     /// Reports a batch whose items have all been resolved.
-    fn finish_batch(&self, items: usize, commit_ns: u64, execute_ns: u64, executed: usize);
+    fn finish_batch(&self, items: usize);
     /// The handler's name, for error messages.
     fn name(&self) -> &str;
 }
@@ -226,8 +231,6 @@ struct Pipeline {
     pending: VecDeque<Arc<Item>>,
     /// Items in `pending` still QUEUED.
     live_pending: usize,
-    /// Items taken into a batch and not yet finished.
-    in_batches: usize,
     /// Accepted items not yet finished.
     outstanding: usize,
     next_claim_seq: u64,
@@ -243,7 +246,6 @@ struct Pipeline {
     draining: bool,
     /// Set after drain: new items are refused with `ShutDown`.
     closed: bool,
-    emas: Emas,
 }
 
 /// A bound Python callable with its queue; shared by the user's handle, the ready
@@ -265,6 +267,11 @@ pub(crate) struct HandlerCore {
     /// Wakes idle replica threads (unused by pool handlers).
     replica_wake: Condvar,
     counters: Counters,
+    /// Items taken into a batch whose future is not resolved yet; decremented just before
+    /// each resolution so stats read after a future resolves already exclude it.
+    items_in_batches: AtomicU64,
+    /// Written right after each Python call returns, before its results fan out.
+    emas: Mutex<Emas>,
     pub(crate) histograms: Histograms,
     weak_self: Weak<HandlerCore>,
 }
@@ -301,6 +308,8 @@ impl HandlerCore {
             replicas,
             replica_wake: Condvar::new(),
             counters: Counters::default(),
+            items_in_batches: AtomicU64::new(0),
+            emas: Mutex::new(Emas::default()),
             histograms: Histograms::default(),
             weak_self: weak.clone(),
         })
@@ -514,7 +523,7 @@ impl HandlerCore {
             }
         }
         pipe.live_pending -= batch.len();
-        pipe.in_batches += batch.len();
+        self.items_in_batches.fetch_add(batch.len() as u64, Relaxed);
         if !batch.is_empty() {
             self.room.notify_all();
         }
@@ -585,18 +594,11 @@ impl HandlerCore {
                 Action::Execute(batch) => {
                     drop(pipe);
                     let n = batch.len();
-                    let timings = self.execute_batch(batch);
+                    self.execute_batch(batch);
                     pipe = self.lock();
                     pipe.executing = false;
                     pipe.next_exec_seq += 1;
                     pipe.batches_in_flight -= 1;
-                    pipe.in_batches -= n;
-                    if let Some((commit_ns, exec_ns, executed)) = timings {
-                        pipe.emas.record_commit(n, commit_ns);
-                        if executed > 0 {
-                            pipe.emas.record_execute(executed, exec_ns);
-                        }
-                    }
                     self.finish_items_locked(&mut pipe, n);
                     if self.pool.others_waiting() {
                         self.reschedule_locked(&mut pipe);
@@ -636,31 +638,63 @@ impl HandlerCore {
         }
         if failed > 0 {
             let mut pipe = self.lock();
-            pipe.in_batches -= failed;
             self.finish_items_locked(&mut pipe, failed);
         }
         kept
     }
 
+    /// Fails an item taken into a batch.
     fn fail_started(&self, item: &Item, job: Option<Box<dyn Job>>, error: Error) {
-        self.counters.failed.fetch_add(1, Relaxed);
         fail_job(job, &error);
-        item.completion.resolve(Err(error));
+        self.resolve_started(item, Err(error));
     }
 
-    /// Commits, calls Python once, fans out. Returns (commit ns, execute ns, items
-    /// executed) when the GIL was taken.
-    fn execute_batch(&self, batch: Vec<Arc<Item>>) -> Option<(u64, u64, usize)> {
-        if batch.is_empty() {
-            return None;
+    /// Resolves an item taken into a batch, after its callbacks ran and its job is gone.
+    fn resolve_started(&self, item: &Item, outcome: crate::future::Outcome) {
+        let counter = if outcome.is_ok() {
+            &self.counters.completed
+        } else {
+            &self.counters.failed
+        };
+        counter.fetch_add(1, Relaxed);
+        self.items_in_batches.fetch_sub(1, Relaxed);
+        item.completion.resolve(outcome);
+    }
+
+    /// Records one batch's timings; called before its results fan out, so stats read
+    /// after any of its futures resolved include it.
+    pub(crate) fn record_timings(
+        &self,
+        items: usize,
+        commit_ns: u64,
+        execute_ns: u64,
+        executed: usize,
+    ) {
+        self.histograms.commit_ns.record(commit_ns);
+        let mut emas = self.emas.lock().unwrap_or_else(|p| p.into_inner());
+        emas.record_commit(items, commit_ns);
+        if executed > 0 {
+            self.histograms.execute_ns.record(execute_ns);
+            self.histograms.batch_size.record(executed as u64);
+            self.counters.batches.fetch_add(1, Relaxed);
+            emas.record_execute(executed, execute_ns);
         }
+    }
+
+    /// Commits each item, calls Python once with the list, fans the results out; all
+    /// under one GIL hold.
+    fn execute_batch(&self, batch: Vec<Arc<Item>>) {
+        if batch.is_empty() {
+            return;
+        }
+        let items = batch.len();
         let gil_asked = Instant::now();
         EXECUTING.with(|e| e.set(self as *const _));
-        let out = crate::runtime::attach(|py| {
+        crate::runtime::attach(|py| {
             let start = Instant::now();
             self.histograms.gil_wait_ns.record(nanos(start - gil_asked));
-            let mut objects = Vec::with_capacity(batch.len());
-            let mut live = Vec::with_capacity(batch.len());
+            let mut objects = Vec::with_capacity(items);
+            let mut live = Vec::with_capacity(items);
             for item in batch {
                 self.histograms
                     .queue_wait_ns
@@ -679,17 +713,13 @@ impl HandlerCore {
             }
             let committed = Instant::now();
             let commit_ns = nanos(committed - start);
-            self.histograms.commit_ns.record(commit_ns);
             if live.is_empty() {
-                return (commit_ns, 0, 0);
+                self.record_timings(items, commit_ns, 0, 0);
+                return;
             }
             let n = live.len();
-            self.histograms.batch_size.record(n as u64);
-            self.counters.batches.fetch_add(1, Relaxed);
-            let list = new_list(py, objects);
-            let called = self.function.bind(py).call1((list,));
-            let exec_ns = nanos(committed.elapsed());
-            self.histograms.execute_ns.record(exec_ns);
+            let called = self.function.bind(py).call1((new_list(py, objects),));
+            self.record_timings(items, commit_ns, nanos(committed.elapsed()), n);
             let results = called
                 .map_err(|e| {
                     Error::from_pyerr_context(
@@ -709,26 +739,15 @@ impl HandlerCore {
                 Ok(seq) => {
                     for (i, (item, mut job)) in live.into_iter().enumerate() {
                         let value = seq.get(py, i);
-                        match job.complete(py, &value) {
-                            Ok(()) => {
-                                self.counters.completed.fetch_add(1, Relaxed);
-                                drop(job);
-                                let kept = item.keep_value.then(|| value.clone().unbind());
-                                item.completion.resolve(Ok(kept));
-                            }
-                            Err(e) => {
-                                self.counters.failed.fetch_add(1, Relaxed);
-                                drop(job);
-                                item.completion.resolve(Err(e));
-                            }
-                        }
+                        let outcome = job.complete(py, &value);
+                        drop(job);
+                        let outcome = outcome.map(|()| item.keep_value.then(|| value.unbind()));
+                        self.resolve_started(&item, outcome);
                     }
                 }
             }
-            (commit_ns, exec_ns, n)
         });
         EXECUTING.with(|e| e.set(std::ptr::null()));
-        Some(out)
     }
 
     /// Waits until every accepted item has finished; later items are refused when
@@ -755,11 +774,12 @@ impl HandlerCore {
     }
 
     pub(crate) fn stats(&self) -> HandlerStats {
+        let emas = *self.emas.lock().unwrap_or_else(|p| p.into_inner());
         let pipe = self.lock();
         let c = &self.counters;
         HandlerStats {
             commit_queue_size: pipe.live_pending as u64,
-            execute_queue_size: pipe.in_batches as u64,
+            execute_queue_size: self.items_in_batches.load(Relaxed),
             total_enqueued: c.enqueued.load(Relaxed),
             completed: c.completed.load(Relaxed),
             failed: c.failed.load(Relaxed),
@@ -767,10 +787,10 @@ impl HandlerCore {
             expired: c.expired.load(Relaxed),
             rejected: c.rejected.load(Relaxed),
             batches: c.batches.load(Relaxed),
-            commit_batch_size_ema: pipe.emas.commit_batch_size,
-            execute_batch_size_ema: pipe.emas.execute_batch_size,
-            commit_ns_per_batch_ema: pipe.emas.commit_ns_per_batch,
-            execute_ns_per_batch_ema: pipe.emas.execute_ns_per_batch,
+            commit_batch_size_ema: emas.commit_batch_size,
+            execute_batch_size_ema: emas.execute_batch_size,
+            commit_ns_per_batch_ema: emas.commit_ns_per_batch,
+            execute_ns_per_batch_ema: emas.execute_ns_per_batch,
         }
     }
 }
@@ -1096,36 +1116,20 @@ impl BatchSource for HandlerCore {
 
     fn complete_item(&self, item: &Arc<Item>, job: Box<dyn Job>, outcome: Result<()>) {
         drop(job);
-        match outcome {
-            Ok(()) => {
-                self.counters.completed.fetch_add(1, Relaxed);
-                item.completion.resolve(Ok(None));
-            }
-            Err(e) => {
-                self.counters.failed.fetch_add(1, Relaxed);
-                item.completion.resolve(Err(e));
-            }
-        }
+        self.resolve_started(item, outcome.map(|()| None));
     }
 
     fn fail_item(&self, item: &Arc<Item>, job: Option<Box<dyn Job>>, error: Error) {
         self.fail_started(item, job, error);
     }
 
-    fn finish_batch(&self, items: usize, commit_ns: u64, execute_ns: u64, executed: usize) {
-        self.histograms.commit_ns.record(commit_ns);
-        if executed > 0 {
-            self.histograms.execute_ns.record(execute_ns);
-            self.histograms.batch_size.record(executed as u64);
-            self.counters.batches.fetch_add(1, Relaxed);
-        }
+    fn record_timings(&self, items: usize, commit_ns: u64, execute_ns: u64, executed: usize) {
+        HandlerCore::record_timings(self, items, commit_ns, execute_ns, executed);
+    }
+
+    fn finish_batch(&self, items: usize) {
         let mut pipe = self.lock();
         pipe.batches_in_flight -= 1;
-        pipe.in_batches -= items;
-        pipe.emas.record_commit(items, commit_ns);
-        if executed > 0 {
-            pipe.emas.record_execute(executed, execute_ns);
-        }
         self.finish_items_locked(&mut pipe, items);
         self.reschedule_locked(&mut pipe);
     }
