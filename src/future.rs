@@ -57,7 +57,8 @@ impl Completion {
 
     /// Blocks until resolved or `timeout` passes; true when resolved.
     fn wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too large to represent as an instant (Duration::MAX) means no deadline.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         crate::runtime::without_gil(|| {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             loop {
