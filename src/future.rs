@@ -20,6 +20,9 @@ struct SlotState {
     /// Set when the outcome has been handed out by `take`.
     taken: bool,
     waker: Option<Waker>,
+    /// Threads blocked in `wait`; `resolve` signals the condvar only when there are any
+    /// (a condvar signal is a syscall even with nobody waiting).
+    waiters: u32,
 }
 
 /// The resolution slot shared by an item and its future.
@@ -33,7 +36,7 @@ impl Completion {
     /// Stores the outcome and wakes every waiter. Returns false (and drops `outcome`) if
     /// the slot was already resolved, which the scheduler's state machine rules out.
     pub(crate) fn resolve(&self, outcome: Outcome) -> bool {
-        let waker = {
+        let (waker, waiters) = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if st.outcome.is_some() || st.taken {
                 drop(st);
@@ -41,9 +44,11 @@ impl Completion {
                 return false;
             }
             st.outcome = Some(outcome);
-            st.waker.take()
+            (st.waker.take(), st.waiters)
         };
-        self.resolved.notify_all();
+        if waiters > 0 {
+            self.resolved.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -61,25 +66,24 @@ impl Completion {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         crate::runtime::without_gil(|| {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
+            st.waiters += 1;
+            let resolved = loop {
                 if st.outcome.is_some() || st.taken {
-                    return true;
+                    break true;
                 }
                 match deadline {
                     None => st = self.resolved.wait(st).unwrap_or_else(|p| p.into_inner()),
                     Some(d) => {
                         let now = Instant::now();
                         if now >= d {
-                            return false;
+                            break false;
                         }
-                        st = self
-                            .resolved
-                            .wait_timeout(st, d - now)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
+                        st = self.resolved.wait_timeout(st, d - now).unwrap_or_else(|p| p.into_inner()).0;
                     }
                 }
-            }
+            };
+            st.waiters -= 1;
+            resolved
         })
     }
 
@@ -90,9 +94,7 @@ impl Completion {
                 st.taken = true;
                 o
             }
-            None if st.taken => Err(Error::invalid_argument(
-                "the future's result was already taken",
-            )),
+            None if st.taken => Err(Error::invalid_argument("the future's result was already taken")),
             None => Err(Error::new(ErrorKind::NotReady, "the future is not ready")),
         }
     }
@@ -104,9 +106,7 @@ impl Completion {
             return Poll::Ready(o);
         }
         if st.taken {
-            return Poll::Ready(Err(Error::invalid_argument(
-                "the future's result was already taken",
-            )));
+            return Poll::Ready(Err(Error::invalid_argument("the future's result was already taken")));
         }
         st.waker = Some(cx.waker().clone());
         Poll::Pending

@@ -15,9 +15,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use std::sync::atomic::{
-    AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
-};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -112,11 +110,7 @@ impl Item {
     }
 
     fn finish_unstarted(self: &Arc<Self>, kind: ErrorKind) -> bool {
-        if self
-            .state
-            .compare_exchange(QUEUED, FINISHED, AcqRel, Acquire)
-            .is_err()
-        {
+        if self.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_err() {
             return false;
         }
         let error = match kind {
@@ -246,6 +240,10 @@ struct Pipeline {
     draining: bool,
     /// Set after drain: new items are refused with `ShutDown`.
     closed: bool,
+    /// Producers blocked on a full bounded queue, and threads blocked in drain: the
+    /// condvars are signalled only when someone waits (a signal is a syscall).
+    room_waiters: usize,
+    drain_waiters: usize,
 }
 
 /// A bound Python callable with its queue; shared by the user's handle, the ready
@@ -330,8 +328,10 @@ impl HandlerCore {
 
     fn finish_items_locked(&self, pipe: &mut Pipeline, n: usize) {
         pipe.outstanding -= n;
-        self.room.notify_all();
-        if pipe.outstanding == 0 {
+        if pipe.room_waiters > 0 {
+            self.room.notify_all();
+        }
+        if pipe.outstanding == 0 && pipe.drain_waiters > 0 {
             self.drained.notify_all();
         }
     }
@@ -370,9 +370,7 @@ impl HandlerCore {
             return item;
         }
         if let Some(deadline) = opts.deadline {
-            self.pool
-                .timer
-                .add(deadline, TimerTarget::Item(Arc::downgrade(&item)));
+            self.pool.timer.add(deadline, TimerTarget::Item(Arc::downgrade(&item)));
         }
         item
     }
@@ -388,18 +386,12 @@ impl HandlerCore {
         let full = || {
             Error::new(
                 ErrorKind::QueueFull,
-                format!(
-                    "handler {} queue is full ({limit} items waiting)",
-                    self.name
-                ),
+                format!("handler {} queue is full ({limit} items waiting)", self.name),
             )
         };
         loop {
             if pipe.closed {
-                let e = Error::new(
-                    ErrorKind::ShutDown,
-                    format!("handler {} is shut down", self.name),
-                );
+                let e = Error::new(ErrorKind::ShutDown, format!("handler {} is shut down", self.name));
                 return (pipe, Err(e));
             }
             if limit == 0 || pipe.live_pending < limit {
@@ -408,19 +400,16 @@ impl HandlerCore {
             if self.options.full_policy == FullPolicy::Reject {
                 return (pipe, Err(full()));
             }
+            let now = Instant::now();
+            if give_up_at.is_some_and(|t| now >= t) {
+                return (pipe, Err(full()));
+            }
+            pipe.room_waiters += 1;
             pipe = match give_up_at {
                 None => self.room.wait(pipe).unwrap_or_else(|p| p.into_inner()),
-                Some(t) => {
-                    let now = Instant::now();
-                    if now >= t {
-                        return (pipe, Err(full()));
-                    }
-                    self.room
-                        .wait_timeout(pipe, t - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
+                Some(t) => self.room.wait_timeout(pipe, t - now).unwrap_or_else(|p| p.into_inner()).0,
             };
+            pipe.room_waiters -= 1;
         }
     }
 
@@ -452,9 +441,7 @@ impl HandlerCore {
         }
         if pipe.delay_timer_at.is_none_or(|t| t > due) {
             pipe.delay_timer_at = Some(due);
-            self.pool
-                .timer
-                .add(due, TimerTarget::Handler(self.weak_self.clone()));
+            self.pool.timer.add(due, TimerTarget::Handler(self.weak_self.clone()));
         }
         false
     }
@@ -514,17 +501,13 @@ impl HandlerCore {
                 }
                 continue;
             }
-            if item
-                .state
-                .compare_exchange(QUEUED, CLAIMED, AcqRel, Acquire)
-                .is_ok()
-            {
+            if item.state.compare_exchange(QUEUED, CLAIMED, AcqRel, Acquire).is_ok() {
                 batch.push(item);
             }
         }
         pipe.live_pending -= batch.len();
         self.items_in_batches.fetch_add(batch.len() as u64, Relaxed);
-        if !batch.is_empty() {
+        if !batch.is_empty() && pipe.room_waiters > 0 {
             self.room.notify_all();
         }
         batch
@@ -534,9 +517,7 @@ impl HandlerCore {
     /// it is not there already.
     fn reschedule_locked(&self, pipe: &mut Pipeline) {
         if self.replicas > 0 {
-            if pipe.closed
-                || (pipe.batches_in_flight < self.replicas && self.claimable_locked(pipe))
-            {
+            if pipe.closed || (pipe.batches_in_flight < self.replicas && self.claimable_locked(pipe)) {
                 self.replica_wake.notify_one();
             }
             return;
@@ -546,8 +527,7 @@ impl HandlerCore {
         }
         let exec_ready = !pipe.executing && pipe.staged.contains_key(&pipe.next_exec_seq);
         let claim_ready = (!pipe.executing && pipe.batches_in_flight == 0)
-            || (pipe.batches_in_flight < self.options.prefetch_depth
-                && Self::head_needs_prepare(pipe));
+            || (pipe.batches_in_flight < self.options.prefetch_depth && Self::head_needs_prepare(pipe));
         if exec_ready || (claim_ready && self.claimable_locked(pipe)) {
             if let Some(me) = self.weak_self.upgrade() {
                 pipe.in_ready_queue = true;
@@ -651,11 +631,7 @@ impl HandlerCore {
 
     /// Resolves an item taken into a batch, after its callbacks ran and its job is gone.
     fn resolve_started(&self, item: &Item, outcome: crate::future::Outcome) {
-        let counter = if outcome.is_ok() {
-            &self.counters.completed
-        } else {
-            &self.counters.failed
-        };
+        let counter = if outcome.is_ok() { &self.counters.completed } else { &self.counters.failed };
         counter.fetch_add(1, Relaxed);
         self.items_in_batches.fetch_sub(1, Relaxed);
         item.completion.resolve(outcome);
@@ -663,13 +639,7 @@ impl HandlerCore {
 
     /// Records one batch's timings; called before its results fan out, so stats read
     /// after any of its futures resolved include it.
-    pub(crate) fn record_timings(
-        &self,
-        items: usize,
-        commit_ns: u64,
-        execute_ns: u64,
-        executed: usize,
-    ) {
+    pub(crate) fn record_timings(&self, items: usize, commit_ns: u64, execute_ns: u64, executed: usize) {
         self.histograms.commit_ns.record(commit_ns);
         let mut emas = self.emas.lock().unwrap_or_else(|p| p.into_inner());
         emas.record_commit(items, commit_ns);
@@ -760,9 +730,11 @@ impl HandlerCore {
             pipe.draining = true;
             self.reschedule_locked(&mut pipe);
             if !reentrant {
+                pipe.drain_waiters += 1;
                 while pipe.outstanding > 0 {
                     pipe = self.drained.wait(pipe).unwrap_or_else(|p| p.into_inner());
                 }
+                pipe.drain_waiters -= 1;
                 pipe.draining = false;
             }
             if close {
@@ -825,9 +797,8 @@ struct ResultSeq<'py> {
 impl<'py> ResultSeq<'py> {
     fn new(py: Python<'py>, result: Bound<'py, PyAny>, n: usize, name: &str) -> Result<Self> {
         // SAFETY: GIL held; the checks only read the object's type.
-        let fast = unsafe {
-            ffi::PyList_Check(result.as_ptr()) != 0 || ffi::PyTuple_Check(result.as_ptr()) != 0
-        };
+        let fast =
+            unsafe { ffi::PyList_Check(result.as_ptr()) != 0 || ffi::PyTuple_Check(result.as_ptr()) != 0 };
         let seq = if fast {
             result
         } else {
@@ -844,20 +815,11 @@ impl<'py> ResultSeq<'py> {
                     ),
                 ));
             }
-            pyo3::types::PyList::type_object(py)
-                .call1((&result,))
-                .map_err(|e| {
-                    Error::from_pyerr_context(
-                        py,
-                        &e,
-                        ErrorKind::PythonException,
-                        "reading the results",
-                    )
-                })?
+            pyo3::types::PyList::type_object(py).call1((&result,)).map_err(|e| {
+                Error::from_pyerr_context(py, &e, ErrorKind::PythonException, "reading the results")
+            })?
         };
-        let len = seq
-            .len()
-            .map_err(|e| Error::from_pyerr(py, &e, ErrorKind::PythonException))?;
+        let len = seq.len().map_err(|e| Error::from_pyerr(py, &e, ErrorKind::PythonException))?;
         if len != n {
             return Err(Error::new(
                 ErrorKind::PythonException,
@@ -896,10 +858,7 @@ impl<'py> ResultSeq<'py> {
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .qualname()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "<unknown>".into())
+    obj.get_type().qualname().map(|n| n.to_string()).unwrap_or_else(|_| "<unknown>".into())
 }
 
 use pyo3::types::{PyAnyMethods, PyTypeMethods};
@@ -929,12 +888,7 @@ impl Pool {
                 .spawn(move || worker_main(rx))
                 .map_err(|e| Error::internal(format!("cannot start worker thread: {e}")))?;
         }
-        Ok(Arc::new(Pool {
-            ready_tx,
-            ready_rx,
-            threads,
-            timer,
-        }))
+        Ok(Arc::new(Pool { ready_tx, ready_rx, threads, timer }))
     }
 
     pub(crate) fn threads(&self) -> usize {
@@ -1011,10 +965,7 @@ pub(crate) struct Timer {
 
 impl Timer {
     fn start() -> Result<Arc<Timer>> {
-        let timer = Arc::new(Timer {
-            state: Mutex::new(TimerState::default()),
-            wake: Condvar::new(),
-        });
+        let timer = Arc::new(Timer { state: Mutex::new(TimerState::default()), wake: Condvar::new() });
         let t = timer.clone();
         std::thread::Builder::new()
             .name("pysched-timer".into())
@@ -1050,11 +1001,7 @@ impl Timer {
                 None => st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(Reverse(e)) if e.at > now => {
                     let wait = e.at - now;
-                    st = self
-                        .wake
-                        .wait_timeout(st, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    st = self.wake.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
                 }
                 Some(_) => {
                     let Some(Reverse(entry)) = st.heap.pop() else {
@@ -1107,10 +1054,7 @@ impl BatchSource for HandlerCore {
                 self.replica_wake.notify_all();
                 return None;
             }
-            pipe = self
-                .replica_wake
-                .wait(pipe)
-                .unwrap_or_else(|p| p.into_inner());
+            pipe = self.replica_wake.wait(pipe).unwrap_or_else(|p| p.into_inner());
         }
     }
 
