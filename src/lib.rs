@@ -25,3 +25,9 @@ pub use manager::{debug_arc_count, debug_shared_state_address, Manager, ManagerO
 pub use runtime::{RuntimeOptions, StartMode};
 pub use scheduler::{ItemOptions, Job};
 pub use stats::{HandlerStats, LatencySummary};
+
+/// Items are allocated by producer threads and freed by workers; glibc malloc handles
+/// that cross-thread pattern poorly (measured: a sixth of the producer's time), mimalloc
+/// well. Applies to this library's Rust allocations only.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

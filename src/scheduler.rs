@@ -15,7 +15,10 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
+    Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
+};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -118,14 +121,16 @@ impl Item {
             ErrorKind::TimedOut => Error::new(kind, "the item's deadline passed before it started"),
             _ => Error::new(kind, "the handler shut down before the item started"),
         };
-        if let Some(h) = self.handler.upgrade() {
-            let mut pipe = h.lock();
-            pipe.live_pending -= 1;
-            h.count_unstarted(kind);
-            h.finish_items_locked(&mut pipe, 1);
-        }
         fail_job(self.take_job(), &error);
+        let handler = self.handler.upgrade();
+        if let Some(h) = &handler {
+            h.count_unstarted(kind);
+            h.dequeued(1, None);
+        }
         self.completion.resolve(Err(error));
+        if let Some(h) = &handler {
+            h.finish_items(1);
+        }
         true
     }
 }
@@ -218,30 +223,26 @@ pub struct ItemOptions {
     pub keep_value: bool,
 }
 
-/// A handler's queue and batch pipeline; guarded by `HandlerCore::pipe`.
+/// The batch pipeline of a handler; guarded by `HandlerCore::pipe`, which only the
+/// threads running the handler (and slow paths: drain, a full bounded queue) take.
+/// Producers never take it: they push to `HandlerCore::incoming`.
 #[derive(Default)]
 struct Pipeline {
-    /// Items in arrival order; entries no longer QUEUED (cancelled, expired) are skipped.
+    /// Items moved from `incoming`, in arrival order; entries no longer QUEUED
+    /// (cancelled, expired) are skipped when they reach the front.
     pending: VecDeque<Arc<Item>>,
-    /// Items in `pending` still QUEUED.
-    live_pending: usize,
-    /// Accepted items not yet finished.
-    outstanding: usize,
     next_claim_seq: u64,
     next_exec_seq: u64,
     /// Prepared batches waiting for their turn, by sequence number.
     staged: BTreeMap<u64, Vec<Arc<Item>>>,
-    /// Batches taken and not yet executed.
+    /// Batches taken and not yet executed (or, with replicas, not yet finished).
     batches_in_flight: usize,
     executing: bool,
-    in_ready_queue: bool,
-    delay_timer_at: Option<Instant>,
     /// Set by drain: flush partial batches at once, ignoring the batch delay.
     draining: bool,
-    /// Set after drain: new items are refused with `ShutDown`.
-    closed: bool,
-    /// Producers blocked on a full bounded queue, and threads blocked in drain: the
-    /// condvars are signalled only when someone waits (a signal is a syscall).
+    /// Producers blocked on a full bounded queue, threads blocked in drain, idle
+    /// replicas: the condvars are signalled only when someone waits (a signal is a
+    /// syscall).
     room_waiters: usize,
     drain_waiters: usize,
 }
@@ -255,6 +256,20 @@ pub(crate) struct HandlerCore {
     pub(crate) function: Py<PyAny>,
     pub(crate) options: HandlerOptions,
     pool: Arc<Pool>,
+    /// Lock-free submission: producers push here; runners move items to the pipeline.
+    incoming_tx: Sender<Arc<Item>>,
+    incoming_rx: Receiver<Arc<Item>>,
+    /// Items accepted and not yet taken into a batch (nor cancelled or expired).
+    queued: AtomicUsize,
+    /// Items accepted and not yet finished; drain waits for zero.
+    outstanding: AtomicUsize,
+    /// A primary run of this handler is on the ready channel or running. Producers set
+    /// it (and submit) when they find it clear; the primary runner clears it when idle.
+    scheduled: AtomicBool,
+    /// A batch-delay timer is armed.
+    delay_timer_armed: AtomicBool,
+    /// Set after drain: new items are refused with `ShutDown`.
+    closed: AtomicBool,
     pipe: Mutex<Pipeline>,
     /// Signalled when queued items are taken or finish (room in a bounded queue).
     room: Condvar,
@@ -262,7 +277,8 @@ pub(crate) struct HandlerCore {
     drained: Condvar,
     /// Sub-interpreter replicas serving this handler (0: the shared worker pool).
     replicas: usize,
-    /// Wakes idle replica threads (unused by pool handlers).
+    /// Replica threads waiting for work (they wait on `replica_wake` under `pipe`).
+    idle_replicas: AtomicUsize,
     replica_wake: Condvar,
     counters: Counters,
     /// Items taken into a batch whose future is not resolved yet; decremented just before
@@ -294,16 +310,25 @@ impl HandlerCore {
         pool: Arc<Pool>,
         replicas: usize,
     ) -> Arc<HandlerCore> {
+        let (incoming_tx, incoming_rx) = crossbeam_channel::unbounded();
         Arc::new_cyclic(|weak| HandlerCore {
             name_c: std::ffi::CString::new(name.replace('\0', "?")).unwrap_or_default(),
             name,
             function,
             options,
             pool,
+            incoming_tx,
+            incoming_rx,
+            queued: AtomicUsize::new(0),
+            outstanding: AtomicUsize::new(0),
+            scheduled: AtomicBool::new(false),
+            delay_timer_armed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             pipe: Mutex::new(Pipeline::default()),
             room: Condvar::new(),
             drained: Condvar::new(),
             replicas,
+            idle_replicas: AtomicUsize::new(0),
             replica_wake: Condvar::new(),
             counters: Counters::default(),
             items_in_batches: AtomicU64::new(0),
@@ -326,19 +351,34 @@ impl HandlerCore {
         counter.fetch_add(1, Relaxed);
     }
 
-    fn finish_items_locked(&self, pipe: &mut Pipeline, n: usize) {
-        pipe.outstanding -= n;
-        if pipe.room_waiters > 0 {
-            self.room.notify_all();
+    /// Accounts for `n` accepted items that finished; wakes drainers at zero.
+    fn finish_items(&self, n: usize) {
+        if n > 0 && self.outstanding.fetch_sub(n, AcqRel) == n {
+            let pipe = self.lock();
+            if pipe.drain_waiters > 0 {
+                self.drained.notify_all();
+            }
         }
-        if pipe.outstanding == 0 && pipe.drain_waiters > 0 {
-            self.drained.notify_all();
+    }
+
+    /// Accounts for `n` queued items leaving the queue (taken, cancelled, expired);
+    /// wakes producers blocked on a full bounded queue.
+    fn dequeued(&self, n: usize, pipe: Option<&mut Pipeline>) {
+        self.queued.fetch_sub(n, AcqRel);
+        if self.options.max_queue > 0 {
+            let waiters = match pipe {
+                Some(p) => p.room_waiters,
+                None => self.lock().room_waiters,
+            };
+            if waiters > 0 {
+                self.room.notify_all();
+            }
         }
     }
 
     /// Queues one item. The job is always consumed: on refusal (shutdown, full queue)
     /// its `fail` runs before this returns and the returned future is already failed.
-    /// Blocks only under `FullPolicy::Block` with a full queue.
+    /// Lock-free unless the bounded queue is full under `FullPolicy::Block`.
     pub(crate) fn enqueue(&self, job: Box<dyn Job>, opts: ItemOptions) -> Arc<Item> {
         self.counters.enqueued.fetch_add(1, Relaxed);
         let item = Arc::new(Item {
@@ -351,66 +391,127 @@ impl HandlerCore {
             deadline: opts.deadline,
             handler: self.weak_self.clone(),
         });
-        // A blocking wait for room must not hold the GIL the workers need.
-        let verdict = crate::runtime::without_gil(|| {
-            let (mut pipe, verdict) = self.wait_for_room(self.lock());
-            if verdict.is_ok() {
-                pipe.pending.push_back(item.clone());
-                pipe.live_pending += 1;
-                pipe.outstanding += 1;
-                self.reschedule_locked(&mut pipe);
-            }
-            verdict
-        });
-        if let Err(error) = verdict {
+        if let Err(error) = self.reserve_slot() {
             self.counters.rejected.fetch_add(1, Relaxed);
             item.state.store(FINISHED, Relaxed);
             fail_job(item.take_job(), &error);
             item.completion.resolve(Err(error));
             return item;
         }
+        self.outstanding.fetch_add(1, AcqRel);
+        let queued = self.queued.load(Acquire);
+        let _ = self.incoming_tx.send(item.clone()); // the receiver lives in self
         if let Some(deadline) = opts.deadline {
             self.pool.timer.add(deadline, TimerTarget::Item(Arc::downgrade(&item)));
+        }
+        let delay = self.options.max_batch_delay;
+        if delay.is_zero() || queued >= self.options.batch_size {
+            self.kick();
+        } else {
+            self.arm_delay_timer(item.enqueued_at + delay);
+            // Pairs with the fence in `run`: a runner that went idle either sees this item
+            // or we see `scheduled` clear (kick above) -- here: wake a runner that may be
+            // waiting only for the delay to pass, which the timer covers.
         }
         item
     }
 
-    /// Waits (under `FullPolicy::Block`) until the bounded queue has room; hands the
-    /// guard back with the verdict.
-    fn wait_for_room<'a>(
-        &'a self,
-        mut pipe: MutexGuard<'a, Pipeline>,
-    ) -> (MutexGuard<'a, Pipeline>, Result<()>) {
+    /// Takes a place in the queue: checks shutdown and the bound. Blocks (releasing the
+    /// GIL if held) under `FullPolicy::Block` with a full queue.
+    fn reserve_slot(&self) -> Result<()> {
+        if self.closed.load(Acquire) {
+            return Err(self.shut_down_error());
+        }
         let limit = self.options.max_queue;
-        let give_up_at = self.options.block_timeout.map(|t| Instant::now() + t);
+        if limit == 0 {
+            self.queued.fetch_add(1, AcqRel);
+            return Ok(());
+        }
+        if self.try_reserve(limit) {
+            return Ok(());
+        }
         let full = || {
             Error::new(
                 ErrorKind::QueueFull,
                 format!("handler {} queue is full ({limit} items waiting)", self.name),
             )
         };
-        loop {
-            if pipe.closed {
-                let e = Error::new(ErrorKind::ShutDown, format!("handler {} is shut down", self.name));
-                return (pipe, Err(e));
-            }
-            if limit == 0 || pipe.live_pending < limit {
-                return (pipe, Ok(()));
-            }
-            if self.options.full_policy == FullPolicy::Reject {
-                return (pipe, Err(full()));
-            }
-            let now = Instant::now();
-            if give_up_at.is_some_and(|t| now >= t) {
-                return (pipe, Err(full()));
-            }
-            pipe.room_waiters += 1;
-            pipe = match give_up_at {
-                None => self.room.wait(pipe).unwrap_or_else(|p| p.into_inner()),
-                Some(t) => self.room.wait_timeout(pipe, t - now).unwrap_or_else(|p| p.into_inner()).0,
-            };
-            pipe.room_waiters -= 1;
+        if self.options.full_policy == FullPolicy::Reject {
+            return Err(full());
         }
+        let give_up_at = self.options.block_timeout.map(|t| Instant::now() + t);
+        crate::runtime::without_gil(|| {
+            let mut pipe = self.lock();
+            loop {
+                if self.closed.load(Acquire) {
+                    return Err(self.shut_down_error());
+                }
+                if self.try_reserve(limit) {
+                    return Ok(());
+                }
+                let now = Instant::now();
+                if give_up_at.is_some_and(|t| now >= t) {
+                    return Err(full());
+                }
+                pipe.room_waiters += 1;
+                pipe = match give_up_at {
+                    None => self.room.wait(pipe).unwrap_or_else(|p| p.into_inner()),
+                    Some(t) => self.room.wait_timeout(pipe, t - now).unwrap_or_else(|p| p.into_inner()).0,
+                };
+                pipe.room_waiters -= 1;
+            }
+        })
+    }
+
+    fn try_reserve(&self, limit: usize) -> bool {
+        let mut q = self.queued.load(Acquire);
+        while q < limit {
+            match self.queued.compare_exchange_weak(q, q + 1, AcqRel, Acquire) {
+                Ok(_) => return true,
+                Err(now) => q = now,
+            }
+        }
+        false
+    }
+
+    fn shut_down_error(&self) -> Error {
+        Error::new(ErrorKind::ShutDown, format!("handler {} is shut down", self.name))
+    }
+
+    /// Makes sure a runner will look at this handler: submits a primary run to the pool
+    /// unless one is pending or running; with replicas, wakes an idle replica.
+    fn kick(&self) {
+        if self.replicas > 0 {
+            fence(SeqCst);
+            if self.idle_replicas.load(SeqCst) > 0 {
+                let _pipe = self.lock();
+                self.replica_wake.notify_one();
+            }
+            return;
+        }
+        fence(SeqCst);
+        if !self.scheduled.load(SeqCst) && !self.scheduled.swap(true, SeqCst) {
+            if let Some(me) = self.weak_self.upgrade() {
+                self.pool.submit(me, true);
+            }
+        }
+    }
+
+    fn arm_delay_timer(&self, at: Instant) {
+        if !self.delay_timer_armed.load(Acquire) && !self.delay_timer_armed.swap(true, AcqRel) {
+            self.pool.timer.add(at, TimerTarget::Handler(self.weak_self.clone()));
+        }
+    }
+
+    /// Called by the timer when a batch delay ends.
+    fn on_delay_timer(&self) {
+        self.delay_timer_armed.store(false, Release);
+        self.kick();
+    }
+
+    /// Moves submitted items into the pipeline.
+    fn pull_incoming(&self, pipe: &mut Pipeline) {
+        pipe.pending.extend(self.incoming_rx.try_iter());
     }
 
     /// Oldest still-queued item, after dropping finished entries from the front.
@@ -428,21 +529,15 @@ impl HandlerCore {
     /// holds it back.
     fn claimable_locked(&self, pipe: &mut Pipeline) -> bool {
         let delay = self.options.max_batch_delay;
-        let batch = self.options.batch_size;
-        let Some(oldest) = Self::purge_front(pipe).map(|f| f.enqueued_at) else {
-            return false;
-        };
-        if pipe.live_pending >= batch || delay.is_zero() || pipe.draining {
+        let Some(oldest) = Self::purge_front(pipe).map(|f| f.enqueued_at) else { return false };
+        if delay.is_zero() || pipe.draining || self.queued.load(Acquire) >= self.options.batch_size {
             return true;
         }
         let due = oldest + delay;
         if Instant::now() >= due {
             return true;
         }
-        if pipe.delay_timer_at.is_none_or(|t| t > due) {
-            pipe.delay_timer_at = Some(due);
-            self.pool.timer.add(due, TimerTarget::Handler(self.weak_self.clone()));
-        }
+        self.arm_delay_timer(due);
         false
     }
 
@@ -450,8 +545,18 @@ impl HandlerCore {
         pipe.pending.front().is_some_and(|i| i.needs_prepare)
     }
 
-    /// Picks the next step for a worker. Called with the pipeline lock held.
+    /// Whether a runner could make progress now (used to decide whether to keep or hand
+    /// back a run). Called with the pipeline lock held, after `pull_incoming`.
+    fn work_available_locked(&self, pipe: &mut Pipeline) -> bool {
+        let exec_ready = !pipe.executing && pipe.staged.contains_key(&pipe.next_exec_seq);
+        let claim_ready = (!pipe.executing && pipe.batches_in_flight == 0)
+            || (pipe.batches_in_flight < self.options.prefetch_depth && Self::head_needs_prepare(pipe));
+        exec_ready || (claim_ready && self.claimable_locked(pipe))
+    }
+
+    /// Picks the next step for a runner. Called with the pipeline lock held.
     fn next_action_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Action {
+        self.pull_incoming(pipe);
         if !pipe.executing {
             let next = pipe.next_exec_seq;
             if let Some(batch) = pipe.staged.remove(&next) {
@@ -487,14 +592,12 @@ impl HandlerCore {
         }
     }
 
+    /// Takes up to `batch_size` queued items (expired ones go to `expired`).
     fn claim_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Vec<Arc<Item>> {
         let now = Instant::now();
-        let want = self.options.batch_size.min(pipe.live_pending);
-        let mut batch = Vec::with_capacity(want);
+        let mut batch = Vec::with_capacity(self.options.batch_size.min(pipe.pending.len()));
         while batch.len() < self.options.batch_size {
-            let Some(item) = pipe.pending.pop_front() else {
-                break;
-            };
+            let Some(item) = pipe.pending.pop_front() else { break };
             if item.deadline.is_some_and(|d| d <= now) {
                 if item.state.load(Acquire) == QUEUED {
                     expired.push(item);
@@ -505,50 +608,19 @@ impl HandlerCore {
                 batch.push(item);
             }
         }
-        pipe.live_pending -= batch.len();
-        self.items_in_batches.fetch_add(batch.len() as u64, Relaxed);
-        if !batch.is_empty() && pipe.room_waiters > 0 {
-            self.room.notify_all();
+        if !batch.is_empty() {
+            self.items_in_batches.fetch_add(batch.len() as u64, Relaxed);
+            self.dequeued(batch.len(), Some(pipe));
         }
         batch
     }
 
-    /// Puts the handler on the ready channel if a worker could make progress on it and
-    /// it is not there already.
-    fn reschedule_locked(&self, pipe: &mut Pipeline) {
-        if self.replicas > 0 {
-            if pipe.closed || (pipe.batches_in_flight < self.replicas && self.claimable_locked(pipe)) {
-                self.replica_wake.notify_one();
-            }
-            return;
-        }
-        if pipe.in_ready_queue {
-            return;
-        }
-        let exec_ready = !pipe.executing && pipe.staged.contains_key(&pipe.next_exec_seq);
-        let claim_ready = (!pipe.executing && pipe.batches_in_flight == 0)
-            || (pipe.batches_in_flight < self.options.prefetch_depth && Self::head_needs_prepare(pipe));
-        if exec_ready || (claim_ready && self.claimable_locked(pipe)) {
-            if let Some(me) = self.weak_self.upgrade() {
-                pipe.in_ready_queue = true;
-                self.pool.submit(me);
-            }
-        }
-    }
-
-    /// Called by the timer when a batch delay ends.
-    fn on_delay_timer(&self) {
-        let mut pipe = self.lock();
-        pipe.delay_timer_at = None;
-        self.reschedule_locked(&mut pipe);
-    }
-
-    /// A worker's turn on this handler: runs steps until none is left or other
-    /// handlers are waiting (then it requeues itself behind them).
-    fn run(self: &Arc<Self>) {
+    /// A runner's turn on this handler: runs steps until none is left or other
+    /// handlers are waiting (then it requeues itself behind them). `primary` runs own
+    /// the `scheduled` flag; helper runs (extra preparation) do not.
+    fn run(self: &Arc<Self>, mut primary: bool) {
         let mut expired = Vec::new();
         let mut pipe = self.lock();
-        pipe.in_ready_queue = false;
         loop {
             let action = self.next_action_locked(&mut pipe, &mut expired);
             if !expired.is_empty() {
@@ -560,16 +632,37 @@ impl HandlerCore {
             }
             match action {
                 Action::Idle => {
-                    self.reschedule_locked(&mut pipe);
+                    if !primary {
+                        return;
+                    }
+                    // Hand the run back, then look once more: a producer that pushed
+                    // before the store is seen here; one after it sees the flag clear
+                    // (the fences pair with those in `kick`).
+                    self.scheduled.store(false, SeqCst);
+                    fence(SeqCst);
+                    self.pull_incoming(&mut pipe);
+                    if self.work_available_locked(&mut pipe) && !self.scheduled.swap(true, SeqCst) {
+                        continue;
+                    }
                     return;
                 }
                 Action::Prepare(seq, batch) => {
                     // Let another worker take the next batch (or execute) meanwhile.
-                    self.reschedule_locked(&mut pipe);
+                    if pipe.batches_in_flight < self.options.prefetch_depth
+                        && self.work_available_locked(&mut pipe)
+                    {
+                        if let Some(me) = self.weak_self.upgrade() {
+                            self.pool.submit(me, false);
+                        }
+                    }
                     drop(pipe);
                     let batch = self.prepare_batch(batch);
                     pipe = self.lock();
                     pipe.staged.insert(seq, batch);
+                    if !primary && !self.scheduled.load(SeqCst) && !self.scheduled.swap(true, SeqCst) {
+                        // The primary went idle while we prepared: carry on as primary.
+                        primary = true;
+                    }
                 }
                 Action::Execute(batch) => {
                     drop(pipe);
@@ -579,10 +672,15 @@ impl HandlerCore {
                     pipe.executing = false;
                     pipe.next_exec_seq += 1;
                     pipe.batches_in_flight -= 1;
-                    self.finish_items_locked(&mut pipe, n);
-                    if self.pool.others_waiting() {
-                        self.reschedule_locked(&mut pipe);
-                        return;
+                    drop(pipe);
+                    self.finish_items(n);
+                    pipe = self.lock();
+                    if primary && self.pool.others_waiting() && self.work_available_locked(&mut pipe) {
+                        // Round-robin: go to the back of the ready channel, still scheduled.
+                        if let Some(me) = self.weak_self.upgrade() {
+                            self.pool.submit(me, true);
+                            return;
+                        }
                     }
                 }
             }
@@ -616,10 +714,7 @@ impl HandlerCore {
                 }
             }
         }
-        if failed > 0 {
-            let mut pipe = self.lock();
-            self.finish_items_locked(&mut pipe, failed);
-        }
+        self.finish_items(failed);
         kept
     }
 
@@ -724,21 +819,23 @@ impl HandlerCore {
     /// `close` is set. Releases the GIL while waiting. Called from inside one of this
     /// handler's own callbacks it cannot wait for itself: it then only marks the handler.
     pub(crate) fn drain(&self, close: bool) {
-        let reentrant = EXECUTING.with(|e| e.get() == self as *const _);
+        let reentrant = EXECUTING.with(|e| std::ptr::eq(e.get(), self));
         crate::runtime::without_gil(|| {
             let mut pipe = self.lock();
             pipe.draining = true;
-            self.reschedule_locked(&mut pipe);
+            drop(pipe);
+            self.kick();
+            pipe = self.lock();
             if !reentrant {
                 pipe.drain_waiters += 1;
-                while pipe.outstanding > 0 {
+                while self.outstanding.load(Acquire) > 0 {
                     pipe = self.drained.wait(pipe).unwrap_or_else(|p| p.into_inner());
                 }
                 pipe.drain_waiters -= 1;
-                pipe.draining = false;
+                pipe.draining = pipe.drain_waiters > 0;
             }
             if close {
-                pipe.closed = true;
+                self.closed.store(true, SeqCst);
                 self.room.notify_all();
                 self.replica_wake.notify_all();
             }
@@ -747,11 +844,10 @@ impl HandlerCore {
 
     pub(crate) fn stats(&self) -> HandlerStats {
         let emas = *self.emas.lock().unwrap_or_else(|p| p.into_inner());
-        let pipe = self.lock();
         let c = &self.counters;
         HandlerStats {
-            commit_queue_size: pipe.live_pending as u64,
-            execute_queue_size: self.items_in_batches.load(Relaxed),
+            commit_queue_size: self.queued.load(Acquire) as u64,
+            execute_queue_size: self.items_in_batches.load(Acquire),
             total_enqueued: c.enqueued.load(Relaxed),
             completed: c.completed.load(Relaxed),
             failed: c.failed.load(Relaxed),
@@ -763,6 +859,22 @@ impl HandlerCore {
             execute_batch_size_ema: emas.execute_batch_size,
             commit_ns_per_batch_ema: emas.commit_ns_per_batch,
             execute_ns_per_batch_ema: emas.execute_ns_per_batch,
+        }
+    }
+}
+
+impl Drop for HandlerCore {
+    fn drop(&mut self) {
+        // Nothing can be queued once the last reference is gone, but fail anything that
+        // slipped in after the final drain rather than lose it.
+        let leftovers: Vec<Arc<Item>> = self.incoming_rx.try_iter().collect();
+        let pending = std::mem::take(&mut self.pipe.get_mut().unwrap_or_else(|p| p.into_inner()).pending);
+        for item in leftovers.into_iter().chain(pending) {
+            if item.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_ok() {
+                let error = self.shut_down_error();
+                fail_job(item.take_job(), &error);
+                item.completion.resolve(Err(error));
+            }
         }
     }
 }
@@ -865,7 +977,8 @@ use pyo3::types::{PyAnyMethods, PyTypeMethods};
 use pyo3::PyTypeInfo;
 
 enum Task {
-    Run(Arc<HandlerCore>),
+    /// A run of the handler; `true` for the primary run (owner of `scheduled`).
+    Run(Arc<HandlerCore>, bool),
     Stop,
 }
 
@@ -895,9 +1008,9 @@ impl Pool {
         self.threads
     }
 
-    fn submit(&self, handler: Arc<HandlerCore>) {
+    fn submit(&self, handler: Arc<HandlerCore>, primary: bool) {
         // The receiver lives in this pool, so the channel cannot be disconnected.
-        let _ = self.ready_tx.send(Task::Run(handler));
+        let _ = self.ready_tx.send(Task::Run(handler, primary));
     }
 
     fn others_waiting(&self) -> bool {
@@ -916,8 +1029,8 @@ impl Drop for Pool {
 
 fn worker_main(rx: Receiver<Task>) {
     crate::runtime::persist_current_thread_state();
-    while let Ok(Task::Run(handler)) = rx.recv() {
-        handler.run();
+    while let Ok(Task::Run(handler, primary)) = rx.recv() {
+        handler.run(primary);
     }
 }
 
@@ -1032,6 +1145,7 @@ impl BatchSource for HandlerCore {
         let mut expired = Vec::new();
         let mut pipe = self.lock();
         loop {
+            self.pull_incoming(&mut pipe);
             if pipe.batches_in_flight < self.replicas && self.claimable_locked(&mut pipe) {
                 let batch = self.claim_locked(&mut pipe, &mut expired);
                 if !expired.is_empty() {
@@ -1045,16 +1159,22 @@ impl BatchSource for HandlerCore {
                     continue;
                 }
                 pipe.batches_in_flight += 1;
-                // Another replica may take the next batch meanwhile.
-                self.reschedule_locked(&mut pipe);
                 drop(pipe);
+                // Another replica may take the next batch meanwhile.
+                self.kick();
                 return Some(self.prepare_batch(batch));
             }
-            if pipe.closed && pipe.live_pending == 0 {
+            if self.closed.load(Acquire) && self.queued.load(Acquire) == 0 {
                 self.replica_wake.notify_all();
                 return None;
             }
-            pipe = self.replica_wake.wait(pipe).unwrap_or_else(|p| p.into_inner());
+            // Announce the wait, then look once more (pairs with the fence in `kick`).
+            self.idle_replicas.fetch_add(1, SeqCst);
+            fence(SeqCst);
+            if self.incoming_rx.is_empty() {
+                pipe = self.replica_wake.wait(pipe).unwrap_or_else(|p| p.into_inner());
+            }
+            self.idle_replicas.fetch_sub(1, SeqCst);
         }
     }
 
@@ -1072,10 +1192,9 @@ impl BatchSource for HandlerCore {
     }
 
     fn finish_batch(&self, items: usize) {
-        let mut pipe = self.lock();
-        pipe.batches_in_flight -= 1;
-        self.finish_items_locked(&mut pipe, items);
-        self.reschedule_locked(&mut pipe);
+        self.lock().batches_in_flight -= 1;
+        self.finish_items(items);
+        self.kick();
     }
 
     fn name(&self) -> &str {

@@ -70,7 +70,11 @@ fn main() {
                 };
                 pysched_handler_queue(handler, &item, std::ptr::null_mut(), std::ptr::null_mut());
             }
+            let enq = t.elapsed();
             pysched_handler_drain(handler, std::ptr::null_mut());
+            if std::env::var("PROBE_VERBOSE").is_ok() {
+                println!("  enqueue {:.0} ns/item", enq.as_nanos() as f64 / n as f64);
+            }
             assert_eq!(DONE.load(Ordering::Relaxed), n);
             runs.push(t.elapsed().as_nanos() as f64 / n as f64);
         }
@@ -80,6 +84,86 @@ fn main() {
             "queued batch {batch:>3}: {:8.0} ns/item (median of 5; batch ema {:.1})",
             median(runs),
             stats.execute_batch_size_ema
+        );
+        pysched_handler_free(handler);
+    }
+    // One request at a time through an idle worker: latency of queue -> result.
+    {
+        let opts = pysched_handler_options_default();
+        let mut handler = std::ptr::null_mut();
+        let (m, e) = (CString::new("pysched_testmod").unwrap(), CString::new("identity").unwrap());
+        pysched_manager_load(manager, m.as_ptr(), e.as_ptr(), &opts, &mut handler, std::ptr::null_mut());
+        let mut lat = Vec::new();
+        for i in 0..2000 {
+            let item = pysched_item {
+                user_data: i as *mut c_void,
+                commit: Some(commit),
+                prepare: None,
+                complete: Some(complete),
+                drop: None,
+                timeout_us: 0,
+            };
+            let mut fut = std::ptr::null_mut();
+            let t = Instant::now();
+            pysched_handler_queue(handler, &item, &mut fut, std::ptr::null_mut());
+            pyscheduler::ffi::future::pysched_future_wait(fut, std::ptr::null_mut());
+            lat.push(t.elapsed().as_nanos() as f64 / 1000.0);
+            let mut out = std::ptr::null_mut();
+            pyscheduler::ffi::future::pysched_future_take(fut, &mut out, std::ptr::null_mut());
+            Python::attach(|_py| unsafe { ffi::Py_DecRef(out) });
+            pyscheduler::ffi::future::pysched_future_free(fut);
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("one at a time: p50 {:.1} us, p99 {:.1} us", lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
+        pysched_handler_free(handler);
+    }
+    // Synchronous call from a thread without the GIL, against calling with it held.
+    {
+        let opts = pysched_handler_options_default();
+        let mut handler = std::ptr::null_mut();
+        let (m, e) = (CString::new("pysched_testmod").unwrap(), CString::new("add").unwrap());
+        pysched_manager_load(manager, m.as_ptr(), e.as_ptr(), &opts, &mut handler, std::ptr::null_mut());
+        unsafe extern "C" fn call_add(_u: *mut c_void, f: *mut ffi::PyObject) -> c_int {
+            let a = ffi::PyLong_FromLong(3000);
+            let b = ffi::PyLong_FromLong(-1234);
+            let r = ffi::PyObject_CallFunctionObjArgs(f, a, b, std::ptr::null_mut::<ffi::PyObject>());
+            let v = ffi::PyLong_AsLong(r);
+            ffi::Py_DecRef(r);
+            ffi::Py_DecRef(a);
+            ffi::Py_DecRef(b);
+            (v != 1766) as c_int
+        }
+        let n = 200_000;
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            for _ in 0..n {
+                pysched_handler_with_function(
+                    handler,
+                    Some(call_add),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
+            }
+            runs.push(t.elapsed().as_nanos() as f64 / n as f64);
+        }
+        let sync = median(runs);
+        let floor = Python::attach(|py| {
+            let f = py.import("pysched_testmod").unwrap().getattr("add").unwrap();
+            let mut runs = Vec::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..n {
+                    unsafe { call_add(std::ptr::null_mut(), f.as_ptr()) };
+                }
+                runs.push(t.elapsed().as_nanos() as f64 / n as f64);
+            }
+            median(runs)
+        });
+        println!(
+            "sync call: {sync:.0} ns/call; with the GIL already held: {floor:.0} ns/call ({:.2}x)",
+            sync / floor
         );
         pysched_handler_free(handler);
     }

@@ -73,9 +73,7 @@ pub(crate) fn handler_options(o: Option<&pysched_handler_options>) -> Result<Han
         0 => FullPolicy::Block,
         1 => FullPolicy::Reject,
         other => {
-            return Err(Error::invalid_argument(format!(
-                "full_policy {other} is not a pysched_full_policy"
-            )))
+            return Err(Error::invalid_argument(format!("full_policy {other} is not a pysched_full_policy")))
         }
     };
     let options = HandlerOptions {
@@ -106,11 +104,7 @@ pub type pysched_prepare_fn = Option<unsafe extern "C" fn(user_data: *mut c_void
 /// from any thread, with or without the GIL. Return 0, or non-zero to count the item as
 /// failed (its future then reports PYSCHED_CALLBACK).
 pub type pysched_complete_fn = Option<
-    unsafe extern "C" fn(
-        user_data: *mut c_void,
-        result: *mut PyObject,
-        error: *const pysched_error,
-    ) -> c_int,
+    unsafe extern "C" fn(user_data: *mut c_void, result: *mut PyObject, error: *const pysched_error) -> c_int,
 >;
 /// Releases `user_data`; called exactly once per item, after `complete`, on every path
 /// (success, error, cancel, deadline, rejection, shutdown). Any thread; the GIL is held
@@ -158,10 +152,7 @@ impl Job for CJob {
         // SAFETY: a C callback supplied with this user_data; called once, without the GIL.
         match unsafe { prepare(self.item.user_data) } {
             0 => Ok(()),
-            rc => Err(Error::new(
-                ErrorKind::Commit,
-                format!("prepare callback failed (returned {rc})"),
-            )),
+            rc => Err(Error::new(ErrorKind::Commit, format!("prepare callback failed (returned {rc})"))),
         }
     }
 
@@ -173,11 +164,7 @@ impl Job for CJob {
         // held. It returns a new reference or NULL with an exception set.
         let obj = unsafe { commit(self.item.user_data) };
         if obj.is_null() {
-            return Err(Error::fetch(
-                py,
-                ErrorKind::Commit,
-                "commit callback failed",
-            ));
+            return Err(Error::fetch(py, ErrorKind::Commit, "commit callback failed"));
         }
         // SAFETY: obj is a new reference (the commit contract), owned from here on.
         Ok(unsafe { Bound::from_owned_ptr(py, obj) }.unbind())
@@ -190,10 +177,7 @@ impl Job for CJob {
         // SAFETY: called once, GIL held; result is borrowed for the duration of the call.
         match unsafe { complete(self.item.user_data, result.as_ptr(), std::ptr::null()) } {
             0 => Ok(()),
-            rc => Err(Error::new(
-                ErrorKind::Callback,
-                format!("completion callback failed (returned {rc})"),
-            )),
+            rc => Err(Error::new(ErrorKind::Callback, format!("completion callback failed (returned {rc})"))),
         }
     }
 
@@ -216,10 +200,7 @@ impl Job for CJob {
         // SAFETY: called once with the replica's GIL held; result is borrowed.
         match unsafe { complete(self.item.user_data, result, std::ptr::null()) } {
             0 => Ok(()),
-            rc => Err(Error::new(
-                ErrorKind::Callback,
-                format!("completion callback failed (returned {rc})"),
-            )),
+            rc => Err(Error::new(ErrorKind::Callback, format!("completion callback failed (returned {rc})"))),
         }
     }
 
@@ -282,16 +263,13 @@ pub extern "C" fn pysched_handler_queue(
             return Err(e);
         }
         let opts = ItemOptions {
-            deadline: (item.timeout_us > 0)
-                .then(|| Instant::now() + Duration::from_micros(item.timeout_us)),
+            deadline: (item.timeout_us > 0).then(|| Instant::now() + Duration::from_micros(item.timeout_us)),
             keep_value: !out_future.is_null(),
         };
         let future = h.inner.queue_job(Box::new(job), opts);
         if future.is_ready() {
             // Refused at once (full queue, shut down): the callbacks already saw the error.
-            if let Err(e) = future.take() {
-                return Err(e);
-            }
+            future.take()?;
         }
         if !out_future.is_null() {
             // SAFETY: checked non-NULL; points to writable storage (documented).
@@ -375,15 +353,10 @@ pub extern "C" fn pysched_handler_with_function(
         let h = handle(handler, "handler")?;
         let f = r#fn.ok_or_else(|| Error::invalid_argument("fn is NULL"))?;
         // SAFETY: the callback receives a borrowed function with the GIL held.
-        let rc = h
-            .inner
-            .with_function(|_py, function| unsafe { f(user_data, function.as_ptr()) });
+        let rc = h.inner.with_function(|_py, function| unsafe { f(user_data, function.as_ptr()) });
         match rc {
             0 => Ok(()),
-            rc => Err(Error::new(
-                ErrorKind::Callback,
-                format!("callback failed (returned {rc})"),
-            )),
+            rc => Err(Error::new(ErrorKind::Callback, format!("callback failed (returned {rc})"))),
         }
     })
 }

@@ -3,6 +3,9 @@
 //! exported body. One file per concept, mirroring the Rust modules.
 
 #![allow(non_camel_case_types)]
+// The exported functions take raw pointers from C callers whose contract (NULL or a live
+// handle) is documented on each; every dereference is checked for NULL first.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 pub mod error;
 pub mod future;
@@ -69,10 +72,7 @@ pub(crate) fn boundary(
     let error = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => return pysched_status::PYSCHED_OK,
         Ok(Err(e)) => e,
-        Err(panic) => Error::internal(format!(
-            "panic inside pyscheduler: {}",
-            panic_message(&panic)
-        )),
+        Err(panic) => Error::internal(format!("panic inside pyscheduler: {}", panic_message(&panic))),
     };
     let status = pysched_status::from(error.kind());
     if !out_error.is_null() {
