@@ -79,12 +79,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            python_type: String::new(),
-            traceback: String::new(),
-        }
+        Error { kind, message: message.into(), python_type: String::new(), traceback: String::new() }
     }
 
     pub fn invalid_argument(message: impl Into<String>) -> Self {
@@ -100,20 +95,12 @@ impl Error {
     ///
     /// PRECONDITION: attached to the interpreter (implied by `py`).
     pub fn from_pyerr(py: Python<'_>, err: &PyErr, kind: ErrorKind) -> Self {
-        let python_type = err
-            .get_type(py)
-            .qualname()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "<unknown>".to_owned());
+        let python_type =
+            err.get_type(py).qualname().map(|n| n.to_string()).unwrap_or_else(|_| "<unknown>".to_owned());
         let value = err.value(py);
-        let message = value
-            .str()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|_| "<exception str() failed>".to_owned());
-        let traceback = err
-            .traceback(py)
-            .and_then(|tb| tb.format().ok())
-            .unwrap_or_default();
+        let message =
+            value.str().map(|s| s.to_string()).unwrap_or_else(|_| "<exception str() failed>".to_owned());
+        let traceback = err.traceback(py).and_then(|tb| tb.format().ok()).unwrap_or_default();
         Error {
             kind,
             message: if message.is_empty() {

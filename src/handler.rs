@@ -23,10 +23,7 @@ pub struct Handler {
 
 impl Handler {
     pub(crate) fn new(core: Arc<HandlerCore>, shared: Arc<Shared>) -> Self {
-        Handler {
-            core,
-            _shared: shared,
-        }
+        Handler { core, _shared: shared }
     }
 
     /// "module.entry_point", or the name given in the options.
@@ -55,35 +52,22 @@ impl Handler {
     ) -> Result<Py<PyAny>> {
         crate::runtime::attach(|py| {
             let args = args(py).map_err(|e| {
+                Error::from_pyerr_context(py, &e, ErrorKind::InvalidArgument, "building the arguments")
+            })?;
+            self.core.function.bind(py).call1(args).map(Bound::unbind).map_err(|e| {
                 Error::from_pyerr_context(
                     py,
                     &e,
-                    ErrorKind::InvalidArgument,
-                    "building the arguments",
+                    ErrorKind::PythonException,
+                    &format!("{} raised", self.core.name),
                 )
-            })?;
-            self.core
-                .function
-                .bind(py)
-                .call1(args)
-                .map(Bound::unbind)
-                .map_err(|e| {
-                    Error::from_pyerr_context(
-                        py,
-                        &e,
-                        ErrorKind::PythonException,
-                        &format!("{} raised", self.core.name),
-                    )
-                })
+            })
         })
     }
 
     /// Runs `f` attached to the interpreter with the bound function; for callers that
     /// convert arguments and results themselves (the C++ wrapper's synchronous invoke).
-    pub fn with_function<R>(
-        &self,
-        f: impl for<'py> FnOnce(Python<'py>, &Bound<'py, PyAny>) -> R,
-    ) -> R {
+    pub fn with_function<R>(&self, f: impl for<'py> FnOnce(Python<'py>, &Bound<'py, PyAny>) -> R) -> R {
         crate::runtime::attach(|py| f(py, self.core.function.bind(py)))
     }
 
@@ -94,13 +78,8 @@ impl Handler {
         F: for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>> + Send + 'static,
     {
         self.queue_job(
-            Box::new(ClosureJob {
-                commit: Some(commit),
-            }),
-            ItemOptions {
-                keep_value: true,
-                ..Default::default()
-            },
+            Box::new(ClosureJob { commit: Some(commit) }),
+            ItemOptions { keep_value: true, ..Default::default() },
         )
     }
 
@@ -127,12 +106,7 @@ impl Handler {
     /// This handler's metrics in Prometheus text exposition format.
     pub fn prometheus_text(&self) -> String {
         let mut out = String::new();
-        crate::stats::write_prometheus(
-            &mut out,
-            &self.core.name,
-            &self.stats(),
-            &self.core.histograms,
-        );
+        crate::stats::write_prometheus(&mut out, &self.core.name, &self.stats(), &self.core.histograms);
         out
     }
 }
@@ -152,10 +126,7 @@ where
     F: for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>> + Send + 'static,
 {
     fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>> {
-        let f = self
-            .commit
-            .take()
-            .ok_or_else(|| Error::internal("commit called twice"))?;
+        let f = self.commit.take().ok_or_else(|| Error::internal("commit called twice"))?;
         f(py).map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::Commit, "commit failed"))
     }
     fn complete(&mut self, _py: Python<'_>, _result: &Bound<'_, PyAny>) -> Result<()> {

@@ -32,10 +32,7 @@ pub(crate) struct Shared {
 static SHARED: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
 
 fn default_worker_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(4)
-        .clamp(4, 64)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).clamp(4, 64)
 }
 
 /// Entry point to the embedded interpreter. Cheap to create; all managers of a process
@@ -63,11 +60,8 @@ impl Manager {
             0 => default_worker_threads(),
             n => n,
         };
-        let shared = Arc::new(Shared {
-            pool: Pool::new(threads)?,
-            functions: Mutex::new(HashMap::new()),
-            start_mode,
-        });
+        let shared =
+            Arc::new(Shared { pool: Pool::new(threads)?, functions: Mutex::new(HashMap::new()), start_mode });
         *slot = Arc::downgrade(&shared);
         Ok(Manager { shared })
     }
@@ -88,20 +82,12 @@ impl Manager {
 
     /// Imports `module` (once per process) and binds `entry_point` (a dotted attribute
     /// path such as `"Model.predict"` is allowed) as a handler with its own queue.
-    pub fn load(
-        &self,
-        module: &str,
-        entry_point: &str,
-        options: HandlerOptions,
-    ) -> Result<Handler> {
+    pub fn load(&self, module: &str, entry_point: &str, options: HandlerOptions) -> Result<Handler> {
         options.validate()?;
         validate_dotted("module name", module)?;
         validate_dotted("entry point", entry_point)?;
         let function = self.function(module, entry_point)?;
-        let name = options
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{module}.{entry_point}"));
+        let name = options.name.clone().unwrap_or_else(|| format!("{module}.{entry_point}"));
         let core = HandlerCore::new(name, function, options, self.shared.pool.clone(), 0);
         Ok(Handler::new(core, self.shared.clone()))
     }
@@ -109,13 +95,7 @@ impl Manager {
     fn function(&self, module: &str, entry_point: &str) -> Result<Py<PyAny>> {
         let key = (module.to_owned(), entry_point.to_owned());
         runtime::attach(|py| {
-            if let Some(f) = self
-                .shared
-                .functions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-            {
+            if let Some(f) = self.shared.functions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
                 return Ok(f.clone_ref(py));
             }
             let mut obj = py
@@ -144,10 +124,7 @@ impl Manager {
                     ErrorKind::Attribute,
                     format!(
                         "{module}.{entry_point} is not callable (it is a {})",
-                        obj.get_type()
-                            .name()
-                            .map(|n| n.to_string())
-                            .unwrap_or_default()
+                        obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
                     ),
                 ));
             }
@@ -176,11 +153,7 @@ impl Drop for Shared {
 /// Rejects names that cannot be a Python module path or attribute path: empty, empty
 /// components, or components that are not identifiers.
 fn validate_dotted(what: &str, name: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Err(Error::invalid_argument(format!(
-            "invalid {what} {name:?}: {why}"
-        )))
-    };
+    let bad = |why: &str| Err(Error::invalid_argument(format!("invalid {what} {name:?}: {why}")));
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -213,10 +186,7 @@ pub fn debug_shared_state_address() -> usize {
 
 /// Live managers plus live handlers (each holds the state once).
 pub fn debug_arc_count() -> u64 {
-    SHARED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .strong_count() as u64
+    SHARED.lock().unwrap_or_else(|p| p.into_inner()).strong_count() as u64
 }
 
 #[cfg(test)]

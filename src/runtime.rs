@@ -62,21 +62,12 @@ fn start_interpreter(options: &RuntimeOptions) -> Result<StartMode> {
         persist_current_thread_state();
         return Ok(StartMode::Adopted);
     }
-    let executable = options
-        .python_executable
-        .clone()
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            std::env::var("VIRTUAL_ENV")
-                .ok()
-                .filter(|v| !v.is_empty())
-                .map(|v| format!("{v}/bin/python"))
-        });
+    let executable = options.python_executable.clone().filter(|s| !s.is_empty()).or_else(|| {
+        std::env::var("VIRTUAL_ENV").ok().filter(|v| !v.is_empty()).map(|v| format!("{v}/bin/python"))
+    });
     if let Some(exe) = &executable {
         if !std::path::Path::new(exe).exists() {
-            return Err(Error::invalid_argument(format!(
-                "python executable {exe:?} does not exist"
-            )));
+            return Err(Error::invalid_argument(format!("python executable {exe:?} does not exist")));
         }
     }
     // SAFETY: the interpreter is not running (checked above) and START's once-cell
@@ -91,11 +82,8 @@ fn start_interpreter(options: &RuntimeOptions) -> Result<StartMode> {
         if let Some(exe) = &executable {
             let exe_c = CString::new(exe.as_str())
                 .map_err(|_| Error::invalid_argument("python executable contains a NUL byte"))?;
-            let status = ffi::PyConfig_SetBytesString(
-                config_ptr,
-                &mut (*config_ptr).program_name,
-                exe_c.as_ptr(),
-            );
+            let status =
+                ffi::PyConfig_SetBytesString(config_ptr, &mut (*config_ptr).program_name, exe_c.as_ptr());
             if ffi::PyStatus_Exception(status) != 0 {
                 ffi::PyConfig_Clear(config_ptr);
                 return Err(status_error(status, "setting the program name"));
@@ -113,16 +101,9 @@ fn start_interpreter(options: &RuntimeOptions) -> Result<StartMode> {
         let path = sys_path(py)?;
         let mut i = 0;
         while i < path.len() {
-            let entry = path
-                .get_item(i)
-                .map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
-            if entry
-                .extract::<String>()
-                .map(|s| s.is_empty())
-                .unwrap_or(false)
-            {
-                path.del_item(i)
-                    .map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
+            let entry = path.get_item(i).map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
+            if entry.extract::<String>().map(|s| s.is_empty()).unwrap_or(false) {
+                path.del_item(i).map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
             } else {
                 i += 1;
             }
@@ -143,9 +124,7 @@ fn status_error(status: ffi::PyStatus, what: &str) -> Error {
         "unknown error".to_owned()
     } else {
         // SAFETY: err_msg is a static NUL-terminated string owned by CPython.
-        unsafe { CStr::from_ptr(status.err_msg) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { CStr::from_ptr(status.err_msg) }.to_string_lossy().into_owned()
     };
     Error::new(ErrorKind::Internal, format!("{what}: {msg}"))
 }
@@ -163,10 +142,7 @@ fn promote_libpython_to_global() {
         }
         // RTLD_NOLOAD: only change the flags of the already-loaded object. The handle is
         // deliberately never closed: libpython stays for the life of the process.
-        let _ = libc::dlopen(
-            info.dli_fname,
-            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_GLOBAL,
-        );
+        let _ = libc::dlopen(info.dli_fname, libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_GLOBAL);
     }
 }
 
@@ -182,24 +158,17 @@ pub(crate) fn sys_path<'py>(py: Python<'py>) -> Result<Bound<'py, PyList>> {
 /// to the interpreter (blocks until the GIL is available).
 pub fn add_path(directory: &str) -> Result<()> {
     if directory.is_empty() {
-        return Err(Error::invalid_argument(
-            "add_path: directory must not be empty",
-        ));
+        return Err(Error::invalid_argument("add_path: directory must not be empty"));
     }
     if directory.contains('\0') {
-        return Err(Error::invalid_argument(
-            "add_path: directory contains a NUL byte",
-        ));
+        return Err(Error::invalid_argument("add_path: directory contains a NUL byte"));
     }
     let _guard = PATH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     attach(|py| {
         let path = sys_path(py)?;
-        let present = path
-            .contains(directory)
-            .map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
+        let present = path.contains(directory).map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
         if !present {
-            path.append(directory)
-                .map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
+            path.append(directory).map_err(|e| Error::from_pyerr(py, &e, ErrorKind::Internal))?;
         }
         Ok(())
     })

@@ -138,18 +138,10 @@ impl Histogram {
             let c = b.load(Relaxed);
             cumulative += c;
             if c > 0 {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
-                    bucket_upper(i)
-                );
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}", bucket_upper(i));
             }
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
-            self.count()
-        );
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count());
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum());
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count());
     }
@@ -214,19 +206,9 @@ impl Histograms {
 
 /// Appends one handler's metrics in Prometheus text exposition format. `handler` labels
 /// every series (quotes and backslashes in it are escaped).
-pub(crate) fn write_prometheus(
-    out: &mut String,
-    handler: &str,
-    stats: &HandlerStats,
-    hist: &Histograms,
-) {
-    let label = format!(
-        "handler=\"{}\"",
-        handler
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    );
+pub(crate) fn write_prometheus(out: &mut String, handler: &str, stats: &HandlerStats, hist: &Histograms) {
+    let label =
+        format!("handler=\"{}\"", handler.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"));
     let counters = [
         ("enqueued", stats.total_enqueued),
         ("completed", stats.completed),
@@ -240,10 +222,8 @@ pub(crate) fn write_prometheus(
         let _ = writeln!(out, "# TYPE pyscheduler_items_{name}_total counter");
         let _ = writeln!(out, "pyscheduler_items_{name}_total{{{label}}} {v}");
     }
-    let gauges = [
-        ("commit_queue_size", stats.commit_queue_size),
-        ("execute_queue_size", stats.execute_queue_size),
-    ];
+    let gauges =
+        [("commit_queue_size", stats.commit_queue_size), ("execute_queue_size", stats.execute_queue_size)];
     for (name, v) in gauges {
         let _ = writeln!(out, "# TYPE pyscheduler_{name} gauge");
         let _ = writeln!(out, "pyscheduler_{name}{{{label}}} {v}");

@@ -16,9 +16,7 @@ pub struct pysched_future {
 /// Thread-safe. Never blocks.
 #[no_mangle]
 pub extern "C" fn pysched_future_is_ready(future: *const pysched_future) -> bool {
-    super::boundary_value(false, || {
-        handle(future, "future").is_ok_and(|f| f.inner.is_ready())
-    })
+    super::boundary_value(false, || handle(future, "future").is_ok_and(|f| f.inner.is_ready()))
 }
 
 /// Blocks until the item finishes. `PYSCHED_OK` once it has (read the outcome with
@@ -45,16 +43,10 @@ pub extern "C" fn pysched_future_wait_for(
     out_error: *mut *mut pysched_error,
 ) -> pysched_status {
     boundary(out_error, || {
-        if handle(future, "future")?
-            .inner
-            .wait_for(Duration::from_micros(timeout_us))
-        {
+        if handle(future, "future")?.inner.wait_for(Duration::from_micros(timeout_us)) {
             Ok(())
         } else {
-            Err(Error::new(
-                crate::ErrorKind::TimedOut,
-                "the future did not finish in time",
-            ))
+            Err(Error::new(crate::ErrorKind::TimedOut, "the future did not finish in time"))
         }
     })
 }
@@ -93,9 +85,7 @@ pub extern "C" fn pysched_future_take(
 /// Thread-safe. Never blocks on Python (the item's complete/drop run on this thread).
 #[no_mangle]
 pub extern "C" fn pysched_future_cancel(future: *const pysched_future) -> bool {
-    super::boundary_value(false, || {
-        handle(future, "future").is_ok_and(|f| f.inner.cancel())
-    })
+    super::boundary_value(false, || handle(future, "future").is_ok_and(|f| f.inner.cancel()))
 }
 
 /// Releases a future (not the item: it still runs). A result never taken is released

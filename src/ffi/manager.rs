@@ -115,9 +115,7 @@ pub extern "C" fn pysched_manager_load(
 /// Thread-safe. Never blocks.
 #[no_mangle]
 pub extern "C" fn pysched_manager_worker_threads(manager: *const pysched_manager) -> u32 {
-    super::boundary_value(0, || {
-        handle(manager, "manager").map_or(0, |m| m.inner.worker_threads() as u32)
-    })
+    super::boundary_value(0, || handle(manager, "manager").map_or(0, |m| m.inner.worker_threads() as u32))
 }
 
 /// Whether this process's interpreter was adopted (already running when pyscheduler

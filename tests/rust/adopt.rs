@@ -12,12 +12,17 @@ fn adopts_an_interpreter_started_by_someone_else() {
     Python::attach(|py| {
         py.import("sys").unwrap().setattr("started_by_host", 42).unwrap();
         let path = py.import("sys").unwrap().getattr("path").unwrap();
-        path.cast::<pyo3::types::PyList>().unwrap().append(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python")).unwrap();
+        path.cast::<pyo3::types::PyList>()
+            .unwrap()
+            .append(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"))
+            .unwrap();
     });
     let m = Manager::new(ManagerOptions::default()).unwrap();
     assert_eq!(m.start_mode(), StartMode::Adopted);
-    let h = m.load("pysched_testmod", "double", HandlerOptions { batch_size: 4, ..Default::default() }).unwrap();
-    let futures: Vec<_> = (0..50i64).map(|i| h.queue(move |py| Ok(i.into_pyobject(py)?.into_any().unbind()))).collect();
+    let h =
+        m.load("pysched_testmod", "double", HandlerOptions { batch_size: 4, ..Default::default() }).unwrap();
+    let futures: Vec<_> =
+        (0..50i64).map(|i| h.queue(move |py| Ok(i.into_pyobject(py)?.into_any().unbind()))).collect();
     for (i, f) in futures.into_iter().enumerate() {
         let v = f.wait().unwrap().unwrap();
         assert_eq!(Python::attach(|py| v.bind(py).extract::<i64>().unwrap()), 2 * i as i64);

@@ -11,10 +11,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 fn opts(batch: usize) -> HandlerOptions {
-    HandlerOptions {
-        batch_size: batch,
-        ..Default::default()
-    }
+    HandlerOptions { batch_size: batch, ..Default::default() }
 }
 
 fn int(py: Python<'_>, v: i64) -> PyResult<Py<PyAny>> {
@@ -49,19 +46,11 @@ fn batches_never_exceed_batch_size_and_do_form() {
     // Hold the GIL while queueing so items pile up, then let them run.
     let futures = Python::attach(|py| {
         py.detach(|| ());
-        (0..100i64)
-            .map(|i| h.queue(move |py| int(py, i)))
-            .collect::<Vec<_>>()
+        (0..100i64).map(|i| h.queue(move |py| int(py, i))).collect::<Vec<_>>()
     });
-    let sizes: Vec<i64> = futures
-        .into_iter()
-        .map(|f| extract_i64(&f.wait().unwrap().unwrap()))
-        .collect();
+    let sizes: Vec<i64> = futures.into_iter().map(|f| extract_i64(&f.wait().unwrap().unwrap())).collect();
     assert!(sizes.iter().all(|&s| (1..=8).contains(&s)), "{sizes:?}");
-    assert!(
-        sizes.iter().any(|&s| s > 1),
-        "no batching happened: {sizes:?}"
-    );
+    assert!(sizes.iter().any(|&s| s > 1), "no batching happened: {sizes:?}");
 }
 
 /// Counts how each item ended, to prove exactly-once resolution.
@@ -107,8 +96,7 @@ fn eight_producers_every_item_exactly_once() {
     const PER: i64 = 5000;
     std::thread::scope(|s| {
         for t in 0..THREADS {
-            let (h, completed, failed, dropped) =
-                (&h, completed.clone(), failed.clone(), dropped.clone());
+            let (h, completed, failed, dropped) = (&h, completed.clone(), failed.clone(), dropped.clone());
             s.spawn(move || {
                 let futures: Vec<_> = (0..PER)
                     .map(|i| {
@@ -124,10 +112,7 @@ fn eight_producers_every_item_exactly_once() {
                             value,
                             h.queue_job(
                                 Box::new(job),
-                                ItemOptions {
-                                    keep_value: true,
-                                    ..Default::default()
-                                },
+                                ItemOptions { keep_value: true, ..Default::default() },
                             ),
                         )
                     })
@@ -159,18 +144,12 @@ fn eight_producers_every_item_exactly_once() {
 #[test]
 fn python_exception_fails_the_batch_with_type_and_traceback() {
     let m = common::manager();
-    let h = m
-        .load("pysched_testmod", "raise_value_error", opts(4))
-        .unwrap();
+    let h = m.load("pysched_testmod", "raise_value_error", opts(4)).unwrap();
     let e = h.queue(|py| int(py, 1)).wait().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PythonException);
     assert_eq!(e.python_type(), "ValueError");
     assert!(e.message().contains("bad batch of 1"), "{}", e.message());
-    assert!(
-        e.traceback().contains("raise_value_error"),
-        "{}",
-        e.traceback()
-    );
+    assert!(e.traceback().contains("raise_value_error"), "{}", e.traceback());
 }
 
 #[test]
@@ -187,13 +166,8 @@ fn wrong_results_fail_with_a_clear_message() {
         assert!(e.message().contains(needle), "{entry}: {}", e.message());
     }
     let h = m.load("pysched_testmod", "returns_tuple", opts(4)).unwrap();
-    assert_eq!(
-        extract_i64(&h.queue(|py| int(py, 1)).wait().unwrap().unwrap()),
-        2
-    );
-    let h = m
-        .load("pysched_testmod", "returns_generator", opts(4))
-        .unwrap();
+    assert_eq!(extract_i64(&h.queue(|py| int(py, 1)).wait().unwrap().unwrap()), 2);
+    let h = m.load("pysched_testmod", "returns_generator", opts(4)).unwrap();
     assert!(h.queue(|py| int(py, 1)).wait().is_err());
 }
 
@@ -205,36 +179,20 @@ fn load_errors_are_reported_by_kind() {
     assert!(e.message().contains("No module named"), "{}", e.message());
     let e = m.load("pysched_testmod", "missing", opts(1)).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Attribute);
-    let e = m
-        .load("pysched_testmod", "not_callable", opts(1))
-        .err()
-        .unwrap();
+    let e = m.load("pysched_testmod", "not_callable", opts(1)).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Attribute);
     for bad in ["", "a..b", "os/path", "1abc"] {
-        assert_eq!(
-            m.load(bad, "f", opts(1)).err().unwrap().kind(),
-            ErrorKind::InvalidArgument
-        );
+        assert_eq!(m.load(bad, "f", opts(1)).err().unwrap().kind(), ErrorKind::InvalidArgument);
     }
     for (b, p) in [(0, 1), (1, 0), (2_000_000, 1), (1, 100_000)] {
-        let o = HandlerOptions {
-            batch_size: b,
-            prefetch_depth: p,
-            ..Default::default()
-        };
+        let o = HandlerOptions { batch_size: b, prefetch_depth: p, ..Default::default() };
         assert_eq!(
-            m.load("pysched_testmod", "identity", o)
-                .err()
-                .unwrap()
-                .kind(),
+            m.load("pysched_testmod", "identity", o).err().unwrap().kind(),
             ErrorKind::InvalidArgument
         );
     }
     let h = m.load("pysched_testmod", "Model.predict", opts(2)).unwrap();
-    assert_eq!(
-        extract_i64(&h.queue(|py| int(py, 5)).wait().unwrap().unwrap()),
-        15
-    );
+    assert_eq!(extract_i64(&h.queue(|py| int(py, 5)).wait().unwrap().unwrap()), 15);
 }
 
 #[test]
@@ -273,9 +231,7 @@ fn two_handlers_that_release_the_gil_overlap() {
     let a = m.load("pysched_testmod", "sleep_ms", opts(1)).unwrap();
     let b = m.load("pysched_testmod", "sleep_ms", opts(1)).unwrap();
     let start = Instant::now();
-    let fs: Vec<_> = (0..10)
-        .flat_map(|_| [a.queue(|py| int(py, 20)), b.queue(|py| int(py, 20))])
-        .collect();
+    let fs: Vec<_> = (0..10).flat_map(|_| [a.queue(|py| int(py, 20)), b.queue(|py| int(py, 20))]).collect();
     for f in fs {
         f.wait().unwrap();
     }
@@ -302,18 +258,11 @@ fn cancel_and_deadline_and_bounded_queue() {
             dropped: Default::default(),
             fail_commit: false,
         }),
-        ItemOptions {
-            deadline: Some(Instant::now() + Duration::from_millis(30)),
-            keep_value: true,
-        },
+        ItemOptions { deadline: Some(Instant::now() + Duration::from_millis(30)), keep_value: true },
     );
     let t = Instant::now();
     assert_eq!(late.wait().unwrap_err().kind(), ErrorKind::TimedOut);
-    assert!(
-        t.elapsed() < Duration::from_millis(150),
-        "deadline not eager: {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_millis(150), "deadline not eager: {:?}", t.elapsed());
     blocker.wait().unwrap();
     let s = h.stats();
     assert_eq!(s.cancelled, 1);
@@ -323,11 +272,7 @@ fn cancel_and_deadline_and_bounded_queue() {
         .load(
             "pysched_testmod",
             "sleep_ms",
-            HandlerOptions {
-                max_queue: 2,
-                full_policy: FullPolicy::Reject,
-                ..Default::default()
-            },
+            HandlerOptions { max_queue: 2, full_policy: FullPolicy::Reject, ..Default::default() },
         )
         .unwrap();
     let first = bounded.queue(|py| int(py, 100));
@@ -362,36 +307,22 @@ fn max_batch_delay_forms_fuller_batches() {
             h.queue(move |py| int(py, i))
         })
         .collect();
-    let sizes: Vec<i64> = fs
-        .into_iter()
-        .map(|f| extract_i64(&f.wait().unwrap().unwrap()))
-        .collect();
+    let sizes: Vec<i64> = fs.into_iter().map(|f| extract_i64(&f.wait().unwrap().unwrap())).collect();
     assert_eq!(sizes, vec![8; 8]);
     // A lone item waits at most about the delay.
     let t = Instant::now();
     h.queue(|py| int(py, 1)).wait().unwrap();
     let waited = t.elapsed();
-    assert!(
-        waited >= Duration::from_millis(45) && waited < Duration::from_millis(200),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(45) && waited < Duration::from_millis(200), "{waited:?}");
 }
 
 #[test]
 fn interpreter_setup_cwd_not_on_path_and_signal_handlers_absent() {
     let m = common::manager();
     let h = m.load("pysched_testmod", "sys_path", opts(1)).unwrap();
-    let path: Vec<String> = Python::attach(|py| {
-        h.call(|py| Ok(PyTuple::empty(py)))
-            .unwrap()
-            .bind(py)
-            .extract()
-            .unwrap()
-    });
-    let cwd = std::env::current_dir()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let path: Vec<String> =
+        Python::attach(|py| h.call(|py| Ok(PyTuple::empty(py))).unwrap().bind(py).extract().unwrap());
+    let cwd = std::env::current_dir().unwrap().to_string_lossy().into_owned();
     assert!(!path.iter().any(|p| p.is_empty() || *p == cwd), "{path:?}");
 }
 

@@ -37,11 +37,19 @@ fn venv_pythonpath_and_cwd_option() {
         .unwrap();
     let site = PathBuf::from(String::from_utf8(purelib.stdout).unwrap().trim());
     std::fs::create_dir_all(site.join("only_in_venv_pkg")).unwrap();
-    std::fs::write(site.join("only_in_venv_pkg/__init__.py"), "def where(items):\n    return [__file__] * len(items)\n").unwrap();
+    std::fs::write(
+        site.join("only_in_venv_pkg/__init__.py"),
+        "def where(items):\n    return [__file__] * len(items)\n",
+    )
+    .unwrap();
     // A directory given through PYTHONPATH.
     let extra = root.join("extra");
     std::fs::create_dir_all(&extra).unwrap();
-    std::fs::write(extra.join("only_on_pythonpath.py"), "def ok(items):\n    return ['pythonpath'] * len(items)\n").unwrap();
+    std::fs::write(
+        extra.join("only_on_pythonpath.py"),
+        "def ok(items):\n    return ['pythonpath'] * len(items)\n",
+    )
+    .unwrap();
     // A working directory with a module named like a stdlib module.
     let cwd = root.join("cwd");
     std::fs::create_dir_all(&cwd).unwrap();
@@ -61,7 +69,8 @@ fn venv_pythonpath_and_cwd_option() {
     // The stdlib wins over the working directory, which is not on sys.path.
     let h = m.load("json", "dumps", HandlerOptions::default()).unwrap();
     drop(h);
-    let e = m.load("cwd_only_mod", "f", HandlerOptions::default()).err().expect("cwd must not be on sys.path");
+    let e =
+        m.load("cwd_only_mod", "f", HandlerOptions::default()).err().expect("cwd must not be on sys.path");
     assert_eq!(e.kind(), pyscheduler::ErrorKind::Import);
     // Asked for, the working directory is added.
     let m2 = Manager::new(ManagerOptions {
