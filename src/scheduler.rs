@@ -891,7 +891,7 @@ fn new_list(py: Python<'_>, objects: Vec<Py<PyAny>>) -> Bound<'_, PyAny> {
         let list = ffi::PyList_New(objects.len() as ffi::Py_ssize_t);
         if list.is_null() {
             // Out of memory: PyList_New set MemoryError; let pyo3 raise it on call.
-            return Bound::from_owned_ptr(py, ffi::Py_NewRef(ffi::Py_None()));
+            return Bound::from_owned_ptr(py, ffi::compat::Py_NewRef(ffi::Py_None()));
         }
         for (i, obj) in objects.into_iter().enumerate() {
             ffi::PyList_SET_ITEM(list, i as ffi::Py_ssize_t, obj.into_ptr());
@@ -961,7 +961,7 @@ impl<'py> ResultSeq<'py> {
                 ffi::PyTuple_GET_ITEM(p, i as ffi::Py_ssize_t)
             };
             if item.is_null() {
-                Bound::from_owned_ptr(py, ffi::Py_NewRef(ffi::Py_None()))
+                Bound::from_owned_ptr(py, ffi::compat::Py_NewRef(ffi::Py_None()))
             } else {
                 Bound::from_borrowed_ptr(py, item)
             }
