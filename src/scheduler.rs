@@ -169,6 +169,11 @@ pub struct HandlerOptions {
     pub block_timeout: Option<Duration>,
     /// Label for metrics; defaults to "module.entry_point".
     pub name: Option<String>,
+    /// Batches of this handler that may execute at once (1..=1024; default 1). Above 1,
+    /// batches start in order but may finish out of order; worth it when the function
+    /// releases the GIL (I/O, numpy, torch) or on a free-threaded CPython, where they
+    /// run truly in parallel.
+    pub concurrency: usize,
 }
 
 impl Default for HandlerOptions {
@@ -181,12 +186,14 @@ impl Default for HandlerOptions {
             full_policy: FullPolicy::Block,
             block_timeout: None,
             name: None,
+            concurrency: 1,
         }
     }
 }
 
 pub const MAX_BATCH_SIZE: usize = 1_000_000;
 pub const MAX_PREFETCH_DEPTH: usize = 4096;
+pub const MAX_CONCURRENCY: usize = 1024;
 pub const MAX_BATCH_DELAY: Duration = Duration::from_secs(60);
 
 impl HandlerOptions {
@@ -201,6 +208,12 @@ impl HandlerOptions {
             return Err(Error::invalid_argument(format!(
                 "prefetch_depth must be in 1..={MAX_PREFETCH_DEPTH}, got {}",
                 self.prefetch_depth
+            )));
+        }
+        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
+            return Err(Error::invalid_argument(format!(
+                "concurrency must be in 1..={MAX_CONCURRENCY}, got {}",
+                self.concurrency
             )));
         }
         if self.max_batch_delay > MAX_BATCH_DELAY {
@@ -237,7 +250,8 @@ struct Pipeline {
     staged: BTreeMap<u64, Vec<Arc<Item>>>,
     /// Batches taken and not yet executed (or, with replicas, not yet finished).
     batches_in_flight: usize,
-    executing: bool,
+    /// Batches being executed (at most `concurrency`).
+    executing: usize,
     /// Set by drain: flush partial batches at once, ignoring the batch delay.
     draining: bool,
     /// Producers blocked on a full bounded queue, threads blocked in drain, idle
@@ -548,23 +562,35 @@ impl HandlerCore {
     /// Whether a runner could make progress now (used to decide whether to keep or hand
     /// back a run). Called with the pipeline lock held, after `pull_incoming`.
     fn work_available_locked(&self, pipe: &mut Pipeline) -> bool {
-        let exec_ready = !pipe.executing && pipe.staged.contains_key(&pipe.next_exec_seq);
-        let claim_ready = (!pipe.executing && pipe.batches_in_flight == 0)
+        let exec_ready = self.exec_slot_free(pipe) && pipe.staged.contains_key(&pipe.next_exec_seq);
+        let claim_ready = self.can_run_now(pipe)
             || (pipe.batches_in_flight < self.options.prefetch_depth && Self::head_needs_prepare(pipe));
         exec_ready || (claim_ready && self.claimable_locked(pipe))
     }
 
-    /// Picks the next step for a runner. Called with the pipeline lock held.
+    fn exec_slot_free(&self, pipe: &Pipeline) -> bool {
+        pipe.executing < self.options.concurrency
+    }
+
+    /// A batch taken now could execute at once: an execution slot is free and no
+    /// prepared or staged batch is ahead of it.
+    fn can_run_now(&self, pipe: &Pipeline) -> bool {
+        self.exec_slot_free(pipe) && pipe.batches_in_flight == pipe.executing
+    }
+
+    /// Picks the next step for a runner. Called with the pipeline lock held. Batches
+    /// start executing in the order they were taken.
     fn next_action_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Action {
         self.pull_incoming(pipe);
-        if !pipe.executing {
+        if self.exec_slot_free(pipe) {
             let next = pipe.next_exec_seq;
             if let Some(batch) = pipe.staged.remove(&next) {
-                pipe.executing = true;
+                pipe.executing += 1;
+                pipe.next_exec_seq += 1;
                 return Action::Execute(batch);
             }
         }
-        let can_run_now = !pipe.executing && pipe.batches_in_flight == 0;
+        let can_run_now = self.can_run_now(pipe);
         let can_prefetch = pipe.batches_in_flight < self.options.prefetch_depth;
         if !(can_run_now || can_prefetch) || !self.claimable_locked(pipe) {
             return Action::Idle;
@@ -584,7 +610,8 @@ impl HandlerCore {
             Action::Prepare(seq, batch)
         } else if can_run_now {
             debug_assert_eq!(seq, pipe.next_exec_seq);
-            pipe.executing = true;
+            pipe.executing += 1;
+            pipe.next_exec_seq += 1;
             Action::Execute(batch)
         } else {
             pipe.staged.insert(seq, batch);
@@ -665,12 +692,17 @@ impl HandlerCore {
                     }
                 }
                 Action::Execute(batch) => {
+                    if self.exec_slot_free(&pipe) && self.work_available_locked(&mut pipe) {
+                        // Another execution slot is free (concurrency > 1): fill it meanwhile.
+                        if let Some(me) = self.weak_self.upgrade() {
+                            self.pool.submit(me, false);
+                        }
+                    }
                     drop(pipe);
                     let n = batch.len();
                     self.execute_batch(batch);
                     pipe = self.lock();
-                    pipe.executing = false;
-                    pipe.next_exec_seq += 1;
+                    pipe.executing -= 1;
                     pipe.batches_in_flight -= 1;
                     drop(pipe);
                     self.finish_items(n);

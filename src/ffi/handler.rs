@@ -48,6 +48,10 @@ pub struct pysched_handler_options {
     pub block_timeout_us: u64,
     /// Label for metrics (NULL: "module.entry_point"). Copied.
     pub name: *const c_char,
+    /// Batches that may execute at once, 1..=1024 (default 1). Above 1 batches start in
+    /// order but may finish out of order: for functions that release the GIL, or
+    /// free-threaded CPython.
+    pub concurrency: u32,
 }
 
 /// The default handler options: batch 1, prefetch 1, no delay, unbounded queue.
@@ -62,6 +66,7 @@ pub extern "C" fn pysched_handler_options_default() -> pysched_handler_options {
         full_policy: pysched_full_policy::PYSCHED_FULL_BLOCK as u32,
         block_timeout_us: 0,
         name: std::ptr::null(),
+        concurrency: 1,
     }
 }
 
@@ -84,6 +89,7 @@ pub(crate) fn handler_options(o: Option<&pysched_handler_options>) -> Result<Han
         full_policy,
         block_timeout: (o.block_timeout_us > 0).then(|| Duration::from_micros(o.block_timeout_us)),
         name: opt_utf8(o.name, "options->name")?.map(str::to_owned),
+        concurrency: o.concurrency as usize,
     };
     options.validate()?;
     Ok(options)

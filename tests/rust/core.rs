@@ -346,3 +346,29 @@ fn many_threads_race_to_start_and_share_state() {
         .collect();
     assert!(addrs.iter().all(|&a| a != 0));
 }
+
+#[test]
+fn concurrency_runs_batches_of_one_handler_at_once() {
+    let m = common::manager();
+    let h = m
+        .load("pysched_testmod", "sleep_ms", HandlerOptions { concurrency: 3, ..Default::default() })
+        .unwrap();
+    let start = Instant::now();
+    let fs: Vec<_> = (0..12).map(|_| h.queue(|py| int(py, 30))).collect();
+    for f in fs {
+        f.wait().unwrap();
+    }
+    let elapsed = start.elapsed();
+    // One batch at a time would take 12 x 30 ms = 360 ms.
+    assert!(elapsed < Duration::from_millis(250), "{elapsed:?}");
+    let s = h.stats();
+    assert_eq!(s.completed, 12);
+    assert_eq!(s.execute_queue_size, 0);
+    assert_eq!(
+        m.load("pysched_testmod", "identity", HandlerOptions { concurrency: 0, ..Default::default() })
+            .err()
+            .unwrap()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+}
