@@ -82,6 +82,10 @@ typedef struct pysched_handler_options {
   uint64_t block_timeout_us;
   // Label for metrics (NULL: "module.entry_point"). Copied.
   const char *name;
+  // Batches that may execute at once, 1..=1024 (default 1). Above 1 batches start in
+  // order but may finish out of order: for functions that release the GIL, or
+  // free-threaded CPython.
+  uint32_t concurrency;
 } pysched_handler_options;
 
 // Builds the item's Python object. Called on a worker thread WITH the GIL held, right
