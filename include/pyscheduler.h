@@ -41,6 +41,19 @@ typedef enum pysched_status {
   PYSCHED_CALLBACK = 14,
 } pysched_status;
 
+// Element types of device tensors. Stable numbers.
+typedef enum pysched_dtype {
+  PYSCHED_DTYPE_F32 = 0,
+  PYSCHED_DTYPE_F64 = 1,
+  PYSCHED_DTYPE_I64 = 2,
+  PYSCHED_DTYPE_I32 = 3,
+  PYSCHED_DTYPE_U8 = 4,
+  // IEEE half precision, raw 16-bit values.
+  PYSCHED_DTYPE_F16 = 5,
+  // bfloat16, raw 16-bit values.
+  PYSCHED_DTYPE_BF16 = 6,
+} pysched_dtype;
+
 // What to do when a bounded queue is full.
 typedef enum pysched_full_policy {
   // Wait for room (up to `block_timeout_us` when non-zero), then fail with QUEUE_FULL.
@@ -48,6 +61,14 @@ typedef enum pysched_full_policy {
   // Fail the item at once with QUEUE_FULL.
   PYSCHED_FULL_REJECT = 1,
 } pysched_full_policy;
+
+// DLPack's legacy managed tensor. Declared opaquely here so this header needs no
+// `dlpack.h`; the typedef is identical to dlpack.h's (and to the one in
+// `pyscheduler/tensor.hpp`), so including both, in either order, is fine.
+typedef struct DLManagedTensor DLManagedTensor;
+
+// DLPack's versioned managed tensor (DLPack >= 1.0), declared opaquely as above.
+typedef struct DLManagedTensorVersioned DLManagedTensorVersioned;
 
 // A detailed error: kind, message, and for Python exceptions the type name and the
 // formatted traceback. Created by the library, released with `pysched_error_free`.
@@ -63,6 +84,14 @@ typedef struct pysched_handler pysched_handler;
 
 // A manager handle. Single owner; free with `pysched_manager_free`.
 typedef struct pysched_manager pysched_manager;
+
+// A stager handle: a CUDA stream and pinned staging memory, typically one per handler.
+// Single owner; free with `pysched_stager_free`.
+typedef struct pysched_stager pysched_stager;
+
+// A device tensor handle. Single owner; free with `pysched_tensor_free`. Its storage is
+// shared with every export made from it and freed once the last of them is gone.
+typedef struct pysched_tensor pysched_tensor;
 
 // Options for `pysched_manager_load`. Start from `pysched_handler_options_default()`:
 // a zero `batch_size` or `prefetch_depth` is rejected as invalid.
@@ -185,6 +214,41 @@ typedef struct pysched_manager_options {
   // the manager that creates the process-wide state sets it.
   uint32_t worker_threads;
 } pysched_manager_options;
+
+// What tensor to make from a host buffer. Read during the call only.
+typedef struct pysched_tensor_desc {
+  // A `pysched_dtype` value; others are rejected.
+  uint32_t dtype;
+  // Number of dimensions, 0..=64 (0: a scalar).
+  uint32_t ndim;
+  // `ndim` non-negative sizes; may be NULL only when `ndim` is 0.
+  const int64_t *shape;
+  // NULL: row-major contiguous, and the host buffer must hold exactly the tensor.
+  // Else `ndim` non-negative strides in elements (DLPack convention), and the host
+  // buffer must hold at least the span they reach; that span is copied as it is.
+  const int64_t *strides;
+  // CUDA device ordinal; -1 means the device of the context current on the calling
+  // thread (the CUDA runtime's current device), or device 0 when none is current.
+  int32_t device;
+} pysched_tensor_desc;
+
+// Facts about a tensor, written by `pysched_tensor_info`.
+typedef struct pysched_tensor_info {
+  enum pysched_dtype dtype;
+  uint32_t ndim;
+  // `ndim` sizes, owned by the tensor: valid until `pysched_tensor_free`.
+  const int64_t *shape;
+  // `ndim` strides in elements (always filled in), valid as `shape`.
+  const int64_t *strides;
+  // CUDA device ordinal.
+  int32_t device;
+  // Bytes of device memory the data spans.
+  size_t nbytes;
+  // The `CUdeviceptr` of the first element; 0 for an empty tensor.
+  uint64_t data;
+  // The `CUstream` the upload was queued on (0 when it had finished at creation).
+  size_t stream;
+} pysched_tensor_info;
 
 #ifdef __cplusplus
 extern "C" {
@@ -377,6 +441,145 @@ bool pysched_manager_adopted(const struct pysched_manager *manager);
 // NULL is a no-op.
 // Thread-safe. Never blocks on Python.
 void pysched_manager_free(struct pysched_manager *manager);
+
+// Number of CUDA devices, written to `out_count`. Fails with PYSCHED_CUDA ("no CUDA
+// driver found" / "no CUDA device") where there is none: the way to probe for a GPU.
+//
+// `out_count` must not be NULL; `out_error` may be NULL.
+// Thread-safe. The first CUDA call of the process loads and initializes the driver.
+enum pysched_status pysched_cuda_device_count(int32_t *out_count, struct pysched_error **out_error);
+
+// Free and total device memory of `device` (-1: the current device) in bytes, as
+// `cuMemGetInfo` reports them.
+//
+// `out_free_bytes` and `out_total_bytes` must not be NULL; `out_error` may be NULL.
+// Thread-safe. Never blocks on Python.
+enum pysched_status pysched_cuda_mem_info(int32_t device, size_t *out_free_bytes, size_t *out_total_bytes, struct pysched_error **out_error);
+
+// Copies a host buffer into new device memory and returns when the copy has finished
+// (it waits for this copy only, on a pyscheduler stream: no device-wide synchronize).
+// The arguments are checked before CUDA is touched.
+//
+// `host` is read during the call only (it may be NULL when `host_bytes` is 0); `desc`
+// must not be NULL (see `pysched_tensor_desc` for the size rules). `out_tensor` must
+// not be NULL; it receives, on success only, a tensor owned by the caller.
+// `out_error` may be NULL.
+// Thread-safe. Blocks for the copy. Needs no GIL; if the caller holds it, it is
+// released during the copy.
+enum pysched_status pysched_tensor_new(const void *host, size_t host_bytes, const struct pysched_tensor_desc *desc, struct pysched_tensor **out_tensor, struct pysched_error **out_error);
+
+// Writes the tensor's dtype, shape, strides, device, size, device pointer and upload
+// stream to `out_info`.
+//
+// `tensor` and `out_info` must not be NULL; `out_error` may be NULL.
+// Thread-safe. Never blocks.
+enum pysched_status pysched_tensor_info(const struct pysched_tensor *tensor, struct pysched_tensor_info *out_info, struct pysched_error **out_error);
+
+// Blocks until the tensor's upload has finished (this tensor's copy only).
+//
+// `tensor` must not be NULL; `out_error` may be NULL.
+// Thread-safe. Blocks for the copy; releases the GIL while waiting if the caller holds it.
+enum pysched_status pysched_tensor_synchronize(const struct pysched_tensor *tensor, struct pysched_error **out_error);
+
+// A Python object with `__dlpack__(stream=None, max_version=None, dl_device=None,
+// copy=None)` and `__dlpack_device__()` sharing the tensor's memory:
+// `torch.from_dlpack(obj)` imports it without a copy. `__dlpack__` returns a
+// "dltensor_versioned" capsule (DLPack 1.0) when `max_version >= (1, 0)`, else a legacy
+// "dltensor" one, and makes the consumer's `stream` wait for a staged upload on the GPU
+// (an event wait, no host synchronize). The tensor handle stays the caller's.
+//
+// `tensor` and `out_object` must not be NULL; `out_object` receives a new reference
+// on success only. `out_error` may be NULL.
+// Thread-safe. The GIL MUST be held. Never blocks.
+enum pysched_status pysched_tensor_to_pyobject(const struct pysched_tensor *tensor, PyObject **out_object, struct pysched_error **out_error);
+
+// A legacy DLPack capsule ("dltensor") sharing the tensor's memory, made after the
+// tensor's upload has finished (a capsule cannot tell its consumer which stream to
+// wait on). If no consumer takes it, the capsule's destructor releases its share; a
+// consumer renames it "used_dltensor" and calls the deleter itself. The tensor handle
+// stays the caller's.
+//
+// `tensor` and `out_capsule` must not be NULL; `out_capsule` receives a new reference
+// on success only. `out_error` may be NULL.
+// Thread-safe. The GIL MUST be held; it is released while waiting for the upload.
+enum pysched_status pysched_tensor_to_capsule(const struct pysched_tensor *tensor, PyObject **out_capsule, struct pysched_error **out_error);
+
+// A legacy `DLManagedTensor` sharing the tensor's memory, made after the upload has
+// finished. The caller owns it: call its `deleter` exactly once (from any thread, with
+// or without the GIL), or hand it to a consumer that will (e.g. through
+// `pysched_dlpack_to_capsule`). The tensor handle stays the caller's.
+//
+// `tensor` and `out_managed` must not be NULL; `out_managed` is written on success
+// only. `out_error` may be NULL.
+// Thread-safe. Blocks until the upload has finished; needs no GIL (releases it while
+// waiting if held).
+enum pysched_status pysched_tensor_to_dlpack(const struct pysched_tensor *tensor, struct DLManagedTensor **out_managed, struct pysched_error **out_error);
+
+// Like `pysched_tensor_to_dlpack`, as a `DLManagedTensorVersioned` (version 1.0,
+// flags 0).
+// Thread-safe. Blocks until the upload has finished; needs no GIL.
+enum pysched_status pysched_tensor_to_dlpack_versioned(const struct pysched_tensor *tensor, struct DLManagedTensorVersioned **out_managed, struct pysched_error **out_error);
+
+// Releases the caller's tensor handle. The device memory is freed now if no export
+// (capsule, Python object, managed tensor) still shares it, else when the last one
+// goes. NULL is a no-op.
+// Thread-safe (any thread, with or without the GIL). Never blocks on Python; freeing
+// device memory waits for GPU work still using it.
+void pysched_tensor_free(struct pysched_tensor *tensor);
+
+// Wraps a legacy `DLManagedTensor` from any producer (e.g. `createCudaMatrixDlpack`)
+// in a "dltensor" capsule that owns it: when no consumer takes it, the capsule's
+// destructor (which takes the GIL itself if needed) calls the deleter exactly once.
+//
+// Ownership of `managed` passes to this call on every path: on failure its deleter
+// has already been called. `managed` and `out_capsule` must not be NULL (a NULL
+// `managed` fails with PYSCHED_INVALID_ARGUMENT; a NULL `out_capsule` also calls the
+// deleter). `out_capsule` receives a new reference on success only. `out_error` may be
+// NULL.
+// Thread-safe. The GIL MUST be held. Never blocks.
+enum pysched_status pysched_dlpack_to_capsule(struct DLManagedTensor *managed, PyObject **out_capsule, struct pysched_error **out_error);
+
+// Creates a stager on `device` (-1: the current device): its own non-blocking CUDA
+// stream plus `pinned_bytes` of pinned host memory (0: 32 MiB), allocated on first
+// upload. Typically one per handler: prepare callbacks upload through it without the
+// GIL while the previous batch runs in Python.
+//
+// `out_stager` must not be NULL; it receives, on success only, a stager owned by the
+// caller. `out_error` may be NULL.
+// Thread-safe. Never blocks on Python.
+enum pysched_status pysched_stager_new(int32_t device, uint64_t pinned_bytes, struct pysched_stager **out_stager, struct pysched_error **out_error);
+
+// Stages a host buffer as a device tensor: copies it into the stager's pinned memory
+// and queues the host-to-device copy on the stager's stream. Returns once `host` has
+// been read (the caller may reuse it at once); the device copy may still be running.
+// Exports wait for it correctly: `pysched_tensor_to_pyobject`'s `__dlpack__` makes the
+// consumer's stream wait on the GPU; capsules and managed tensors wait on the host.
+// `desc->device` must be -1 or the stager's device.
+//
+// `stager`, `desc` and `out_tensor` must not be NULL; `host` may be NULL when
+// `host_bytes` is 0. `out_tensor` receives, on success only, a tensor owned by the
+// caller. `out_error` may be NULL.
+// Thread-safe: many threads may upload through one stager at once. Call it WITHOUT the
+// GIL (a prepare callback): it neither needs nor takes it. Blocks only while the pinned
+// memory is full of copies in flight.
+enum pysched_status pysched_stager_upload(const struct pysched_stager *stager, const void *host, size_t host_bytes, const struct pysched_tensor_desc *desc, struct pysched_tensor **out_tensor, struct pysched_error **out_error);
+
+// The stager's `CUstream` handle (for callers that queue their own work behind its
+// uploads); 0 for NULL.
+// Thread-safe. Never blocks.
+size_t pysched_stager_stream(const struct pysched_stager *stager);
+
+// Blocks until every upload queued on the stager so far has reached the device (its
+// stream only).
+//
+// `stager` must not be NULL; `out_error` may be NULL.
+// Thread-safe. Blocks; releases the GIL while waiting if the caller holds it.
+enum pysched_status pysched_stager_synchronize(const struct pysched_stager *stager, struct pysched_error **out_error);
+
+// Releases a stager after its queued uploads have finished. Tensors it made stay
+// valid. NULL is a no-op.
+// Thread-safe. Blocks for the uploads in flight; call it without the GIL.
+void pysched_stager_free(struct pysched_stager *stager);
 
 #ifdef __cplusplus
 }  // extern "C"

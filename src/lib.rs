@@ -9,6 +9,8 @@
 //! `include/pyscheduler.h`) is a thin layer over this API; the C++ drop-in wrapper sits
 //! on the C ABI.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod ffi;
 pub mod future;

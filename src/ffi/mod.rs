@@ -11,6 +11,8 @@ pub mod error;
 pub mod future;
 pub mod handler;
 pub mod manager;
+#[cfg(feature = "cuda")]
+pub mod tensor;
 
 use crate::error::{Error, ErrorKind, Result};
 pub use error::pysched_error;
