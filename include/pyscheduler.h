@@ -232,7 +232,7 @@ typedef struct pysched_tensor_desc {
   int32_t device;
 } pysched_tensor_desc;
 
-// Facts about a tensor, written by `pysched_tensor_info`.
+// Facts about a tensor, written by `pysched_tensor_get_info`.
 typedef struct pysched_tensor_info {
   enum pysched_dtype dtype;
   uint32_t ndim;
@@ -473,7 +473,7 @@ enum pysched_status pysched_tensor_new(const void *host, size_t host_bytes, cons
 //
 // `tensor` and `out_info` must not be NULL; `out_error` may be NULL.
 // Thread-safe. Never blocks.
-enum pysched_status pysched_tensor_info(const struct pysched_tensor *tensor, struct pysched_tensor_info *out_info, struct pysched_error **out_error);
+enum pysched_status pysched_tensor_get_info(const struct pysched_tensor *tensor, struct pysched_tensor_info *out_info, struct pysched_error **out_error);
 
 // Blocks until the tensor's upload has finished (this tensor's copy only).
 //

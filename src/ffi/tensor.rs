@@ -85,7 +85,7 @@ pub struct pysched_tensor_desc {
     pub device: i32,
 }
 
-/// Facts about a tensor, written by `pysched_tensor_info`.
+/// Facts about a tensor, written by `pysched_tensor_get_info`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct pysched_tensor_info {
@@ -223,7 +223,7 @@ pub extern "C" fn pysched_tensor_new(
 /// `tensor` and `out_info` must not be NULL; `out_error` may be NULL.
 /// Thread-safe. Never blocks.
 #[no_mangle]
-pub extern "C" fn pysched_tensor_info(
+pub extern "C" fn pysched_tensor_get_info(
     tensor: *const pysched_tensor,
     out_info: *mut pysched_tensor_info,
     out_error: *mut *mut pysched_error,

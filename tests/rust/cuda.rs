@@ -183,7 +183,7 @@ fn c_entry_points_reject_null_and_bad_arguments() {
     assert!(tensor.is_null());
 
     let mut info = std::mem::MaybeUninit::<pysched_tensor_info>::uninit();
-    assert_eq!(pysched_tensor_info(std::ptr::null(), info.as_mut_ptr(), null_err), invalid);
+    assert_eq!(pysched_tensor_get_info(std::ptr::null(), info.as_mut_ptr(), null_err), invalid);
     assert_eq!(pysched_tensor_synchronize(std::ptr::null(), null_err), invalid);
     let mut obj: *mut ffi::PyObject = std::ptr::null_mut();
     assert_eq!(pysched_tensor_to_pyobject(std::ptr::null(), &mut obj, null_err), invalid);
