@@ -1,0 +1,57 @@
+# Registration of pyscheduler's test programs with CTest, with the environment the
+# sanitizer builds need. Included by the root CMakeLists.txt; tests/c, tests/cpp, examples
+# and benches call pyscheduler_add_test().
+include_guard(GLOBAL)
+
+set(PYSCHEDULER_TEST_PYTHON_DIR "${PROJECT_SOURCE_DIR}/tests/python")
+set(PYSCHEDULER_LSAN_SUPPRESSIONS "${PROJECT_SOURCE_DIR}/lsan_suppressions.txt")
+
+# The environment every test runs with (a list of NAME=VALUE), also usable directly, e.g.
+# gtest_discover_tests(t PROPERTIES ENVIRONMENT "${PYSCHEDULER_TEST_ENVIRONMENT}").
+set(PYSCHEDULER_TEST_ENVIRONMENT
+  # Tests must not leave __pycache__ folders in the source tree.
+  PYTHONDONTWRITEBYTECODE=1)
+if(PYSCHEDULER_SANITIZE STREQUAL "address")
+  list(APPEND PYSCHEDULER_TEST_ENVIRONMENT
+    # CPython's own small-object allocator hides individual blocks from ASan.
+    PYTHONMALLOC=malloc
+    # Only CPython's and extension modules' deliberate leaks are suppressed (see the file).
+    "LSAN_OPTIONS=suppressions=${PYSCHEDULER_LSAN_SUPPRESSIONS}:print_suppressions=0"
+    "ASAN_OPTIONS=detect_leaks=1")
+  set(PYSCHEDULER_TEST_TIMEOUT_DEFAULT 600)
+elseif(PYSCHEDULER_SANITIZE STREQUAL "thread")
+  list(APPEND PYSCHEDULER_TEST_ENVIRONMENT
+    # Fail the test on the first report; print both stacks of a lock-order inversion.
+    "TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1")
+  set(PYSCHEDULER_TEST_TIMEOUT_DEFAULT 900)
+else()
+  set(PYSCHEDULER_TEST_TIMEOUT_DEFAULT 300)
+endif()
+
+# pyscheduler_add_test(<name> <target> [ARGS <arg>...] [TIMEOUT <seconds>]
+#                      [ENVIRONMENT <NAME=VALUE>...] [NO_PYTHON_DIR])
+# Registers <target> (an executable built here) as the CTest test <name> with
+# PYSCHEDULER_TEST_ENVIRONMENT and a timeout, and gives it the compile definition
+# PYSCHED_TEST_PYTHON_DIR="<source>/tests/python" (unless NO_PYTHON_DIR) so it can call
+# add_path with the shared Python test modules.
+function(pyscheduler_add_test name target)
+  cmake_parse_arguments(PARSE_ARGV 2 ARG "NO_PYTHON_DIR" "TIMEOUT" "ARGS;ENVIRONMENT")
+  if(NOT TARGET ${target})
+    message(FATAL_ERROR "pyscheduler_add_test(${name}): '${target}' is not a target")
+  endif()
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT ${PYSCHEDULER_TEST_TIMEOUT_DEFAULT})
+  endif()
+  set(_env ${PYSCHEDULER_TEST_ENVIRONMENT} ${ARG_ENVIRONMENT})
+  add_test(NAME ${name} COMMAND ${target} ${ARG_ARGS})
+  set_tests_properties(${name} PROPERTIES
+    ENVIRONMENT "${_env}"
+    TIMEOUT ${ARG_TIMEOUT})
+  if(NOT ARG_NO_PYTHON_DIR)
+    get_target_property(_defs ${target} COMPILE_DEFINITIONS)
+    if(NOT _defs MATCHES "PYSCHED_TEST_PYTHON_DIR")
+      target_compile_definitions(${target} PRIVATE
+        "PYSCHED_TEST_PYTHON_DIR=\"${PYSCHEDULER_TEST_PYTHON_DIR}\"")
+    endif()
+  endif()
+endfunction()
