@@ -64,10 +64,11 @@ fn job(value: i64, ended: &Arc<[AtomicUsize]>) -> Box<Tracked> {
 #[test]
 fn handler_dropped_with_100k_items_queued_finishes_them_all() {
     let m = common::manager();
-    let h = m.load("pysched_testmod", "identity", HandlerOptions { batch_size: 64, ..Default::default() }).unwrap();
+    let h = m
+        .load("pysched_testmod", "identity", HandlerOptions { batch_size: 64, ..Default::default() })
+        .unwrap();
     let ended = tracker(100_000);
-    let futures: Vec<_> =
-        (0..100_000).map(|i| h.queue_job(job(i, &ended), ItemOptions::default())).collect();
+    let futures: Vec<_> = (0..100_000).map(|i| h.queue_job(job(i, &ended), ItemOptions::default())).collect();
     drop(h);
     assert!(ended.iter().all(|e| e.load(SeqCst) == 1));
     assert!(futures.iter().all(|f| f.is_ready()));
@@ -126,7 +127,12 @@ fn soak_eight_producers_four_handlers_random_failures_bounded_memory() {
             m.load(
                 "pysched_testmod",
                 e,
-                HandlerOptions { batch_size: 64, max_queue: 2048, full_policy: FullPolicy::Block, ..Default::default() },
+                HandlerOptions {
+                    batch_size: 64,
+                    max_queue: 2048,
+                    full_policy: FullPolicy::Block,
+                    ..Default::default()
+                },
             )
             .unwrap()
         })
@@ -151,8 +157,17 @@ fn soak_eight_producers_four_handlers_random_failures_bounded_memory() {
                     let fail_commit = rng % 97 == 1;
                     let value = if negative { -(i as i64) - 1 } else { i as i64 };
                     let h = &handlers[(rng >> 32) as usize % handlers.len()];
-                    let job = Tracked { value: i as i64, fail_commit, ended: ended.clone(), block_in_callback: None };
-                    let job = if negative { Box::new(NegativeJob(job, value)) as Box<dyn Job> } else { Box::new(job) };
+                    let job = Tracked {
+                        value: i as i64,
+                        fail_commit,
+                        ended: ended.clone(),
+                        block_in_callback: None,
+                    };
+                    let job = if negative {
+                        Box::new(NegativeJob(job, value)) as Box<dyn Job>
+                    } else {
+                        Box::new(job)
+                    };
                     window.push_back(h.queue_job(job, ItemOptions::default()));
                     if window.len() > 4096 {
                         let f = window.pop_front().unwrap();
