@@ -17,23 +17,43 @@ pub const DEFAULT_PINNED_BYTES: usize = 32 << 20;
 /// Ring slots start at multiples of this (DMA-friendly alignment).
 const SLOT_ALIGN: usize = 256;
 
-/// A region of the ring still read by a copy that `done` marks finished.
-struct Segment {
-    start: usize,
-    done: Arc<Event>,
+/// Marks when a copy reading a ring segment has finished (an [`Event`]; a fake in tests).
+trait CopyDone {
+    fn is_done(&self) -> Result<bool>;
+    fn synchronize(&self) -> Result<()>;
 }
 
-/// The pinned ring; guarded by `Stager::ring`. Segments are handed out in ring order,
-/// so the oldest copy (the front of `in_flight`) is the one whose region comes next.
-struct Ring {
+impl CopyDone for Event {
+    fn is_done(&self) -> Result<bool> {
+        Event::is_done(self)
+    }
+    fn synchronize(&self) -> Result<()> {
+        Event::synchronize(self)
+    }
+}
+
+/// A region of the ring still read by a copy that `done` marks finished.
+struct Segment<D> {
+    start: usize,
+    done: Arc<D>,
+}
+
+/// Which regions of the pinned ring are free; guarded by `Stager::ring`. Segments are
+/// handed out in ring order, so the oldest copy (the front of `in_flight`) is the one
+/// whose region comes next.
+struct Ring<D = Event> {
     memory: Option<PinnedMemory>,
     capacity: usize,
     /// Where the next segment starts, if it fits before the end.
     head: usize,
-    in_flight: VecDeque<Segment>,
+    in_flight: VecDeque<Segment<D>>,
 }
 
-impl Ring {
+impl<D: CopyDone> Ring<D> {
+    fn new(capacity: usize) -> Ring<D> {
+        Ring { memory: None, capacity, head: 0, in_flight: VecDeque::new() }
+    }
+
     /// Retires finished copies from the front; never blocks.
     fn reclaim(&mut self) -> Result<()> {
         while let Some(front) = self.in_flight.front() {
@@ -75,7 +95,7 @@ impl Ring {
         }
     }
 
-    fn commit(&mut self, start: usize, len: usize, done: Arc<Event>) {
+    fn commit(&mut self, start: usize, len: usize, done: Arc<D>) {
         self.head = start + len;
         self.in_flight.push_back(Segment { start, done });
     }
@@ -106,11 +126,7 @@ impl Stager {
         };
         let device = driver::driver()?.device(device)?;
         let stream = Arc::new(Stream::new(device)?);
-        Ok(Stager {
-            device,
-            stream,
-            ring: Mutex::new(Ring { memory: None, capacity, head: 0, in_flight: VecDeque::new() }),
-        })
+        Ok(Stager { device, stream, ring: Mutex::new(Ring::new(capacity)) })
     }
 
     pub fn device(&self) -> i32 {
@@ -236,4 +252,111 @@ fn assert_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<Stager>();
     check::<DeviceTensor>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+    /// A copy that finishes when the test says so; `synchronize` finishes it.
+    #[derive(Default)]
+    struct FakeCopy {
+        done: AtomicBool,
+        waited: AtomicBool,
+    }
+
+    impl CopyDone for FakeCopy {
+        fn is_done(&self) -> Result<bool> {
+            Ok(self.done.load(Relaxed))
+        }
+        fn synchronize(&self) -> Result<()> {
+            self.waited.store(true, Relaxed);
+            self.done.store(true, Relaxed);
+            Ok(())
+        }
+    }
+
+    /// A ring plus every slot it handed out, to check slots against copies in flight.
+    struct Checked {
+        ring: Ring<FakeCopy>,
+        slots: Vec<(usize, usize, Arc<FakeCopy>)>,
+    }
+
+    impl Checked {
+        fn new(capacity: usize) -> Checked {
+            Checked { ring: Ring::new(capacity), slots: Vec::new() }
+        }
+
+        /// Reserves and commits `len` bytes; the slot must lie inside the ring and overlap
+        /// no slot whose copy is still in flight.
+        fn take(&mut self, len: usize) -> (usize, Arc<FakeCopy>) {
+            let start = self.ring.reserve(len).unwrap();
+            assert!(start + len <= self.ring.capacity, "slot {start}+{len} outside the ring");
+            for (s, l, copy) in &self.slots {
+                let disjoint = start + len <= *s || start >= s + l;
+                assert!(
+                    disjoint || copy.done.load(Relaxed),
+                    "slot {start}+{len} overlaps a copy in flight at {s}+{l}"
+                );
+            }
+            self.slots.retain(|(_, _, copy)| !copy.done.load(Relaxed));
+            let done = Arc::new(FakeCopy::default());
+            self.ring.commit(start, len, done.clone());
+            self.slots.push((start, len, done.clone()));
+            (start, done)
+        }
+    }
+
+    #[test]
+    fn fills_wraps_and_waits_only_when_full() {
+        let mut ring = Checked::new(1024);
+        let (a, ca) = ring.take(400);
+        let (b, cb) = ring.take(400);
+        assert_eq!((a, b), (0, 400));
+        // 224 bytes left at the end: a 300-byte slot must wait for the oldest copy and wrap.
+        let (c, _) = ring.take(300);
+        assert_eq!(c, 0);
+        assert!(ca.waited.load(Relaxed), "reused a region before its copy finished");
+        assert!(!cb.waited.load(Relaxed));
+        // [300, 400) is free now; 100 bytes fit before the copy at 400.
+        let (d, _) = ring.take(100);
+        assert_eq!(d, 300);
+        // Finished copies are reclaimed without waiting.
+        cb.done.store(true, Relaxed);
+        let (e, _) = ring.take(500);
+        assert_eq!(e, 400);
+    }
+
+    #[test]
+    fn random_sizes_never_overlap_copies_in_flight() {
+        let mut ring = Checked::new(4096);
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut live: Vec<Arc<FakeCopy>> = Vec::new();
+        for _ in 0..20_000 {
+            let len = 1 + (next() % 2048) as usize;
+            let (_, copy) = ring.take(len);
+            live.push(copy);
+            // Let copies finish in any order (events of one stream finish in order; the
+            // ring must not depend on it).
+            if next() % 3 == 0 && !live.is_empty() {
+                let i = (next() % live.len() as u64) as usize;
+                live.swap_remove(i).done.store(true, Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_ring_starts_over() {
+        let mut ring = Checked::new(1000);
+        let (_, c) = ring.take(700);
+        c.done.store(true, Relaxed);
+        assert_eq!(ring.take(700).0, 0);
+    }
 }
