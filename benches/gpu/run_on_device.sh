@@ -80,7 +80,7 @@ step build_tensor_two_tu g++ "${CXXFLAGS[@]}" tests/cpp/tensor_two_tu_a.cpp test
   -o "$BUILD/tensor_two_tu" "${LDFLAGS[@]}"
 
 [ -x "$BUILD/tensor_two_tu" ] && step tensor_two_tu timeout 120 "$BUILD/tensor_two_tu"
-[ -x "$BUILD/gpu_checks" ] && step gpu_checks timeout 240 "$BUILD/gpu_checks"
+[ -x "$BUILD/gpu_checks" ] && step gpu_checks timeout 180 "$BUILD/gpu_checks"
 if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$BUILD/gpu_bench" ]; then
   step gpu_bench timeout 300 "$BUILD/gpu_bench" "${BENCH_ITEMS:-4000}"
 fi
