@@ -231,21 +231,30 @@ fn two_handlers_that_release_the_gil_overlap() {
     let a = m.load("pysched_testmod", "sleep_ms", opts(1)).unwrap();
     let b = m.load("pysched_testmod", "sleep_ms", opts(1)).unwrap();
     let start = Instant::now();
-    let fs: Vec<_> = (0..10).flat_map(|_| [a.queue(|py| int(py, 20)), b.queue(|py| int(py, 20))]).collect();
+    let fs: Vec<_> = (0..10).flat_map(|_| [a.queue(|py| int(py, 50)), b.queue(|py| int(py, 50))]).collect();
     for f in fs {
         f.wait().unwrap();
     }
     let elapsed = start.elapsed();
-    // Serial would be 20 x 20 ms = 400 ms.
-    assert!(elapsed < Duration::from_millis(330), "{elapsed:?}");
+    // Serial would be 20 x 50 ms = 1000 ms; overlapped about 500 ms.
+    assert!(elapsed < Duration::from_millis(800), "{elapsed:?}");
+}
+
+/// Waits (up to 10 s) until nothing of `h` waits to be taken into a batch.
+fn wait_until_taken(h: &pyscheduler::Handler) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while h.stats().commit_queue_size > 0 {
+        assert!(Instant::now() < give_up, "the worker never took the item");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
 fn cancel_and_deadline_and_bounded_queue() {
     let m = common::manager();
     let h = m.load("pysched_testmod", "sleep_ms", opts(1)).unwrap();
-    let blocker = h.queue(|py| int(py, 200));
-    std::thread::sleep(Duration::from_millis(20));
+    let blocker = h.queue(|py| int(py, 1000));
+    wait_until_taken(&h);
     let victim = h.queue(|py| int(py, 1));
     assert!(victim.cancel());
     assert!(!victim.cancel());
@@ -262,7 +271,8 @@ fn cancel_and_deadline_and_bounded_queue() {
     );
     let t = Instant::now();
     assert_eq!(late.wait().unwrap_err().kind(), ErrorKind::TimedOut);
-    assert!(t.elapsed() < Duration::from_millis(150), "deadline not eager: {:?}", t.elapsed());
+    // Eager: long before the 1 s blocker lets the worker look at the queue again.
+    assert!(t.elapsed() < Duration::from_millis(600), "deadline not eager: {:?}", t.elapsed());
     blocker.wait().unwrap();
     let s = h.stats();
     assert_eq!(s.cancelled, 1);
@@ -276,7 +286,7 @@ fn cancel_and_deadline_and_bounded_queue() {
         )
         .unwrap();
     let first = bounded.queue(|py| int(py, 100));
-    std::thread::sleep(Duration::from_millis(20));
+    wait_until_taken(&bounded);
     let q: Vec<_> = (0..2).map(|_| bounded.queue(|py| int(py, 1))).collect();
     let rejected = bounded.queue(|py| int(py, 1));
     assert_eq!(rejected.wait().unwrap_err().kind(), ErrorKind::QueueFull);
@@ -313,7 +323,7 @@ fn max_batch_delay_forms_fuller_batches() {
     let t = Instant::now();
     h.queue(|py| int(py, 1)).wait().unwrap();
     let waited = t.elapsed();
-    assert!(waited >= Duration::from_millis(45) && waited < Duration::from_millis(200), "{waited:?}");
+    assert!(waited >= Duration::from_millis(45) && waited < Duration::from_millis(500), "{waited:?}");
 }
 
 #[test]
@@ -354,13 +364,13 @@ fn concurrency_runs_batches_of_one_handler_at_once() {
         .load("pysched_testmod", "sleep_ms", HandlerOptions { concurrency: 3, ..Default::default() })
         .unwrap();
     let start = Instant::now();
-    let fs: Vec<_> = (0..12).map(|_| h.queue(|py| int(py, 30))).collect();
+    let fs: Vec<_> = (0..12).map(|_| h.queue(|py| int(py, 60))).collect();
     for f in fs {
         f.wait().unwrap();
     }
     let elapsed = start.elapsed();
-    // One batch at a time would take 12 x 30 ms = 360 ms.
-    assert!(elapsed < Duration::from_millis(250), "{elapsed:?}");
+    // One batch at a time would take 12 x 60 ms = 720 ms; three at once about 240 ms.
+    assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
     let s = h.stats();
     assert_eq!(s.completed, 12);
     assert_eq!(s.execute_queue_size, 0);
