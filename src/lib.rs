@@ -19,6 +19,7 @@ pub mod manager;
 pub mod runtime;
 pub mod scheduler;
 pub mod stats;
+pub mod subinterp;
 
 pub use error::{Error, ErrorKind, Result};
 pub use future::{ItemFuture, Outcome};

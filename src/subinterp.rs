@@ -1,0 +1,895 @@
+//! Replicas of a handler in own-GIL sub-interpreters (CPython 3.12+): each replica is a
+//! dedicated OS thread that owns one isolated interpreter with its own GIL, imports the
+//! handler's module there and executes the handler's batches, so one Python function
+//! runs on as many cores as there are replicas.
+//!
+//! Only raw C-API calls run inside a replica: pyo3's safe API caches Python objects per
+//! process (interned names, imported modules, its deferred reference pool) and must never
+//! see a sub-interpreter's objects. Jobs reach a replica through [`Job::commit_raw`] and
+//! [`Job::complete_raw`]; every Python object made here stays in its replica.
+//!
+//! The interpreter-creation entry point is looked up at run time (`dlsym`), so this module
+//! builds against any supported CPython and reports `Unsupported` below 3.12.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::scheduler::{BatchSource, Item, Job};
+use crossbeam_channel::{Receiver, Sender};
+use pyo3::ffi::{self, PyObject};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Most replicas one handler may have.
+pub const MAX_REPLICAS: usize = 256;
+
+/// Stack of a replica thread: what the main thread and Python's own threads get on Linux
+/// (Rust's 2 MiB default is tight for deep C recursion in the interpreter). Reserved
+/// address space, not committed memory.
+const REPLICA_STACK_BYTES: usize = 8 << 20;
+
+/// Checks that the running CPython can host own-GIL sub-interpreters (3.12+, with
+/// `Py_NewInterpreterFromConfig` exported). Never blocks; callable without the GIL.
+pub fn check_supported() -> Result<()> {
+    let (major, minor) = python_version();
+    if (major, minor) < (3, 12) {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("own-GIL sub-interpreters need CPython 3.12+, this is {major}.{minor}"),
+        ));
+    }
+    if new_interpreter_from_config().is_none() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "own-GIL sub-interpreters need Py_NewInterpreterFromConfig, which this CPython \
+                 {major}.{minor} does not export"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Starts `replicas` threads, each creating its own sub-interpreter, importing `module`
+/// and binding `entry_point` (a dotted attribute path) there, then serving batches from
+/// `source` until it returns `None`; the thread then ends its interpreter and exits.
+///
+/// Blocks until every replica has imported the module (the main interpreter's GIL is
+/// released meanwhile if the caller holds it). If any replica fails to start, the ones
+/// that did are torn down and joined, and the first failure is returned: kind
+/// `InvalidArgument` (replica count), `Unsupported` (Python older than 3.12), `Import`,
+/// `Attribute` or `Internal`. The interpreter must be running.
+pub(crate) fn spawn_replicas(
+    module: &str,
+    entry_point: &str,
+    replicas: usize,
+    source: Arc<dyn BatchSource>,
+) -> Result<Vec<JoinHandle<()>>> {
+    if replicas == 0 || replicas > MAX_REPLICAS {
+        return Err(Error::invalid_argument(format!(
+            "subinterpreters (replicas) must be in 1..={MAX_REPLICAS}, got {replicas}"
+        )));
+    }
+    for (what, name) in [("module name", module), ("entry point", entry_point)] {
+        if name.is_empty() || name.contains('\0') {
+            return Err(Error::invalid_argument(format!(
+                "invalid {what} {name:?}: empty or contains a NUL byte"
+            )));
+        }
+    }
+    check_supported()?;
+    let spec = Arc::new(ReplicaSpec {
+        module: module.to_owned(),
+        entry_point: entry_point.to_owned(),
+        sys_path: main_sys_path()?,
+    });
+
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+    let mut started: Vec<(JoinHandle<()>, Sender<()>)> = Vec::with_capacity(replicas);
+    let mut failure: Option<Error> = None;
+    for index in 0..replicas {
+        let (go_tx, go_rx) = crossbeam_channel::bounded(1);
+        let (spec, source, ready_tx) = (spec.clone(), source.clone(), ready_tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("pysched-sub-{index}"))
+            .stack_size(REPLICA_STACK_BYTES)
+            .spawn(move || replica_main(&spec, &*source, &ready_tx, &go_rx));
+        match spawned {
+            Ok(handle) => started.push((handle, go_tx)),
+            Err(e) => {
+                failure = Some(Error::internal(format!("cannot start replica thread {index}: {e}")));
+                break;
+            }
+        }
+    }
+    drop(ready_tx);
+
+    // On 3.13+ a sub-interpreter's first import of an extension module runs its init
+    // function under the main interpreter's GIL: never hold it while replicas start.
+    let expected = started.len();
+    let verdicts = crate::runtime::without_gil(move || {
+        (0..expected).map_while(|_| ready_rx.recv().ok()).collect::<Vec<Result<()>>>()
+    });
+    if verdicts.len() != expected && failure.is_none() {
+        failure = Some(Error::internal("a replica thread exited during start-up"));
+    }
+    if failure.is_none() {
+        failure = verdicts.into_iter().find_map(Result::err);
+    }
+    match failure {
+        None => Ok(started
+            .into_iter()
+            .map(|(handle, go)| {
+                // The replica waits on this channel; it cannot have gone away.
+                let _ = go.send(());
+                handle
+            })
+            .collect()),
+        Some(error) => {
+            let handles: Vec<_> = started.into_iter().map(|(h, _go)| h).collect();
+            // The go senders are dropped: every replica still waiting ends its interpreter.
+            crate::runtime::without_gil(move || {
+                for handle in handles {
+                    let _ = handle.join();
+                }
+            });
+            Err(error)
+        }
+    }
+}
+
+/// What every replica of one handler imports.
+struct ReplicaSpec {
+    module: String,
+    entry_point: String,
+    /// The main interpreter's `sys.path` when the handler was loaded.
+    sys_path: Vec<String>,
+}
+
+/// The main interpreter's `sys.path` entries that are strings.
+fn main_sys_path() -> Result<Vec<String>> {
+    use pyo3::types::{PyAnyMethods, PyListMethods};
+    crate::runtime::attach(|py| {
+        let path = crate::runtime::sys_path(py)?;
+        Ok(path.iter().filter_map(|entry| entry.extract::<String>().ok()).collect())
+    })
+}
+
+/// Serializes `Py_NewInterpreterFromConfig`: several of CPython 3.12's internal modules
+/// crash when two interpreters initialize concurrently (pybind11 guards the same call
+/// for the same reason). Creation happens once per replica, so the cost is start-up only.
+static CREATION_LOCK: Mutex<()> = Mutex::new(());
+
+/// Body of a replica thread. Reports start-up on `ready`, waits for `go` (dropped: the
+/// load failed elsewhere), serves batches, and ends its interpreter on every path.
+fn replica_main(spec: &ReplicaSpec, source: &dyn BatchSource, ready: &Sender<Result<()>>, go: &Receiver<()>) {
+    let tstate = match create_interpreter() {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    // SAFETY: create_interpreter left `tstate` current on this thread with the new
+    // interpreter's GIL held; everything below runs in that state until the interpreter
+    // is ended, and only raw C-API calls touch its objects.
+    unsafe {
+        match bind_entry_point(spec) {
+            Err(e) => {
+                end_interpreter(tstate);
+                let _ = ready.send(Err(e));
+            }
+            Ok(function) => {
+                let saved = ffi::PyEval_SaveThread();
+                let _ = ready.send(Ok(()));
+                let serve = go.recv().is_ok();
+                ffi::PyEval_RestoreThread(saved);
+                if serve {
+                    serve_batches(function.as_ptr(), source);
+                }
+                drop(function);
+                end_interpreter(tstate);
+            }
+        }
+    }
+}
+
+/// CPython's `PyInterpreterConfig` (Include/cpython/pylifecycle.h), the same from 3.12
+/// through 3.14.
+#[repr(C)]
+struct InterpreterConfig {
+    use_main_obmalloc: c_int,
+    allow_fork: c_int,
+    allow_exec: c_int,
+    allow_threads: c_int,
+    allow_daemon_threads: c_int,
+    check_multi_interp_extensions: c_int,
+    gil: c_int,
+}
+
+const PY_INTERPRETER_CONFIG_OWN_GIL: c_int = 2;
+
+/// CPython's own isolated configuration (`_PyInterpreterConfig_INIT`, what
+/// `interpreters.create()` uses):
+/// - own GIL and own allocator (required for an own GIL);
+/// - extension modules must declare per-interpreter support, so single-phase-init
+///   modules fail with ImportError instead of corrupting shared state;
+/// - threads allowed (handlers may use `threading`), daemon threads not: one still
+///   running would make `Py_EndInterpreter` abort the process;
+/// - no fork (forking a multi-threaded host from a worker thread leaves the child with
+///   one thread and locks held by others) and no exec (replacing the whole host process,
+///   or spawning through `subprocess`, from an isolated interpreter is refused by CPython
+///   itself in this configuration).
+const REPLICA_CONFIG: InterpreterConfig = InterpreterConfig {
+    use_main_obmalloc: 0,
+    allow_fork: 0,
+    allow_exec: 0,
+    allow_threads: 1,
+    allow_daemon_threads: 0,
+    check_multi_interp_extensions: 1,
+    gil: PY_INTERPRETER_CONFIG_OWN_GIL,
+};
+
+type NewInterpreterFromConfig = unsafe extern "C" fn(
+    tstate_p: *mut *mut ffi::PyThreadState,
+    config: *const InterpreterConfig,
+) -> ffi::PyStatus;
+
+/// `Py_NewInterpreterFromConfig` of the libpython this library runs on, if it has one.
+fn new_interpreter_from_config() -> Option<NewInterpreterFromConfig> {
+    static ADDRESS: OnceLock<usize> = OnceLock::new();
+    let address = *ADDRESS.get_or_init(|| {
+        let name = c"Py_NewInterpreterFromConfig";
+        // SAFETY: dladdr/dlopen(RTLD_NOLOAD)/dlsym only read the loader's tables. The
+        // handle is never closed (libpython stays loaded for the life of the process).
+        unsafe {
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            let anchor = ffi::Py_IsInitialized as *const c_void;
+            if libc::dladdr(anchor, &mut info) != 0 && !info.dli_fname.is_null() {
+                let lib = libc::dlopen(info.dli_fname, libc::RTLD_NOW | libc::RTLD_NOLOAD);
+                if !lib.is_null() {
+                    let symbol = libc::dlsym(lib, name.as_ptr());
+                    if !symbol.is_null() {
+                        return symbol as usize;
+                    }
+                }
+            }
+            libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize
+        }
+    });
+    // SAFETY: a non-zero address is CPython's Py_NewInterpreterFromConfig, whose C
+    // signature (3.12+) is exactly `NewInterpreterFromConfig`.
+    (address != 0).then(|| unsafe { std::mem::transmute::<usize, NewInterpreterFromConfig>(address) })
+}
+
+/// (major, minor) of the running CPython, from `Py_GetVersion()` ("3.12.1 (main, ...").
+fn python_version() -> (u32, u32) {
+    // SAFETY: Py_GetVersion returns a static NUL-terminated string; callable at any time.
+    let text = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }.to_string_lossy();
+    let mut parts = text.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Creates this thread's sub-interpreter; on success its first thread state is current
+/// and its GIL held. Call on a thread with no Python thread state.
+fn create_interpreter() -> Result<*mut ffi::PyThreadState> {
+    let create = new_interpreter_from_config()
+        .ok_or_else(|| Error::new(ErrorKind::Unsupported, "Py_NewInterpreterFromConfig is missing"))?;
+    let mut tstate: *mut ffi::PyThreadState = std::ptr::null_mut();
+    let status = {
+        let _one_at_a_time = CREATION_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the main interpreter is running (the caller loaded a handler) and this
+        // thread has no thread state, which CPython allows: the new interpreter copies
+        // the main interpreter's immutable config. The config outlives the call.
+        unsafe { create(&mut tstate, &REPLICA_CONFIG) }
+    };
+    // SAFETY: reading a status struct returned by value.
+    if unsafe { ffi::PyStatus_Exception(status) } != 0 || tstate.is_null() {
+        let reason = if status.err_msg.is_null() {
+            "unknown error".to_owned()
+        } else {
+            // SAFETY: err_msg is a static NUL-terminated string owned by CPython.
+            unsafe { CStr::from_ptr(status.err_msg) }.to_string_lossy().into_owned()
+        };
+        return Err(Error::internal(format!("cannot create an own-GIL sub-interpreter: {reason}")));
+    }
+    Ok(tstate)
+}
+
+/// Ends the replica's interpreter (joining any non-daemon threads its Python code
+/// started). PRECONDITION: `tstate` is current on this thread with the GIL held, and no
+/// object of the interpreter is still referenced from Rust.
+unsafe fn end_interpreter(tstate: *mut ffi::PyThreadState) {
+    if !ffi::PyErr_Occurred().is_null() {
+        ffi::PyErr_Clear();
+    }
+    ffi::Py_EndInterpreter(tstate);
+}
+
+/// A strong reference to an object of the current replica's interpreter. Only created
+/// and dropped on the replica thread with its GIL held (it is neither `Send` nor `Sync`).
+struct Owned(NonNull<PyObject>);
+
+impl Owned {
+    /// Takes ownership of a new reference; `None` for NULL (a Python error is then set).
+    unsafe fn new(ptr: *mut PyObject) -> Option<Owned> {
+        NonNull::new(ptr).map(Owned)
+    }
+
+    /// Takes a new reference to a borrowed object.
+    unsafe fn borrowed(ptr: NonNull<PyObject>) -> Owned {
+        ffi::Py_INCREF(ptr.as_ptr());
+        Owned(ptr)
+    }
+
+    fn as_ptr(&self) -> *mut PyObject {
+        self.0.as_ptr()
+    }
+
+    /// Hands the reference on (to a call that steals it).
+    fn into_ptr(self) -> *mut PyObject {
+        let ptr = self.0.as_ptr();
+        std::mem::forget(self);
+        ptr
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: the reference is owned, and Owned lives only on its replica's thread
+        // while that interpreter's GIL is held.
+        unsafe { ffi::Py_DECREF(self.0.as_ptr()) }
+    }
+}
+
+/// A Python exception taken from the replica's interpreter, as plain strings.
+struct Fetched {
+    /// Qualified name of the exception's type.
+    python_type: String,
+    /// `str(exception)`.
+    text: String,
+    /// "Traceback (most recent call last):\n" and the frames, as the main interpreter's
+    /// errors carry it; "" when there is none.
+    traceback: String,
+}
+
+impl Fetched {
+    /// "Type: text" (or "Type" alone), as `Error::from_pyerr` writes it.
+    fn summary(&self) -> String {
+        if self.text.is_empty() {
+            self.python_type.clone()
+        } else {
+            format!("{}: {}", self.python_type, self.text)
+        }
+    }
+}
+
+/// Takes the pending exception, formatted with the replica's own `traceback` module
+/// (never `PyErr_Print`, which exits the process on `SystemExit`). Leaves no exception
+/// set. `None` when no exception was set.
+unsafe fn fetch() -> Option<Fetched> {
+    let (mut ty, mut value, mut tb) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+    #[allow(deprecated)] // PyErr_GetRaisedException is 3.12+ only in pyo3-ffi's view.
+    {
+        ffi::PyErr_Fetch(&mut ty, &mut value, &mut tb);
+        if ty.is_null() {
+            return None;
+        }
+        ffi::PyErr_NormalizeException(&mut ty, &mut value, &mut tb);
+    }
+    let (ty, value, tb) = (Owned::new(ty), Owned::new(value), Owned::new(tb));
+    if let (Some(v), Some(t)) = (&value, &tb) {
+        ffi::PyException_SetTraceback(v.as_ptr(), t.as_ptr());
+    }
+    let python_type = ty
+        .as_ref()
+        .and_then(|t| attr_text(t.as_ptr(), c"__qualname__"))
+        .unwrap_or_else(|| "<unknown>".to_owned());
+    let text = value
+        .as_ref()
+        .and_then(|v| str_text(v.as_ptr()))
+        .unwrap_or_else(|| "<exception str() failed>".to_owned());
+    let traceback = tb.as_ref().and_then(|t| format_traceback(t.as_ptr())).unwrap_or_default();
+    // Formatting failures must not leak into the next call.
+    ffi::PyErr_Clear();
+    Some(Fetched { python_type, text, traceback })
+}
+
+/// `"".join(traceback.format_tb(tb))` under the usual header.
+unsafe fn format_traceback(tb: *mut PyObject) -> Option<String> {
+    let module = Owned::new(ffi::PyImport_ImportModule(c"traceback".as_ptr()))?;
+    let format_tb = Owned::new(ffi::PyObject_GetAttrString(module.as_ptr(), c"format_tb".as_ptr()))?;
+    let lines = Owned::new(ffi::PyObject_CallOneArg(format_tb.as_ptr(), tb))?;
+    let empty = Owned::new(ffi::PyUnicode_FromStringAndSize(c"".as_ptr(), 0))?;
+    let joined = Owned::new(ffi::PyUnicode_Join(empty.as_ptr(), lines.as_ptr()))?;
+    Some(format!("Traceback (most recent call last):\n{}", utf8(joined.as_ptr())?))
+}
+
+/// Attaches a Python exception's type name and formatted traceback to an error.
+trait WithPython {
+    fn with_python(self, python_type: String, traceback: String) -> Error;
+}
+
+impl WithPython for Error {
+    /// `crate::error::Error` can only take these two fields from a pyo3 `PyErr`, which
+    /// does not exist inside a sub-interpreter. Until it has a constructor taking them
+    /// as strings (requested from the core's owner), the type stays visible in the
+    /// message ("Type: text") and the traceback is dropped.
+    fn with_python(self, _python_type: String, _traceback: String) -> Error {
+        self
+    }
+}
+
+/// Builds the error of a Python exception: "{context}: Type: text".
+fn python_error(kind: ErrorKind, context: &str, fetched: Fetched) -> Error {
+    let message = format!("{context}: {}", fetched.summary());
+    Error::new(kind, message).with_python(fetched.python_type, fetched.traceback)
+}
+
+/// Takes the pending exception as an error of `kind`; a missing exception becomes an
+/// internal error naming `context` (as `Error::fetch` does).
+unsafe fn fetch_error(kind: ErrorKind, context: &str) -> Error {
+    match fetch() {
+        Some(fetched) => python_error(kind, context, fetched),
+        None => Error::internal(format!("{context}: failed without a Python exception set")),
+    }
+}
+
+/// The UTF-8 text of a `str`; clears the error and returns `None` when it is not one.
+unsafe fn utf8(obj: *mut PyObject) -> Option<String> {
+    let mut len: ffi::Py_ssize_t = 0;
+    let data = ffi::PyUnicode_AsUTF8AndSize(obj, &mut len);
+    if data.is_null() {
+        ffi::PyErr_Clear();
+        return None;
+    }
+    let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// `str(obj)`, or `None` (error cleared).
+unsafe fn str_text(obj: *mut PyObject) -> Option<String> {
+    match Owned::new(ffi::PyObject_Str(obj)) {
+        Some(s) => utf8(s.as_ptr()),
+        None => {
+            ffi::PyErr_Clear();
+            None
+        }
+    }
+}
+
+/// A string attribute of `obj`, or `None` (error cleared).
+unsafe fn attr_text(obj: *mut PyObject, name: &CStr) -> Option<String> {
+    match Owned::new(ffi::PyObject_GetAttrString(obj, name.as_ptr())) {
+        Some(a) => utf8(a.as_ptr()),
+        None => {
+            ffi::PyErr_Clear();
+            None
+        }
+    }
+}
+
+/// Qualified name of `obj`'s type.
+unsafe fn type_name(obj: *mut PyObject) -> String {
+    attr_text(ffi::Py_TYPE(obj).cast(), c"__qualname__").unwrap_or_else(|| "<unknown>".into())
+}
+
+/// CPython's message for an extension module without multi-interpreter support.
+const NO_SUBINTERPRETER_SUPPORT: &str = "does not support loading in subinterpreters";
+
+/// Makes `sys.path` the main interpreter's (in its order), followed by any entries of
+/// the replica's own default path that the main one lacks; imports the module and binds
+/// the entry point.
+unsafe fn bind_entry_point(spec: &ReplicaSpec) -> Result<Owned> {
+    set_sys_path(&spec.sys_path).map_err(|e| {
+        Error::new(ErrorKind::Internal, format!("setting sys.path in a sub-interpreter: {}", e.message()))
+    })?;
+    let module = &spec.module;
+    let entry_point = &spec.entry_point;
+    let module_c = CString::new(module.as_str())
+        .map_err(|_| Error::invalid_argument("module name contains a NUL byte"))?;
+    let Some(mut obj) = Owned::new(ffi::PyImport_ImportModule(module_c.as_ptr())) else {
+        let context = format!("cannot import module {module:?} in an own-GIL sub-interpreter");
+        return Err(match fetch() {
+            Some(f) if f.text.contains(NO_SUBINTERPRETER_SUPPORT) => {
+                let context = format!(
+                    "{context} (it imports, directly or not, an extension module without \
+                     per-interpreter support, such as numpy or torch; load the handler \
+                     without replicas to run it in the shared interpreter)"
+                );
+                python_error(ErrorKind::Import, &context, f)
+            }
+            Some(f) => python_error(ErrorKind::Import, &context, f),
+            None => {
+                Error::new(ErrorKind::Import, format!("{context}: failed without a Python exception set"))
+            }
+        });
+    };
+    for part in entry_point.split('.') {
+        let part_c =
+            CString::new(part).map_err(|_| Error::invalid_argument("entry point contains a NUL byte"))?;
+        obj = Owned::new(ffi::PyObject_GetAttrString(obj.as_ptr(), part_c.as_ptr())).ok_or_else(|| {
+            fetch_error(ErrorKind::Attribute, &format!("module {module:?} has no attribute {entry_point:?}"))
+        })?;
+    }
+    if ffi::PyCallable_Check(obj.as_ptr()) == 0 {
+        let ty_name = attr_text(ffi::Py_TYPE(obj.as_ptr()).cast(), c"__name__").unwrap_or_default();
+        return Err(Error::new(
+            ErrorKind::Attribute,
+            format!("{module}.{entry_point} is not callable (it is a {ty_name})"),
+        ));
+    }
+    Ok(obj)
+}
+
+unsafe fn set_sys_path(main_path: &[String]) -> Result<()> {
+    let fail = |what: &str| fetch_error(ErrorKind::Internal, what);
+    let path = ffi::PySys_GetObject(c"path".as_ptr()); // borrowed
+    if path.is_null() || ffi::PyList_Check(path) == 0 {
+        return Err(Error::internal("sys.path is missing or not a list"));
+    }
+    let merged = Owned::new(ffi::PyList_New(0)).ok_or_else(|| fail("PyList_New"))?;
+    for entry in main_path {
+        let s = Owned::new(ffi::PyUnicode_FromStringAndSize(
+            entry.as_ptr().cast::<c_char>(),
+            entry.len() as ffi::Py_ssize_t,
+        ))
+        .ok_or_else(|| fail("decoding a path entry"))?;
+        if ffi::PyList_Append(merged.as_ptr(), s.as_ptr()) != 0 {
+            return Err(fail("PyList_Append"));
+        }
+    }
+    let own_len = ffi::PyList_Size(path);
+    for i in 0..own_len {
+        let Some(entry) = Owned::new(ffi::compat::PyList_GetItemRef(path, i)) else {
+            return Err(fail("reading sys.path"));
+        };
+        match ffi::PySequence_Contains(merged.as_ptr(), entry.as_ptr()) {
+            0 => {
+                if ffi::PyList_Append(merged.as_ptr(), entry.as_ptr()) != 0 {
+                    return Err(fail("PyList_Append"));
+                }
+            }
+            1 => {}
+            _ => return Err(fail("comparing sys.path entries")),
+        }
+    }
+    if ffi::PyList_SetSlice(path, 0, ffi::PY_SSIZE_T_MAX, merged.as_ptr()) != 0 {
+        return Err(fail("assigning sys.path"));
+    }
+    Ok(())
+}
+
+/// Serves batches until the source is closed and empty. PRECONDITION: the replica's
+/// thread state is current with its GIL held; it is again when this returns.
+unsafe fn serve_batches(function: *mut PyObject, source: &dyn BatchSource) {
+    loop {
+        // Waiting for work must not hold the replica's GIL: Python threads the handler
+        // started keep running meanwhile.
+        let saved = ffi::PyEval_SaveThread();
+        let batch = source.next_batch();
+        ffi::PyEval_RestoreThread(saved);
+        match batch {
+            Some(batch) => run_batch(function, source, batch),
+            None => return,
+        }
+    }
+}
+
+/// Runs a job callback, turning a panic into an internal error (a panic must neither
+/// unwind through the replica's interpreter nor leave the item unresolved).
+fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Result<R> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Error::internal(format!("{what} panicked: {text}"))
+    })
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// Commits each item of a claimed batch, calls the function once with the list of
+/// committed objects, fans the results out, resolves every item and reports the batch.
+/// PRECONDITION: the replica's thread state is current with its GIL held.
+unsafe fn run_batch(function: *mut PyObject, source: &dyn BatchSource, batch: Vec<Arc<Item>>) {
+    let items = batch.len();
+    let start = Instant::now();
+    let mut objects: Vec<Owned> = Vec::with_capacity(items);
+    let mut live: Vec<(Arc<Item>, Box<dyn Job>)> = Vec::with_capacity(items);
+    for item in batch {
+        let Some(mut job) = item.take_job() else {
+            source.fail_item(&item, None, Error::internal("item has no job"));
+            continue;
+        };
+        if !job.supports_raw() {
+            let error = Error::new(
+                ErrorKind::Unsupported,
+                "this item's job cannot run in a sub-interpreter replica (only jobs with raw \
+                 C-API callbacks, such as the C ABI's, can)",
+            );
+            source.fail_item(&item, Some(job), error);
+            continue;
+        }
+        match guarded("commit callback", || job.commit_raw()) {
+            Ok(ptr) if !ptr.is_null() => {
+                let obj = Owned(NonNull::new_unchecked(ptr));
+                if ffi::PyErr_Occurred().is_null() {
+                    objects.push(obj);
+                    live.push((item, job));
+                } else {
+                    drop(obj);
+                    let error = fetch_error(
+                        ErrorKind::Commit,
+                        "commit callback returned an object with an exception set",
+                    );
+                    source.fail_item(&item, Some(job), error);
+                }
+            }
+            Ok(_) => {
+                let error = fetch_error(ErrorKind::Commit, "commit callback failed");
+                source.fail_item(&item, Some(job), error);
+            }
+            Err(panic) => {
+                ffi::PyErr_Clear();
+                source.fail_item(&item, Some(job), panic);
+            }
+        }
+    }
+    let committed = Instant::now();
+    let commit_ns = nanos(committed - start);
+    if live.is_empty() {
+        source.record_timings(items, commit_ns, 0, 0);
+        source.finish_batch(items);
+        return;
+    }
+    let n = live.len();
+    let name = source.name();
+    let results = call_with_list(function, objects, name).map(|result| {
+        let exec_ns = nanos(committed.elapsed());
+        (result, exec_ns)
+    });
+    let results = match results {
+        Ok((result, exec_ns)) => {
+            source.record_timings(items, commit_ns, exec_ns, n);
+            ResultSeq::new(result, n, name)
+        }
+        Err(error) => {
+            source.record_timings(items, commit_ns, nanos(committed.elapsed()), n);
+            Err(error)
+        }
+    };
+    match results {
+        Err(error) => {
+            for (item, job) in live {
+                source.fail_item(&item, Some(job), error.clone());
+            }
+        }
+        Ok(seq) => {
+            for (i, (item, mut job)) in live.into_iter().enumerate() {
+                let value = seq.get(i);
+                let outcome =
+                    guarded("completion callback", || job.complete_raw(value.as_ptr())).and_then(|r| r);
+                let outcome = match fetch() {
+                    // A callback that leaves an exception set must not poison the next call.
+                    Some(f) if outcome.is_ok() => Err(python_error(
+                        ErrorKind::Callback,
+                        "completion callback left a Python exception set",
+                        f,
+                    )),
+                    _ => outcome,
+                };
+                drop(value);
+                source.complete_item(&item, job, outcome);
+            }
+        }
+    }
+    source.finish_batch(items);
+}
+
+/// Calls `function(list(objects))`; the list steals the references.
+unsafe fn call_with_list(function: *mut PyObject, objects: Vec<Owned>, name: &str) -> Result<Owned> {
+    let Some(list) = Owned::new(ffi::PyList_New(objects.len() as ffi::Py_ssize_t)) else {
+        return Err(fetch_error(ErrorKind::PythonException, "building the batch list"));
+    };
+    for (i, obj) in objects.into_iter().enumerate() {
+        ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, obj.into_ptr());
+    }
+    let result = ffi::PyObject_CallOneArg(function, list.as_ptr());
+    drop(list);
+    Owned::new(result).ok_or_else(|| fetch_error(ErrorKind::PythonException, &format!("{name} raised")))
+}
+
+/// The function's result, checked to be a sequence of exactly `n` items: a list or tuple
+/// as is, any other sequence (not str/bytes) materialized once as a list. Same messages
+/// as the shared interpreter's pipeline.
+struct ResultSeq {
+    seq: Owned,
+}
+
+impl ResultSeq {
+    unsafe fn new(result: Owned, n: usize, name: &str) -> Result<ResultSeq> {
+        let p = result.as_ptr();
+        let seq = if ffi::PyList_Check(p) != 0 || ffi::PyTuple_Check(p) != 0 {
+            result
+        } else {
+            let is_seq =
+                ffi::PySequence_Check(p) != 0 && ffi::PyUnicode_Check(p) == 0 && ffi::PyBytes_Check(p) == 0;
+            if !is_seq {
+                return Err(Error::new(
+                    ErrorKind::PythonException,
+                    format!(
+                        "{name} must return a sequence of {n} results (one per item of the batch), got {}",
+                        type_name(p)
+                    ),
+                ));
+            }
+            Owned::new(ffi::PySequence_List(p))
+                .ok_or_else(|| fetch_error(ErrorKind::PythonException, "reading the results"))?
+        };
+        let len = ffi::PySequence_Size(seq.as_ptr());
+        if len < 0 {
+            return Err(match fetch() {
+                Some(f) => Error::new(ErrorKind::PythonException, f.summary())
+                    .with_python(f.python_type, f.traceback),
+                None => Error::internal("len() of the results failed"),
+            });
+        }
+        if len as usize != n {
+            return Err(Error::new(
+                ErrorKind::PythonException,
+                format!(
+                    "{name} must return a sequence of {n} results (one per item of the batch), got a {} of length {len}",
+                    type_name(seq.as_ptr())
+                ),
+            ));
+        }
+        Ok(ResultSeq { seq })
+    }
+
+    /// A new reference to element `i`; `None` if a completion callback shrank the list.
+    unsafe fn get(&self, i: usize) -> Owned {
+        let p = self.seq.as_ptr();
+        let i = i as ffi::Py_ssize_t;
+        let item = if ffi::PyList_Check(p) != 0 {
+            // A strong reference even if another thread of this interpreter (or, on a
+            // free-threaded build, any thread) mutates the list meanwhile.
+            ffi::compat::PyList_GetItemRef(p, i)
+        } else {
+            // Tuples are immutable: the borrowed element lives as long as the tuple.
+            let borrowed = ffi::PyTuple_GetItem(p, i);
+            if borrowed.is_null() {
+                borrowed
+            } else {
+                ffi::Py_NewRef(borrowed)
+            }
+        };
+        match Owned::new(item) {
+            Some(obj) => obj,
+            None => {
+                ffi::PyErr_Clear();
+                Owned::borrowed(NonNull::new_unchecked(ffi::Py_None()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The replica loop against a real handler core (the manager's wiring is tested in
+    //! tests/rust/subinterp.rs). Needs a CPython 3.12+ build; on older ones only the
+    //! version check is tested.
+    use super::*;
+    use crate::future::ItemFuture;
+    use crate::scheduler::{HandlerCore, HandlerOptions, ItemOptions, Pool};
+    use pyo3::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    fn start() {
+        crate::runtime::ensure_started(&Default::default()).unwrap();
+        crate::runtime::add_path(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python")).unwrap();
+    }
+
+    fn core(replicas: usize, batch_size: usize) -> Arc<HandlerCore> {
+        let function = crate::runtime::attach(|py| py.None());
+        let options = HandlerOptions { batch_size, ..Default::default() };
+        HandlerCore::new("t".into(), function, options, Pool::new(1).unwrap(), replicas)
+    }
+
+    /// Commits `value` as an int; records the int it gets back.
+    struct RawJob {
+        value: i64,
+        got: Arc<Mutex<Vec<(i64, i64)>>>,
+        finished: Arc<AtomicUsize>,
+    }
+
+    impl Job for RawJob {
+        fn commit(&mut self, _py: Python<'_>) -> Result<Py<PyAny>> {
+            Err(Error::internal("not used by replicas"))
+        }
+        fn complete(&mut self, _py: Python<'_>, _r: &Bound<'_, PyAny>) -> Result<()> {
+            Err(Error::internal("not used by replicas"))
+        }
+        fn fail(&mut self, _error: &Error) {}
+        fn supports_raw(&self) -> bool {
+            true
+        }
+        fn commit_raw(&mut self) -> *mut PyObject {
+            // SAFETY: called in the replica with its GIL held.
+            unsafe { ffi::PyLong_FromLongLong(self.value) }
+        }
+        fn complete_raw(&mut self, result: *mut PyObject) -> Result<()> {
+            // SAFETY: as above; result is a borrowed object of the replica.
+            let v = unsafe { ffi::PyLong_AsLongLong(result) };
+            self.got.lock().unwrap().push((self.value, v));
+            Ok(())
+        }
+    }
+
+    impl Drop for RawJob {
+        fn drop(&mut self) {
+            self.finished.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn replicas_execute_every_item_once() {
+        start();
+        if check_supported().is_err() {
+            return;
+        }
+        let core = core(3, 4);
+        let threads = spawn_replicas("subinterp_testmod", "double", 3, core.clone()).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let futures: Vec<ItemFuture> = (0..500)
+            .map(|value| {
+                let job = RawJob { value, got: got.clone(), finished: finished.clone() };
+                ItemFuture::new(core.enqueue(Box::new(job), ItemOptions::default()))
+            })
+            .collect();
+        for f in futures {
+            f.wait().unwrap();
+        }
+        core.drain(true);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut got = got.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, (0..500).map(|v| (v, 2 * v)).collect::<Vec<_>>());
+        assert_eq!(finished.load(SeqCst), 500);
+        let s = core.stats();
+        assert_eq!((s.completed, s.failed), (500, 0));
+    }
+
+    #[test]
+    fn start_up_failure_tears_down_started_replicas() {
+        start();
+        if check_supported().is_err() {
+            return;
+        }
+        let core = core(2, 1);
+        let e = spawn_replicas("subinterp_testmod", "no_such_function", 2, core).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Attribute, "{e}");
+        assert!(e.message().contains("no_such_function"), "{e}");
+    }
+
+    #[test]
+    fn version_is_read() {
+        let (major, minor) = python_version();
+        assert_eq!(major, 3);
+        assert!(minor >= 9);
+        if minor < 12 {
+            let e = check_supported().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported);
+            assert!(e.message().contains(&format!("this is 3.{minor}")), "{e}");
+        }
+    }
+}
