@@ -67,6 +67,31 @@ PLUGIN_EXPORT int plugin_start(const char *python_dir, char *msg, size_t cap) {
   if (st != PYSCHED_OK) {
     return fail(msg, cap, "numpy_version()", err);
   }
+  /* Optionally torch as well (where it is installed): PYSCHED_PLUGIN_TORCH=1. */
+  if (getenv("PYSCHED_PLUGIN_TORCH")) {
+    pysched_handler *torch = NULL;
+    if (pysched_manager_load(manager, "pysched_numpy_plugin", "torch_info", NULL, &torch,
+                             &err) != PYSCHED_OK) {
+      return fail(msg, cap, "pysched_manager_load(torch_info)", err);
+    }
+    g = PyGILState_Ensure();
+    args = PyTuple_New(0);
+    PyGILState_Release(g);
+    st = pysched_handler_call(torch, args, NULL, &out, &err);
+    g = PyGILState_Ensure();
+    Py_DECREF(args);
+    if (st == PYSCHED_OK) {
+      size_t used = strlen(msg);
+      snprintf(msg + used, cap - used, ", %s",
+               PyUnicode_Check(out) ? PyUnicode_AsUTF8(out) : "?");
+      Py_DECREF(out);
+    }
+    PyGILState_Release(g);
+    pysched_handler_free(torch);
+    if (st != PYSCHED_OK) {
+      return fail(msg, cap, "torch_info()", err);
+    }
+  }
   return 0;
 }
 

@@ -10,3 +10,13 @@ def sums(items):
 
 def numpy_version():
     return np.__version__
+
+
+def torch_info():
+    """Imports torch (more C extensions, and CUDA where present) and sums on its device."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    total = int(torch.arange(101, device=device).sum().item())
+    assert total == 5050, total
+    return "torch %s on %s" % (torch.__version__, device)
