@@ -119,6 +119,21 @@ static inline void item_drop(void *user_data) {
   c->drop_seq = atomic_fetch_add(&item_seq, 1);
 }
 
+static inline void item_reset(item_ctx *c, long value) {
+  memset(c, 0, sizeof *c);
+  c->value = value;
+}
+
+/* Waits until the item's commit has run: its batch's Python call starts right after,
+ * under the same GIL hold. Ends the program if that takes over 10 s. */
+static inline void wait_item_started(item_ctx *c) {
+  uint64_t give_up = now_us() + 10000000u;
+  while (atomic_load(&c->commits) == 0 && now_us() < give_up) {
+    sleep_us(200);
+  }
+  REQUIRE(atomic_load(&c->commits) == 1);
+}
+
 static inline pysched_item make_item(item_ctx *c) {
   pysched_item item;
   memset(&item, 0, sizeof item);

@@ -11,11 +11,6 @@
 
 static pysched_manager *manager;
 
-static void reset(item_ctx *c, long value) {
-  memset(c, 0, sizeof *c);
-  c->value = value;
-}
-
 static pysched_future *queue_ctx(pysched_handler *h, item_ctx *c) {
   pysched_item item = make_item(c);
   pysched_future *f = NULL;
@@ -28,13 +23,9 @@ static pysched_future *queue_ctx(pysched_handler *h, item_ctx *c) {
 
 /* A sleep_or_double item of -ms whose Python call has started. */
 static pysched_future *start_blocker(pysched_handler *h, item_ctx *c, long ms) {
-  reset(c, -ms);
+  item_reset(c, -ms);
   pysched_future *f = queue_ctx(h, c);
-  uint64_t give_up = now_us() + 10000000u;
-  while (atomic_load(&c->commits) == 0 && now_us() < give_up) {
-    sleep_us(200);
-  }
-  REQUIRE(atomic_load(&c->commits) == 1);
+  wait_item_started(c);
   return f;
 }
 
@@ -49,7 +40,7 @@ static void test_wait_take_and_errors(void) {
   pysched_handler *h = test_load(manager, "pysched_ctest", "sleep_or_double", NULL);
   item_ctx blocker, c;
   pysched_future *bf = start_blocker(h, &blocker, 300);
-  reset(&c, 21);
+  item_reset(&c, 21);
   pysched_future *f = queue_ctx(h, &c);
   pysched_error *err = NULL;
 
@@ -102,7 +93,7 @@ static void test_error_outcome_taken_twice(void) {
   o.max_batch_delay_us = 100000;
   pysched_handler *h = test_load(manager, "pysched_testmod", "raise_value_error", &o);
   item_ctx c;
-  reset(&c, 1);
+  item_reset(&c, 1);
   pysched_future *f = queue_ctx(h, &c);
   pysched_error *err = NULL;
   CHECK_STATUS(PYSCHED_OK, pysched_future_wait(f, &err));
@@ -125,7 +116,7 @@ static void test_cancel(void) {
   pysched_handler *h = test_load(manager, "pysched_ctest", "sleep_or_double", NULL);
   item_ctx blocker, c;
   pysched_future *bf = start_blocker(h, &blocker, 200);
-  reset(&c, 3);
+  item_reset(&c, 3);
   pysched_future *f = queue_ctx(h, &c);
   CHECK(pysched_future_cancel(f));
   CHECK(pysched_future_is_ready(f));
@@ -139,8 +130,8 @@ static void test_cancel(void) {
   pysched_future_free(f);
   /* Cancel then free right away, and free without cancel: the item still runs. */
   item_ctx d, e;
-  reset(&d, 4);
-  reset(&e, 5);
+  item_reset(&d, 4);
+  item_reset(&e, 5);
   f = queue_ctx(h, &d);
   pysched_future *f2 = queue_ctx(h, &e);
   CHECK(pysched_future_cancel(f));
@@ -170,7 +161,7 @@ static void test_free_releases_result(void) {
   pysched_error *err = NULL;
 
   item_ctx c;
-  reset(&c, 0);
+  item_reset(&c, 0);
   c.commit_mode = COMMIT_OBJECT;
   c.object = obj;
   pysched_future *f = queue_ctx(h, &c);
@@ -183,7 +174,7 @@ static void test_free_releases_result(void) {
   CHECK(refcount(obj) == base);
 
   /* Taken: the caller owns exactly one new reference. */
-  reset(&c, 0);
+  item_reset(&c, 0);
   c.commit_mode = COMMIT_OBJECT;
   c.object = obj;
   f = queue_ctx(h, &c);
@@ -199,7 +190,7 @@ static void test_free_releases_result(void) {
 
   /* Freed before the item ran (it waits for the batch delay): the item still runs,
    * and nothing keeps the result. */
-  reset(&c, 0);
+  item_reset(&c, 0);
   c.commit_mode = COMMIT_OBJECT;
   c.object = obj;
   f = queue_ctx(h, &c);
@@ -230,7 +221,7 @@ static void test_wait_with_gil_held(void) {
   item_ctx ctx[N];
   pysched_future *fut[N];
   for (int i = 0; i < N; i++) {
-    reset(&ctx[i], i);
+    item_reset(&ctx[i], i);
     pysched_item item = make_item(&ctx[i]);
     REQUIRE(pysched_handler_queue(h, &item, &fut[i], &err) == PYSCHED_OK);
   }
@@ -296,7 +287,7 @@ static void test_future_outlives_handler_and_manager(void) {
   pysched_handler *h = test_load(m2, "pysched_ctest", "sleep_or_double", NULL);
   item_ctx blocker, c;
   pysched_future *bf = start_blocker(h, &blocker, 50);
-  reset(&c, 8);
+  item_reset(&c, 8);
   pysched_future *f = queue_ctx(h, &c);
   pysched_manager_free(m2);
   pysched_handler_free(h); /* drains */

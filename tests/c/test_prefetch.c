@@ -15,8 +15,7 @@ static void run_case(uint32_t prefetch, uint32_t concurrency, int queue_before_s
   o.concurrency = concurrency;
   pysched_handler *h = test_load(m, "pysched_ctest", "sleep_or_double", &o);
   item_ctx blocker;
-  memset(&blocker, 0, sizeof blocker);
-  blocker.value = -400;
+  item_reset(&blocker, -400);
   pysched_item item = make_item(&blocker);
   pysched_future *bf = NULL;
   pysched_error *err = NULL;
@@ -24,15 +23,10 @@ static void run_case(uint32_t prefetch, uint32_t concurrency, int queue_before_s
   static item_ctx ctx[N];
   REQUIRE(CHECK_STATUS(PYSCHED_OK, pysched_handler_queue(h, &item, &bf, &err)) == PYSCHED_OK);
   if (!queue_before_start) {
-    uint64_t give_up = now_us() + 10000000u;
-    while (atomic_load(&blocker.commits) == 0 && now_us() < give_up) {
-      sleep_us(200);
-    }
-    REQUIRE(atomic_load(&blocker.commits) == 1);
+    wait_item_started(&blocker);
   }
   for (int i = 0; i < N; i++) {
-    memset(&ctx[i], 0, sizeof ctx[i]);
-    ctx[i].value = i;
+    item_reset(&ctx[i], i);
     item = make_item(&ctx[i]);
     item.prepare = item_prepare;
     REQUIRE(CHECK_STATUS(PYSCHED_OK, pysched_handler_queue(h, &item, NULL, &err)) ==

@@ -12,11 +12,6 @@
 
 static pysched_manager *manager;
 
-static void reset(item_ctx *c, long value) {
-  memset(c, 0, sizeof *c);
-  c->value = value;
-}
-
 static pysched_status queue_ctx(pysched_handler *h, item_ctx *c,
                                 pysched_future **out_future) {
   pysched_item item = make_item(c);
@@ -51,14 +46,10 @@ static void drain(pysched_handler *h) {
  * behind a blocker (or a batch delay) whenever an item could otherwise finish before
  * pysched_handler_queue returns: that race is tested on its own in test_queue_edge.c. */
 static pysched_future *start_blocker(pysched_handler *h, item_ctx *c, long value) {
-  reset(c, value);
+  item_reset(c, value);
   pysched_future *f = NULL;
   REQUIRE(queue_ctx(h, c, &f) == PYSCHED_OK);
-  uint64_t give_up = now_us() + 10000000u;
-  while (atomic_load(&c->commits) == 0 && now_us() < give_up) {
-    sleep_us(200);
-  }
-  REQUIRE(atomic_load(&c->commits) == 1);
+  wait_item_started(c);
   return f;
 }
 
@@ -110,7 +101,7 @@ static void test_success_and_per_item_commit_failures(void) {
   static item_ctx ctx[N];
   pysched_future *fut[N];
   for (int i = 0; i < N; i++) {
-    reset(&ctx[i], i);
+    item_reset(&ctx[i], i);
     if (i % 7 == 3) {
       ctx[i].commit_mode = COMMIT_FAIL;
     }
@@ -162,7 +153,7 @@ static void run_prepare_case(uint32_t prefetch, int fail_every) {
   static item_ctx ctx[N];
   pysched_future *fut[N];
   for (int i = 0; i < N; i++) {
-    reset(&ctx[i], i);
+    item_reset(&ctx[i], i);
     ctx[i].prepare_rc = (fail_every && i % fail_every == 0) ? 7 : 0;
     pysched_item item = make_item(&ctx[i]);
     item.prepare = item_prepare;
@@ -213,7 +204,7 @@ static void expect_batch_failure(const char *entry, pysched_status kind,
   item_ctx ctx[N];
   pysched_future *fut[N];
   for (int i = 0; i < N; i++) {
-    reset(&ctx[i], i);
+    item_reset(&ctx[i], i);
     REQUIRE(queue_ctx(h, &ctx[i], &fut[i]) == PYSCHED_OK);
   }
   for (int i = 0; i < N; i++) {
@@ -264,7 +255,7 @@ static void test_complete_failure_counts_as_callback_error(void) {
   o.max_batch_delay_us = 200000;
   pysched_handler *h = test_load(manager, "pysched_testmod", "identity", &o);
   item_ctx c;
-  reset(&c, 5);
+  item_reset(&c, 5);
   c.complete_rc = 3;
   pysched_future *f = NULL;
   REQUIRE(queue_ctx(h, &c, &f) == PYSCHED_OK);
@@ -286,7 +277,7 @@ static void test_fire_and_forget(void) {
   enum { N = 300 };
   static item_ctx ctx[N];
   for (int i = 0; i < N; i++) {
-    reset(&ctx[i], i);
+    item_reset(&ctx[i], i);
     REQUIRE(queue_ctx(h, &ctx[i], NULL) == PYSCHED_OK);
   }
   drain(h);
@@ -302,7 +293,7 @@ static void test_fire_and_forget(void) {
   pysched_item bare;
   memset(&bare, 0, sizeof bare);
   item_ctx c;
-  reset(&c, 9);
+  item_reset(&c, 9);
   bare.user_data = &c;
   bare.commit = item_commit;
   pysched_future *f = NULL;
@@ -327,7 +318,7 @@ static void test_cancel(void) {
   item_ctx ctx[N];
   pysched_future *fut[N];
   for (int i = 0; i < N; i++) {
-    reset(&ctx[i], 0);
+    item_reset(&ctx[i], 0);
     REQUIRE(queue_ctx(h, &ctx[i], &fut[i]) == PYSCHED_OK);
   }
   CHECK(!pysched_future_cancel(bf)); /* already running */
@@ -363,8 +354,8 @@ static void test_deadline(void) {
   item_ctx blocker;
   pysched_future *bf = start_blocker(h, &blocker, 600);
   item_ctx late, fine;
-  reset(&late, 0);
-  reset(&fine, 0);
+  item_reset(&late, 0);
+  item_reset(&fine, 0);
   pysched_item item = make_item(&late);
   item.timeout_us = 50000;
   pysched_future *lf = NULL, *ff = NULL;
@@ -408,9 +399,9 @@ static void test_queue_full_reject(void) {
   item_ctx blocker;
   pysched_future *bf = start_blocker(h, &blocker, 300);
   item_ctx a, b, c;
-  reset(&a, 0);
-  reset(&b, 0);
-  reset(&c, 0);
+  item_reset(&a, 0);
+  item_reset(&b, 0);
+  item_reset(&c, 0);
   pysched_future *fa = NULL, *fb = NULL;
   pysched_future *fc = (pysched_future *)&c; /* sentinel: must stay untouched */
   CHECK(queue_ctx(h, &a, &fa) == PYSCHED_OK);
@@ -445,8 +436,8 @@ static void test_queue_full_block(void) {
   pysched_handler *h = test_load(manager, "pysched_testmod", "sleep_ms", &o);
   item_ctx blocker, a, b;
   pysched_future *bf = start_blocker(h, &blocker, 500);
-  reset(&a, 0);
-  reset(&b, 0);
+  item_reset(&a, 0);
+  item_reset(&b, 0);
   pysched_future *fa = NULL, *fb = NULL;
   CHECK(queue_ctx(h, &a, &fa) == PYSCHED_OK);
   uint64_t t0 = now_us();
@@ -466,8 +457,8 @@ static void test_queue_full_block(void) {
   o.block_timeout_us = 0;
   h = test_load(manager, "pysched_testmod", "sleep_ms", &o);
   bf = start_blocker(h, &blocker, 200);
-  reset(&a, 0);
-  reset(&b, 0);
+  item_reset(&a, 0);
+  item_reset(&b, 0);
   CHECK(queue_ctx(h, &a, &fa) == PYSCHED_OK);
   t0 = now_us();
   CHECK(queue_ctx(h, &b, &fb) == PYSCHED_OK);
@@ -485,7 +476,7 @@ static void test_queue_full_block(void) {
 
 static void test_null_handler_and_bad_items(void) {
   item_ctx c;
-  reset(&c, 1);
+  item_reset(&c, 1);
   pysched_item item = make_item(&c);
   pysched_future *f = (pysched_future *)&c;
   pysched_error *err = NULL;
@@ -497,7 +488,7 @@ static void test_null_handler_and_bad_items(void) {
   CHECK(atomic_load(&c.commits) == 0);
 
   pysched_handler *h = test_load(manager, "pysched_testmod", "identity", NULL);
-  reset(&c, 2);
+  item_reset(&c, 2);
   item = make_item(&c);
   item.commit = NULL;
   CHECK_STATUS(PYSCHED_INVALID_ARGUMENT, pysched_handler_queue(h, &item, &f, &err));
@@ -508,7 +499,7 @@ static void test_null_handler_and_bad_items(void) {
   CHECK_STATUS(PYSCHED_INVALID_ARGUMENT, pysched_handler_queue(h, NULL, &f, &err));
   CHECK_STATUS(PYSCHED_INVALID_ARGUMENT, pysched_handler_queue(NULL, NULL, NULL, &err));
   /* NULL out_error is allowed on the error path as well. */
-  reset(&c, 3);
+  item_reset(&c, 3);
   item = make_item(&c);
   CHECK(pysched_handler_queue(NULL, &item, NULL, NULL) == PYSCHED_INVALID_ARGUMENT);
   CHECK_ONCE(&c);
@@ -523,7 +514,7 @@ static void test_free_drains(void) {
   enum { N = 200 };
   static item_ctx ctx[N];
   for (int i = 0; i < N; i++) {
-    reset(&ctx[i], (i % 50 == 0) ? 5 : 0);
+    item_reset(&ctx[i], (i % 50 == 0) ? 5 : 0);
     REQUIRE(queue_ctx(h, &ctx[i], NULL) == PYSCHED_OK);
   }
   pysched_handler_free(h);
@@ -539,7 +530,7 @@ static void test_free_drains(void) {
 static void test_free_from_own_callback(void) {
   pysched_handler *h = test_load(manager, "pysched_testmod", "sleep_ms", NULL);
   item_ctx first;
-  reset(&first, 300);
+  item_reset(&first, 300);
   first.free_in_complete = h;
   pysched_future *ff = NULL;
   REQUIRE(queue_ctx(h, &first, &ff) == PYSCHED_OK);
@@ -547,7 +538,7 @@ static void test_free_from_own_callback(void) {
   item_ctx ctx[N];
   pysched_future *fut[N];
   for (int i = 0; i < N; i++) {
-    reset(&ctx[i], 0);
+    item_reset(&ctx[i], 0);
     REQUIRE(queue_ctx(h, &ctx[i], &fut[i]) == PYSCHED_OK);
   }
   /* `h` is freed by first's callback from here on: not touched again. */
@@ -575,7 +566,7 @@ static void test_concurrency(void) {
   pysched_future *fut[N];
   uint64_t t0 = now_us();
   for (int i = 0; i < N; i++) {
-    reset(&ctx[i], -150);
+    item_reset(&ctx[i], -150);
     REQUIRE(queue_ctx(h, &ctx[i], &fut[i]) == PYSCHED_OK);
   }
   for (int i = 0; i < N; i++) {
@@ -621,7 +612,7 @@ static void test_many_producers(void) {
   producer_arg args[THREADS];
   for (int k = 0; k < THREADS; k++) {
     for (int i = 0; i < PER; i++) {
-      reset(&ctx[k][i], k * PER + i);
+      item_reset(&ctx[k][i], k * PER + i);
     }
     args[k] = (producer_arg){{h1, h2}, ctx[k], PER, 0};
     REQUIRE(pthread_create(&t[k], NULL, producer, &args[k]) == 0);

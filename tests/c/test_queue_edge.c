@@ -33,8 +33,7 @@ static void *race_producer(void *p) {
   race_arg *a = (race_arg *)p;
   for (int i = 0; i < RACE_PER_THREAD; i++) {
     item_ctx c;
-    memset(&c, 0, sizeof c);
-    c.value = i;
+    item_reset(&c, i);
     c.commit_mode = a->fail_commit ? COMMIT_FAIL : COMMIT_INT;
     pysched_item item = make_item(&c);
     item.timeout_us = 60000000u;
@@ -123,7 +122,7 @@ static void test_commit_null_without_exception(void) {
   o.max_batch_delay_us = 100000;
   pysched_handler *h = test_load(manager, "pysched_testmod", "identity", &o);
   item_ctx c;
-  memset(&c, 0, sizeof c);
+  item_reset(&c, 0);
   c.commit_mode = COMMIT_FAIL_NO_EXC;
   pysched_item item = make_item(&c);
   pysched_future *f = NULL;
@@ -140,8 +139,7 @@ static void test_commit_null_without_exception(void) {
     test_failures++;
   }
   /* No Python exception may be left behind on the worker: the next item is fine. */
-  memset(&c, 0, sizeof c);
-  c.value = 4;
+  item_reset(&c, 4);
   item = make_item(&c);
   pysched_future *f2 = NULL;
   REQUIRE(CHECK_STATUS(PYSCHED_OK, pysched_handler_queue(h, &item, &f2, &err)) ==
