@@ -246,6 +246,20 @@ pub fn without_gil<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// Whether the calling thread is attached to an interpreter (holds its GIL, on GIL builds).
 /// Unlike `PyGILState_Check`, this stays exact once sub-interpreters exist.
 pub fn is_attached() -> bool {
-    // SAFETY: reads the calling thread's current thread state pointer; never fails.
-    !unsafe { ffi::compat::PyThreadState_GetUnchecked() }.is_null()
+    // SAFETY: reads the current thread state pointer; never fails.
+    let current = unsafe { ffi::compat::PyThreadState_GetUnchecked() };
+    if current.is_null() {
+        return false;
+    }
+    // Before 3.12 the "current" thread state is process-wide: it names whichever thread
+    // holds the GIL. It is ours only if it is this thread's own.
+    #[cfg(not(Py_3_12))]
+    {
+        // SAFETY: may be called without the GIL; returns this OS thread's state or NULL.
+        current == unsafe { ffi::PyGILState_GetThisThreadState() }
+    }
+    #[cfg(Py_3_12)]
+    {
+        true
+    }
 }

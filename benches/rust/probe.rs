@@ -31,6 +31,14 @@ unsafe extern "C" fn complete(
     0
 }
 
+fn busy_100us() {
+    let t = Instant::now();
+    let mut x = 0u64;
+    while t.elapsed().as_micros() < 100 {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -166,6 +174,45 @@ fn main() {
             sync / floor
         );
         pysched_handler_free(handler);
+    }
+    // GIL-free staging: ~100 us of C++ work per item in commit (GIL held) vs in prepare
+    // (no GIL, spread over idle workers).
+    {
+        unsafe extern "C" fn busy_commit(user_data: *mut c_void) -> *mut ffi::PyObject {
+            busy_100us();
+            ffi::PyLong_FromLong(user_data as usize as _)
+        }
+        unsafe extern "C" fn busy_prepare(_user_data: *mut c_void) -> c_int {
+            busy_100us();
+            0
+        }
+        for (label, staged) in [("commit under the GIL", false), ("prepare without the GIL", true)] {
+            let mut opts = pysched_handler_options_default();
+            opts.batch_size = 32;
+            opts.prefetch_depth = 2;
+            let mut handler = std::ptr::null_mut();
+            let (m, e) = (CString::new("pysched_testmod").unwrap(), CString::new("identity").unwrap());
+            pysched_manager_load(manager, m.as_ptr(), e.as_ptr(), &opts, &mut handler, std::ptr::null_mut());
+            let n = 2000;
+            let t = Instant::now();
+            for i in 0..n {
+                let item = pysched_item {
+                    user_data: i as *mut c_void,
+                    commit: Some(if staged { commit } else { busy_commit }),
+                    prepare: if staged { Some(busy_prepare) } else { None },
+                    complete: Some(complete),
+                    drop: None,
+                    timeout_us: 0,
+                };
+                pysched_handler_queue(handler, &item, std::ptr::null_mut(), std::ptr::null_mut());
+            }
+            pysched_handler_drain(handler, std::ptr::null_mut());
+            println!(
+                "staging, 100 us of work per item, {label}: {:.0} us/item",
+                t.elapsed().as_micros() as f64 / n as f64
+            );
+            pysched_handler_free(handler);
+        }
     }
     // Inline floor: same lists built, passed and unpacked by one thread holding the GIL.
     let floor = Python::attach(|py| {

@@ -382,3 +382,68 @@ fn concurrency_runs_batches_of_one_handler_at_once() {
         ErrorKind::InvalidArgument
     );
 }
+
+/// A job with GIL-free preparation that records where it ran.
+struct StagedJob {
+    value: i64,
+    prepared: Option<i64>,
+    threads: Arc<std::sync::Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
+    fail_prepare: bool,
+}
+
+impl Job for StagedJob {
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    fn prepare(&mut self) -> pyscheduler::Result<()> {
+        // SAFETY-free check that no GIL is held here.
+        assert!(!pyscheduler::runtime::is_attached(), "prepare ran with the GIL");
+        self.threads.lock().unwrap().insert(std::thread::current().id());
+        std::thread::sleep(Duration::from_millis(2));
+        if self.fail_prepare {
+            return Err(pyscheduler::Error::new(ErrorKind::Commit, "prepare refused"));
+        }
+        self.prepared = Some(self.value * 10);
+        Ok(())
+    }
+    fn commit(&mut self, py: Python<'_>) -> pyscheduler::Result<Py<PyAny>> {
+        Ok(int(py, self.prepared.expect("commit before prepare")).unwrap())
+    }
+    fn complete(&mut self, _py: Python<'_>, _r: &Bound<'_, PyAny>) -> pyscheduler::Result<()> {
+        Ok(())
+    }
+    fn fail(&mut self, _e: &pyscheduler::Error) {}
+}
+
+#[test]
+fn prepare_runs_without_the_gil_spread_over_workers_and_fails_per_item() {
+    let m = common::manager();
+    let h = m
+        .load(
+            "pysched_testmod",
+            "identity",
+            HandlerOptions { batch_size: 16, prefetch_depth: 2, ..Default::default() },
+        )
+        .unwrap();
+    let threads = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let futures: Vec<_> = (0..64i64)
+        .map(|i| {
+            let job =
+                StagedJob { value: i, prepared: None, threads: threads.clone(), fail_prepare: i % 13 == 5 };
+            h.queue_job(Box::new(job), ItemOptions { keep_value: true, ..Default::default() })
+        })
+        .collect();
+    for (i, f) in futures.into_iter().enumerate() {
+        match f.wait() {
+            Ok(v) => assert_eq!(extract_i64(&v.unwrap()), 10 * i as i64),
+            Err(e) => {
+                assert_eq!(i % 13, 5, "{e}");
+                assert_eq!(e.kind(), ErrorKind::Commit);
+            }
+        }
+    }
+    assert!(threads.lock().unwrap().len() > 1, "preparation never spread over workers");
+    let s = h.stats();
+    assert_eq!(s.failed, 5);
+    assert_eq!(s.completed, 59);
+}
