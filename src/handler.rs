@@ -17,13 +17,19 @@ pub use crate::scheduler::{FullPolicy, HandlerOptions};
 /// has finished.
 pub struct Handler {
     core: Arc<HandlerCore>,
+    /// Sub-interpreter replica threads; they end once the handler is drained and closed.
+    replica_threads: Vec<std::thread::JoinHandle<()>>,
     /// Keeps the process-wide state (worker pool, module cache) alive and counted.
     _shared: Arc<Shared>,
 }
 
 impl Handler {
-    pub(crate) fn new(core: Arc<HandlerCore>, shared: Arc<Shared>) -> Self {
-        Handler { core, _shared: shared }
+    pub(crate) fn new(
+        core: Arc<HandlerCore>,
+        shared: Arc<Shared>,
+        replica_threads: Vec<std::thread::JoinHandle<()>>,
+    ) -> Self {
+        Handler { core, replica_threads, _shared: shared }
     }
 
     /// "module.entry_point", or the name given in the options.
@@ -114,6 +120,14 @@ impl Handler {
 impl Drop for Handler {
     fn drop(&mut self) {
         self.core.drain(true);
+        let threads = std::mem::take(&mut self.replica_threads);
+        if !threads.is_empty() {
+            crate::runtime::without_gil(move || {
+                for t in threads {
+                    let _ = t.join();
+                }
+            });
+        }
     }
 }
 

@@ -88,8 +88,14 @@ impl Manager {
         validate_dotted("entry point", entry_point)?;
         let function = self.function(module, entry_point)?;
         let name = options.name.clone().unwrap_or_else(|| format!("{module}.{entry_point}"));
-        let core = HandlerCore::new(name, function, options, self.shared.pool.clone(), 0);
-        Ok(Handler::new(core, self.shared.clone()))
+        let replicas = options.subinterpreters;
+        let core = HandlerCore::new(name, function, options, self.shared.pool.clone(), replicas);
+        let threads = if replicas > 0 {
+            crate::subinterp::spawn_replicas(module, entry_point, replicas, core.clone())?
+        } else {
+            Vec::new()
+        };
+        Ok(Handler::new(core, self.shared.clone(), threads))
     }
 
     fn function(&self, module: &str, entry_point: &str) -> Result<Py<PyAny>> {

@@ -137,7 +137,11 @@ impl Item {
 
 fn fail_job(job: Option<Box<dyn Job>>, error: &Error) {
     if let Some(mut job) = job {
-        job.fail(error);
+        // A panicking callback must not take the worker (and every later item) with it.
+        let _ = guarded("fail", || {
+            job.fail(error);
+            Ok(())
+        });
     }
 }
 
@@ -174,6 +178,11 @@ pub struct HandlerOptions {
     /// releases the GIL (I/O, numpy, torch) or on a free-threaded CPython, where they
     /// run truly in parallel.
     pub concurrency: usize,
+    /// Run this handler in this many own-GIL sub-interpreters (CPython 3.12+), each
+    /// owned by a thread of its own, instead of on the shared worker pool: one Python
+    /// function on that many cores. 0 (the default): the main interpreter. Only raw
+    /// C-API jobs (the C ABI's, and so the C++ wrapper's) can run there.
+    pub subinterpreters: usize,
 }
 
 impl Default for HandlerOptions {
@@ -187,6 +196,7 @@ impl Default for HandlerOptions {
             block_timeout: None,
             name: None,
             concurrency: 1,
+            subinterpreters: 0,
         }
     }
 }
@@ -302,6 +312,17 @@ pub(crate) struct HandlerCore {
     emas: Mutex<Emas>,
     pub(crate) histograms: Histograms,
     weak_self: Weak<HandlerCore>,
+}
+
+/// A batch whose items several workers prepare at once.
+struct PrepareWork {
+    items: Vec<Arc<Item>>,
+    /// Whether each item's preparation succeeded (written by whoever prepared it).
+    ok: Vec<AtomicBool>,
+    /// Index of the next item to take.
+    next: AtomicUsize,
+    /// Items whose preparation has finished.
+    done: AtomicUsize,
 }
 
 enum Action {
@@ -719,35 +740,75 @@ impl HandlerCore {
         }
     }
 
-    /// Runs the GIL-free preparation of each item; failures finish the item at once.
-    fn prepare_batch(&self, batch: Vec<Arc<Item>>) -> Vec<Arc<Item>> {
-        let mut failed = 0;
-        let mut kept = Vec::with_capacity(batch.len());
-        for item in batch {
-            if !item.needs_prepare {
-                kept.push(item);
-                continue;
-            }
-            let mut guard = item.job.lock().unwrap_or_else(|p| p.into_inner());
-            let result = match guard.as_mut() {
-                Some(job) => job.prepare(),
-                None => Err(Error::internal("item has no job")),
-            };
-            match result {
-                Ok(()) => {
-                    drop(guard);
-                    kept.push(item);
-                }
-                Err(e) => {
-                    let job = guard.take();
-                    drop(guard);
-                    self.fail_started(&item, job, e);
-                    failed += 1;
-                }
+    /// Runs the GIL-free preparation of a batch's items, spread over idle pool workers
+    /// (each takes the next unprepared item until none is left), and returns the items
+    /// that are ready to commit. A failed preparation finishes its item at once.
+    fn prepare_batch(self: &Arc<Self>, batch: Vec<Arc<Item>>) -> Vec<Arc<Item>> {
+        let needing = batch.iter().filter(|i| i.needs_prepare).count();
+        if needing <= 1 || self.pool.threads() <= 1 {
+            return self.prepare_serial(batch);
+        }
+        let work = Arc::new(PrepareWork {
+            ok: batch.iter().map(|_| AtomicBool::new(false)).collect(),
+            items: batch,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        });
+        // As many helpers as there are items beyond the one this thread starts on.
+        let helpers = (needing - 1).min(self.pool.threads() - 1);
+        for _ in 0..helpers {
+            self.pool.submit_prepare(self.clone(), work.clone());
+        }
+        self.prepare_some(&work);
+        // Helpers finish the items they took; each takes one item's preparation time.
+        while work.done.load(Acquire) < work.items.len() {
+            std::thread::yield_now();
+        }
+        let work = Arc::try_unwrap(work).unwrap_or_else(|shared| PrepareWork {
+            // A helper still holds the Arc (it has finished its items): copy out.
+            items: shared.items.clone(),
+            ok: shared.ok.iter().map(|o| AtomicBool::new(o.load(Acquire))).collect(),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        });
+        work.items.into_iter().zip(work.ok).filter(|(_, ok)| ok.load(Acquire)).map(|(i, _)| i).collect()
+    }
+
+    /// Prepares a batch on this thread alone (replicas, single items).
+    fn prepare_serial(&self, batch: Vec<Arc<Item>>) -> Vec<Arc<Item>> {
+        batch.into_iter().filter(|item| self.prepare_one(item)).collect()
+    }
+
+    /// Prepares items of `work` until none is left to take.
+    fn prepare_some(&self, work: &PrepareWork) {
+        loop {
+            let i = work.next.fetch_add(1, AcqRel);
+            let Some(item) = work.items.get(i) else { return };
+            work.ok[i].store(self.prepare_one(item), Release);
+            work.done.fetch_add(1, AcqRel);
+        }
+    }
+
+    /// Prepares one item; on failure finishes it and returns false.
+    fn prepare_one(&self, item: &Arc<Item>) -> bool {
+        if !item.needs_prepare {
+            return true;
+        }
+        let mut guard = item.job.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match guard.as_mut() {
+            Some(job) => guarded("prepare", || job.prepare()),
+            None => Err(Error::internal("item has no job")),
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                let job = guard.take();
+                drop(guard);
+                self.fail_started(item, job, e);
+                self.finish_items(1);
+                false
             }
         }
-        self.finish_items(failed);
-        kept
     }
 
     /// Fails an item taken into a batch.
@@ -800,7 +861,7 @@ impl HandlerCore {
                     self.fail_started(&item, None, Error::internal("item has no job"));
                     continue;
                 };
-                match job.commit(py) {
+                match guarded("commit", || job.commit(py)) {
                     Ok(obj) => {
                         objects.push(obj);
                         live.push((item, job));
@@ -836,7 +897,7 @@ impl HandlerCore {
                 Ok(seq) => {
                     for (i, (item, mut job)) in live.into_iter().enumerate() {
                         let value = seq.get(py, i);
-                        let outcome = job.complete(py, &value);
+                        let outcome = guarded("complete", || job.complete(py, &value));
                         drop(job);
                         let outcome = outcome.map(|()| item.keep_value.then(|| value.unbind()));
                         self.resolve_started(&item, outcome);
@@ -909,6 +970,12 @@ impl Drop for HandlerCore {
             }
         }
     }
+}
+
+/// Runs one job callback, turning a panic into an internal error of that item.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::internal(format!("the item's {what} callback panicked"))))
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -1011,6 +1078,8 @@ use pyo3::PyTypeInfo;
 enum Task {
     /// A run of the handler; `true` for the primary run (owner of `scheduled`).
     Run(Arc<HandlerCore>, bool),
+    /// Help prepare a batch's items.
+    Prepare(Arc<HandlerCore>, Arc<PrepareWork>),
     Stop,
 }
 
@@ -1045,6 +1114,10 @@ impl Pool {
         let _ = self.ready_tx.send(Task::Run(handler, primary));
     }
 
+    fn submit_prepare(&self, handler: Arc<HandlerCore>, work: Arc<PrepareWork>) {
+        let _ = self.ready_tx.send(Task::Prepare(handler, work));
+    }
+
     fn others_waiting(&self) -> bool {
         !self.ready_rx.is_empty()
     }
@@ -1061,8 +1134,12 @@ impl Drop for Pool {
 
 fn worker_main(rx: Receiver<Task>) {
     crate::runtime::persist_current_thread_state();
-    while let Ok(Task::Run(handler, primary)) = rx.recv() {
-        handler.run(primary);
+    loop {
+        match rx.recv() {
+            Ok(Task::Run(handler, primary)) => handler.run(primary),
+            Ok(Task::Prepare(handler, work)) => handler.prepare_some(&work),
+            Ok(Task::Stop) | Err(_) => return,
+        }
     }
 }
 
@@ -1194,7 +1271,7 @@ impl BatchSource for HandlerCore {
                 drop(pipe);
                 // Another replica may take the next batch meanwhile.
                 self.kick();
-                return Some(self.prepare_batch(batch));
+                return Some(self.prepare_serial(batch));
             }
             if self.closed.load(Acquire) && self.queued.load(Acquire) == 0 {
                 self.replica_wake.notify_all();

@@ -52,6 +52,10 @@ pub struct pysched_handler_options {
     /// order but may finish out of order: for functions that release the GIL, or
     /// free-threaded CPython.
     pub concurrency: u32,
+    /// Own-GIL sub-interpreter replicas (CPython 3.12+) that run this handler, each on a
+    /// thread of its own; 0 (default): the main interpreter and the shared pool. The
+    /// callbacks of such a handler run with the replica's interpreter current.
+    pub subinterpreters: u32,
 }
 
 /// The default handler options: batch 1, prefetch 1, no delay, unbounded queue.
@@ -67,6 +71,7 @@ pub extern "C" fn pysched_handler_options_default() -> pysched_handler_options {
         block_timeout_us: 0,
         name: std::ptr::null(),
         concurrency: 1,
+        subinterpreters: 0,
     }
 }
 
@@ -90,6 +95,7 @@ pub(crate) fn handler_options(o: Option<&pysched_handler_options>) -> Result<Han
         block_timeout: (o.block_timeout_us > 0).then(|| Duration::from_micros(o.block_timeout_us)),
         name: opt_utf8(o.name, "options->name")?.map(str::to_owned),
         concurrency: o.concurrency as usize,
+        subinterpreters: o.subinterpreters as usize,
     };
     options.validate()?;
     Ok(options)
