@@ -115,6 +115,10 @@ typedef struct pysched_handler_options {
   // order but may finish out of order: for functions that release the GIL, or
   // free-threaded CPython.
   uint32_t concurrency;
+  // Own-GIL sub-interpreter replicas (CPython 3.12+) that run this handler, each on a
+  // thread of its own; 0 (default): the main interpreter and the shared pool. The
+  // callbacks of such a handler run with the replica's interpreter current.
+  uint32_t subinterpreters;
 } pysched_handler_options;
 
 // Builds the item's Python object. Called on a worker thread WITH the GIL held, right
