@@ -1,0 +1,589 @@
+//! Handlers whose batches run in own-GIL sub-interpreter replicas, through the public
+//! API: exactly-once completion under many producers, per-batch and per-item errors,
+//! load-time errors, the C ABI's items, and (where a free-threaded CPython is the build
+//! target) the shared pool running Python in parallel.
+//!
+//! Needs a CPython 3.12+ build for the replica tests:
+//! `PYO3_PYTHON=$HOME/.pyenv/versions/3.12.1/bin/python3 cargo test --target-dir target/py312 --test subinterp`.
+//! Built against an older CPython, they check the Unsupported error instead.
+
+mod common;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyscheduler::ffi::handler::{pysched_handler_queue, pysched_item};
+use pyscheduler::{Error, ErrorKind, HandlerOptions, ItemOptions, Job, Manager};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const MODULE: &str = "subinterp_testmod";
+
+fn python_minor() -> u32 {
+    Python::attach(|py| py.version_info().minor as u32)
+}
+
+/// Tests of this file run one at a time: they count replica threads, and on a small
+/// machine several handlers' replicas at once only compete for the same cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether replicas can run here; prints why not otherwise.
+fn replicas_supported(test: &str) -> bool {
+    let minor = python_minor();
+    if minor < 12 {
+        eprintln!("{test}: skipped, built against CPython 3.{minor} (own-GIL sub-interpreters need 3.12+)");
+        return false;
+    }
+    true
+}
+
+fn replicated(replicas: usize, batch_size: usize) -> HandlerOptions {
+    HandlerOptions { batch_size, subinterpreters: replicas, ..Default::default() }
+}
+
+/// Exactly-once bookkeeping shared by the jobs of one test.
+#[derive(Default)]
+struct Ledger {
+    /// value -> the int its completion received, once per completion.
+    completed: Mutex<Vec<(i64, i64)>>,
+    failed: Mutex<Vec<(i64, ErrorKind)>>,
+    dropped: AtomicUsize,
+}
+
+/// A job with raw C-API callbacks, as the C ABI's items have: commits `value` as an int
+/// (or fails its commit with a ValueError when `fail_commit`), records what comes back.
+struct RawJob {
+    value: i64,
+    fail_commit: bool,
+    ledger: Arc<Ledger>,
+}
+
+impl RawJob {
+    fn boxed(value: i64, ledger: &Arc<Ledger>) -> Box<dyn Job> {
+        Box::new(RawJob { value, fail_commit: false, ledger: ledger.clone() })
+    }
+}
+
+impl Job for RawJob {
+    fn commit(&mut self, py: Python<'_>) -> pyscheduler::Result<Py<PyAny>> {
+        Ok(self.value.into_pyobject(py).unwrap().into_any().unbind())
+    }
+    fn complete(&mut self, _py: Python<'_>, result: &Bound<'_, PyAny>) -> pyscheduler::Result<()> {
+        self.ledger.completed.lock().unwrap().push((self.value, result.extract::<i64>().unwrap_or(i64::MIN)));
+        Ok(())
+    }
+    fn fail(&mut self, error: &Error) {
+        self.ledger.failed.lock().unwrap().push((self.value, error.kind()));
+    }
+    fn supports_raw(&self) -> bool {
+        true
+    }
+    fn commit_raw(&mut self) -> *mut ffi::PyObject {
+        // SAFETY: called on a replica's thread with its GIL held (the Job contract).
+        unsafe {
+            if self.fail_commit {
+                ffi::PyErr_SetString(ffi::PyExc_ValueError, c"commit refused".as_ptr());
+                return std::ptr::null_mut();
+            }
+            ffi::PyLong_FromLongLong(self.value)
+        }
+    }
+    fn complete_raw(&mut self, result: *mut ffi::PyObject) -> pyscheduler::Result<()> {
+        // SAFETY: as above; `result` is borrowed for the call.
+        let got = unsafe {
+            let v = ffi::PyLong_AsLongLong(result);
+            if v == -1 && !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+                i64::MIN
+            } else {
+                v
+            }
+        };
+        self.ledger.completed.lock().unwrap().push((self.value, got));
+        Ok(())
+    }
+}
+
+impl Drop for RawJob {
+    fn drop(&mut self) {
+        self.ledger.dropped.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+fn many_producers_every_item_exactly_once() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("many_producers_every_item_exactly_once") {
+        return;
+    }
+    let h = m.load(MODULE, "double", replicated(4, 16)).unwrap();
+    let ledger = Arc::new(Ledger::default());
+    const THREADS: i64 = 8;
+    const PER: i64 = 2500;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (h, ledger) = (&h, &ledger);
+            s.spawn(move || {
+                let futures: Vec<_> = (0..PER)
+                    .map(|i| h.queue_job(RawJob::boxed(t * PER + i, ledger), ItemOptions::default()))
+                    .collect();
+                for f in futures {
+                    assert!(matches!(f.wait(), Ok(None)), "replica futures resolve without a value");
+                }
+            });
+        }
+    });
+    let total = (THREADS * PER) as usize;
+    let mut completed = ledger.completed.lock().unwrap().clone();
+    completed.sort_unstable();
+    assert_eq!(completed.len(), total, "each item completed exactly once");
+    for (i, &(value, got)) in completed.iter().enumerate() {
+        assert_eq!((value, got), (i as i64, 2 * i as i64));
+    }
+    assert!(ledger.failed.lock().unwrap().is_empty());
+    assert_eq!(ledger.dropped.load(SeqCst), total);
+    let s = h.stats();
+    assert_eq!((s.total_enqueued as usize, s.completed as usize, s.failed), (total, total, 0));
+    assert_eq!((s.commit_queue_size, s.execute_queue_size), (0, 0));
+    assert!(s.execute_batch_size_ema > 0.0 && s.execute_batch_size_ema <= 16.0);
+}
+
+#[test]
+fn batches_run_in_the_replicas_not_the_main_interpreter() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("batches_run_in_the_replicas_not_the_main_interpreter") {
+        return;
+    }
+    let main_marker: i64 = Python::attach(|py| {
+        py.eval(c"id(__import__('sys').modules)", None, None).unwrap().extract().unwrap()
+    });
+    const REPLICAS: usize = 3;
+    let h = m.load(MODULE, "interpreter_marker", replicated(REPLICAS, 2)).unwrap();
+    let ledger = Arc::new(Ledger::default());
+    let futures: Vec<_> =
+        (0..600).map(|v| h.queue_job(RawJob::boxed(v, &ledger), ItemOptions::default())).collect();
+    for f in futures {
+        f.wait().unwrap();
+    }
+    let markers: std::collections::HashSet<i64> =
+        ledger.completed.lock().unwrap().iter().map(|&(_, marker)| marker).collect();
+    assert!(!markers.contains(&main_marker), "a batch ran in the main interpreter");
+    assert!(
+        (2..=REPLICAS).contains(&markers.len()),
+        "{} distinct interpreters served 300 sleeping batches",
+        markers.len()
+    );
+}
+
+#[test]
+fn python_errors_fail_their_batch_only() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("python_errors_fail_their_batch_only") {
+        return;
+    }
+    // One item per batch: exactly the negative items fail.
+    let h = m.load(MODULE, "raise_for_negative", replicated(2, 1)).unwrap();
+    let ledger = Arc::new(Ledger::default());
+    let futures: Vec<_> =
+        (-50..50).map(|v| (v, h.queue_job(RawJob::boxed(v, &ledger), ItemOptions::default()))).collect();
+    for (v, f) in futures {
+        match f.wait() {
+            Ok(_) => assert!(v >= 0, "{v} succeeded"),
+            Err(e) => {
+                assert!(v < 0, "{v} failed: {e}");
+                assert_eq!(e.kind(), ErrorKind::PythonException);
+                assert!(
+                    e.message().starts_with(
+                        "subinterp_testmod.raise_for_negative raised: ValueError: negative item"
+                    ),
+                    "{}",
+                    e.message()
+                );
+            }
+        }
+    }
+    assert_eq!(ledger.failed.lock().unwrap().len(), 50);
+    assert_eq!(ledger.completed.lock().unwrap().len(), 50);
+    // A batch of several items fails as a whole.
+    let h = m.load(MODULE, "raise_for_negative", replicated(1, 64)).unwrap();
+    let futures: Vec<_> = Python::attach(|py| {
+        // Queued while this thread holds the main GIL (which replicas never need), so the
+        // items are most likely batched together; every one must fail either way.
+        py.detach(|| ());
+        (0..32).map(|v| h.queue_job(RawJob::boxed(-1 - v, &ledger), ItemOptions::default())).collect()
+    });
+    for f in futures {
+        assert_eq!(f.wait().unwrap_err().kind(), ErrorKind::PythonException);
+    }
+}
+
+#[test]
+fn commit_errors_stay_with_their_item() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("commit_errors_stay_with_their_item") {
+        return;
+    }
+    let h = m.load(MODULE, "double", replicated(2, 8)).unwrap();
+    let ledger = Arc::new(Ledger::default());
+    let futures: Vec<_> = (0..200i64)
+        .map(|v| {
+            let job = RawJob { value: v, fail_commit: v % 7 == 0, ledger: ledger.clone() };
+            (v, h.queue_job(Box::new(job), ItemOptions::default()))
+        })
+        .collect();
+    for (v, f) in futures {
+        match f.wait() {
+            Ok(_) => assert_ne!(v % 7, 0),
+            Err(e) => {
+                assert_eq!(v % 7, 0, "{v}: {e}");
+                assert_eq!(e.kind(), ErrorKind::Commit);
+                assert!(e.message().contains("ValueError: commit refused"), "{}", e.message());
+            }
+        }
+    }
+    let mut completed = ledger.completed.lock().unwrap().clone();
+    completed.sort_unstable();
+    let expected: Vec<_> = (0..200i64).filter(|v| v % 7 != 0).map(|v| (v, 2 * v)).collect();
+    assert_eq!(completed, expected);
+    assert_eq!(ledger.dropped.load(SeqCst), 200);
+}
+
+#[test]
+fn wrong_results_and_exits_fail_with_clear_messages() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("wrong_results_and_exits_fail_with_clear_messages") {
+        return;
+    }
+    for (entry, needle) in [
+        (
+            "wrong_length",
+            "must return a sequence of 1 results (one per item of the batch), got a list of length 2",
+        ),
+        ("not_a_sequence", "must return a sequence of 1 results (one per item of the batch), got int"),
+        (
+            "returns_generator",
+            "must return a sequence of 1 results (one per item of the batch), got generator",
+        ),
+        ("call_sys_exit", "SystemExit: 3"),
+    ] {
+        let h = m.load(MODULE, entry, replicated(1, 1)).unwrap();
+        let ledger = Arc::new(Ledger::default());
+        let e = h.queue_job(RawJob::boxed(1, &ledger), ItemOptions::default()).wait().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PythonException, "{entry}");
+        assert!(e.message().contains(needle), "{entry}: {}", e.message());
+    }
+    for (entry, expected) in [("returns_tuple", 2), ("Model.predict", 3)] {
+        let h = m.load(MODULE, entry, replicated(1, 4)).unwrap();
+        let ledger = Arc::new(Ledger::default());
+        h.queue_job(RawJob::boxed(1, &ledger), ItemOptions::default()).wait().unwrap();
+        assert_eq!(ledger.completed.lock().unwrap()[0], (1, expected), "{entry}");
+    }
+}
+
+#[test]
+fn load_errors_name_their_cause() {
+    let _serial = serial();
+    let m = common::manager();
+    if python_minor() < 12 {
+        let e = m.load(MODULE, "double", replicated(2, 1)).err().expect("replicas on CPython < 3.12");
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        let expected = format!("own-GIL sub-interpreters need CPython 3.12+, this is 3.{}", python_minor());
+        assert!(e.message().contains(&expected), "{}", e.message());
+    } else {
+        let e = m.load(MODULE, "no_such_function", replicated(2, 1)).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Attribute, "{e}");
+        assert!(e.message().contains("no_such_function"), "{e}");
+        let e = m.load(MODULE, "not_callable", replicated(2, 1)).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Attribute, "{e}");
+        let e = m.load("no_such_module_xyz", "f", replicated(2, 1)).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Import, "{e}");
+    }
+    let too_many = pyscheduler::subinterp::MAX_REPLICAS + 1;
+    let e = m.load(MODULE, "double", replicated(too_many, 1)).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message().contains("replicas"), "{e}");
+}
+
+#[test]
+fn module_refusing_subinterpreters_fails_the_load_with_its_name() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("module_refusing_subinterpreters_fails_the_load_with_its_name") {
+        return;
+    }
+    let (refused, skip): (Option<String>, Option<String>) = Python::attach(|py| {
+        let module = py.import("subinterp_refuses").unwrap();
+        (
+            module.getattr("REFUSED").unwrap().extract().unwrap(),
+            module.getattr("SKIP_REASON").unwrap().extract().unwrap(),
+        )
+    });
+    let Some(refused) = refused else {
+        eprintln!("module_refusing_subinterpreters...: skipped, {}", skip.unwrap_or_default());
+        return;
+    };
+    let e = m.load("subinterp_refuses", "invoke", replicated(2, 1)).err().expect("load must fail");
+    assert_eq!(e.kind(), ErrorKind::Import, "{e}");
+    for needle in ["\"subinterp_refuses\"", refused.as_str(), "does not support loading in subinterpreters"] {
+        assert!(e.message().contains(needle), "missing {needle:?} in: {}", e.message());
+    }
+    // The same module still loads in the shared interpreter.
+    m.load("subinterp_refuses", "invoke", HandlerOptions::default()).unwrap();
+}
+
+#[test]
+fn dropping_the_handler_drains_and_ends_its_replicas() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("dropping_the_handler_drains_and_ends_its_replicas") {
+        return;
+    }
+    let before = replica_threads();
+    let h = m.load(MODULE, "double", replicated(3, 4)).unwrap();
+    assert_eq!(replica_threads(), before + 3);
+    let ledger = Arc::new(Ledger::default());
+    for v in 0..3000 {
+        drop(h.queue_job(RawJob::boxed(v, &ledger), ItemOptions::default()));
+    }
+    drop(h);
+    assert_eq!(ledger.completed.lock().unwrap().len(), 3000, "drop drains");
+    assert_eq!(ledger.dropped.load(SeqCst), 3000);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica_threads() > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(replica_threads(), before, "replica threads still running after drop");
+}
+
+/// Threads of this process named like replica threads.
+fn replica_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.starts_with("pysched-sub"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The C ABI's items (commit/complete/drop function pointers) in replicas: each item's
+/// callbacks run once, with the replica's interpreter current.
+#[test]
+fn c_abi_items_run_in_replicas() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("c_abi_items_run_in_replicas") {
+        return;
+    }
+    let h = c_handler(&m, MODULE, "double", 2, 8);
+    struct Slot {
+        value: i64,
+        got: Mutex<Option<i64>>,
+        in_main: Mutex<Option<bool>>,
+        drops: AtomicUsize,
+    }
+    unsafe extern "C" fn commit(user_data: *mut c_void) -> *mut ffi::PyObject {
+        let slot = &*(user_data as *const Slot);
+        ffi::PyLong_FromLongLong(slot.value)
+    }
+    unsafe extern "C" fn complete(
+        user_data: *mut c_void,
+        result: *mut ffi::PyObject,
+        _error: *const pyscheduler::ffi::pysched_error,
+    ) -> i32 {
+        let slot = &*(user_data as *const Slot);
+        if !result.is_null() {
+            *slot.got.lock().unwrap() = Some(ffi::PyLong_AsLongLong(result));
+            let here = ffi::PyInterpreterState_Get();
+            *slot.in_main.lock().unwrap() = Some(here == ffi::PyInterpreterState_Main());
+        }
+        0
+    }
+    unsafe extern "C" fn drop_slot(user_data: *mut c_void) {
+        (*(user_data as *const Slot)).drops.fetch_add(1, SeqCst);
+    }
+    let slots: Vec<Arc<Slot>> = (0..300)
+        .map(|value| {
+            Arc::new(Slot {
+                value,
+                got: Mutex::new(None),
+                in_main: Mutex::new(None),
+                drops: AtomicUsize::new(0),
+            })
+        })
+        .collect();
+    for slot in &slots {
+        let item = pysched_item {
+            user_data: Arc::as_ptr(slot) as *mut c_void,
+            commit: Some(commit),
+            prepare: None,
+            complete: Some(complete),
+            drop: Some(drop_slot),
+            timeout_us: 0,
+        };
+        let status = pysched_handler_queue(h.0, &item, std::ptr::null_mut(), std::ptr::null_mut());
+        assert_eq!(status as i32, 0);
+    }
+    drop(h); // drains
+    for slot in &slots {
+        assert_eq!(*slot.got.lock().unwrap(), Some(2 * slot.value));
+        assert_eq!(*slot.in_main.lock().unwrap(), Some(false), "callbacks run in the replica");
+        assert_eq!(slot.drops.load(SeqCst), 1);
+    }
+}
+
+/// A C ABI handler, freed (drained) on drop.
+struct CHandler(*mut pyscheduler::ffi::handler::pysched_handler);
+
+impl Drop for CHandler {
+    fn drop(&mut self) {
+        pyscheduler::ffi::handler::pysched_handler_free(self.0);
+    }
+}
+
+fn c_handler(_m: &Manager, module: &str, entry: &str, replicas: u32, batch_size: u32) -> CHandler {
+    use pyscheduler::ffi::manager::*;
+    let mut manager = std::ptr::null_mut();
+    assert_eq!(pysched_manager_new(std::ptr::null(), &mut manager, std::ptr::null_mut()) as i32, 0);
+    let mut opts = pyscheduler::ffi::handler::pysched_handler_options_default();
+    opts.batch_size = batch_size;
+    opts.subinterpreters = replicas;
+    let module = std::ffi::CString::new(module).unwrap();
+    let entry = std::ffi::CString::new(entry).unwrap();
+    let mut handler = std::ptr::null_mut();
+    let status = pysched_manager_load(
+        manager,
+        module.as_ptr(),
+        entry.as_ptr(),
+        &opts,
+        &mut handler,
+        std::ptr::null_mut(),
+    );
+    pysched_manager_free(manager);
+    assert_eq!(status as i32, 0);
+    CHandler(handler)
+}
+
+/// Built against a free-threaded CPython (3.14t), the shared pool runs one handler's
+/// batches on several workers at once with no GIL: two CPU-bound batches finish in
+/// clearly less than twice the time of one. Skipped (with a message) on GIL builds.
+#[test]
+fn free_threaded_pool_runs_python_in_parallel() {
+    let _serial = serial();
+    let m = common::manager();
+    let gil_disabled: bool = Python::attach(|py| {
+        py.eval(c"bool(__import__('sysconfig').get_config_var('Py_GIL_DISABLED'))", None, None)
+            .unwrap()
+            .extract()
+            .unwrap()
+    });
+    if !gil_disabled {
+        eprintln!(
+            "free_threaded_pool_runs_python_in_parallel: skipped, this CPython 3.{} has a GIL \
+             (build against a free-threaded 3.14t to run it)",
+            python_minor()
+        );
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cpus < 2 || m.worker_threads() < 2 {
+        eprintln!("free_threaded_pool_runs_python_in_parallel: skipped, needs 2 CPUs and 2 workers");
+        return;
+    }
+    let h = m
+        .load(
+            "subinterp_cpu",
+            "invoke",
+            HandlerOptions { batch_size: 1, concurrency: 2, ..Default::default() },
+        )
+        .unwrap();
+    let run = |items: i64| {
+        let t = Instant::now();
+        let futures: Vec<_> =
+            (0..items).map(|_| h.queue(|py| Ok(300_000i64.into_pyobject(py)?.into_any().unbind()))).collect();
+        for f in futures {
+            f.wait().unwrap();
+        }
+        t.elapsed()
+    };
+    let median = |items: i64| {
+        let mut v: Vec<Duration> = (0..5).map(|_| run(items)).collect();
+        v.sort();
+        v[2]
+    };
+    let one = median(1);
+    let two = median(2);
+    assert!(two.as_secs_f64() < 1.5 * one.as_secs_f64(), "one batch {one:?}, two batches {two:?}");
+}
+
+#[test]
+fn replica_handlers_count_in_stats_and_metrics() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("replica_handlers_count_in_stats_and_metrics") {
+        return;
+    }
+    let h = m.load(MODULE, "double", replicated(2, 4)).unwrap();
+    let ledger = Arc::new(Ledger::default());
+    let futures: Vec<_> =
+        (0..100).map(|v| h.queue_job(RawJob::boxed(v, &ledger), ItemOptions::default())).collect();
+    let mut outcomes: HashMap<bool, usize> = HashMap::new();
+    for f in futures {
+        *outcomes.entry(f.wait().is_ok()).or_default() += 1;
+    }
+    assert_eq!(outcomes.get(&true), Some(&100));
+    let s = h.stats();
+    assert_eq!(s.completed, 100);
+    assert!(s.batches >= 25 && s.batches <= 100, "{}", s.batches);
+    assert!(s.execute_ns_per_batch_ema > 0.0 && s.commit_ns_per_batch_ema > 0.0);
+    assert!(h.prometheus_text().contains("subinterp_testmod.double"));
+}
+
+#[test]
+fn batch_delay_and_deadlines_apply_to_replicas() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("batch_delay_and_deadlines_apply_to_replicas") {
+        return;
+    }
+    let options = HandlerOptions {
+        batch_size: 8,
+        max_batch_delay: Duration::from_millis(40),
+        subinterpreters: 2,
+        ..Default::default()
+    };
+    let h = m.load(MODULE, "batch_size", options).unwrap();
+    let ledger = Arc::new(Ledger::default());
+    let start = Instant::now();
+    let futures: Vec<_> =
+        (0..3).map(|v| h.queue_job(RawJob::boxed(v, &ledger), ItemOptions::default())).collect();
+    for f in futures {
+        f.wait().unwrap();
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(30),
+        "the batch delay was not waited: {:?}",
+        start.elapsed()
+    );
+    let sizes: Vec<i64> = ledger.completed.lock().unwrap().iter().map(|&(_, size)| size).collect();
+    assert_eq!(sizes, vec![3, 3, 3], "the three items travel in one batch");
+
+    let expired = h.queue_job(
+        RawJob::boxed(7, &ledger),
+        ItemOptions { deadline: Some(Instant::now()), ..Default::default() },
+    );
+    assert_eq!(expired.wait().unwrap_err().kind(), ErrorKind::TimedOut);
+    assert!(ledger.failed.lock().unwrap().contains(&(7, ErrorKind::TimedOut)));
+    assert_eq!(ledger.dropped.load(SeqCst), 4);
+}
