@@ -203,11 +203,25 @@ static void test_load_options(void) {
   BAD(concurrency, 0, "concurrency");
   BAD(concurrency, 1025, "concurrency");
   BAD(concurrency, UINT32_MAX, "concurrency");
+  BAD(subinterpreters, UINT32_MAX, "subinterpreters");
 #undef BAD
   for (size_t i = 0; i < n; i++) {
     EXPECT_LOAD(PYSCHED_INVALID_ARGUMENT, "pysched_testmod", "identity", &bad[i].o,
                 bad[i].what);
   }
+  /* Own-GIL sub-interpreters need CPython 3.12; before that, a clear UNSUPPORTED. */
+  pysched_handler_options sub = pysched_handler_options_default();
+  sub.subinterpreters = 1;
+#if PY_VERSION_HEX < 0x030C0000
+  EXPECT_LOAD(PYSCHED_UNSUPPORTED, "pysched_testmod", "identity", &sub, "3.12");
+#else
+  {
+    pysched_handler *h = test_load(manager, "pysched_testmod", "identity", &sub);
+    pysched_handler_free(h);
+  }
+#endif
+  CHECK(pysched_handler_options_default().subinterpreters == 0);
+
   /* An all-zero struct is not the default: batch 0 is rejected (documented). */
   pysched_handler_options zero;
   memset(&zero, 0, sizeof zero);
