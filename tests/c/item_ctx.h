@@ -45,39 +45,46 @@ static atomic_int item_seq = 1;
 
 static inline PyObject *item_commit(void *user_data) {
   item_ctx *c = (item_ctx *)user_data;
+  tsan_acquire(&test_handoff);
   atomic_fetch_add(&c->commits, 1);
   c->gil_in_commit = PyGILState_Check();
+  PyObject *obj = NULL;
   switch (c->commit_mode) {
   case COMMIT_FAIL:
     PyErr_Format(PyExc_ValueError, "commit refused %ld", c->value);
-    return NULL;
+    break;
   case COMMIT_FAIL_NO_EXC:
-    return NULL;
+    break;
   case COMMIT_OBJECT:
     Py_INCREF(c->object);
-    return c->object;
+    obj = c->object;
+    break;
   default:
-    return PyLong_FromLong(c->value);
+    obj = PyLong_FromLong(c->value);
   }
+  tsan_release(&test_handoff);
+  return obj;
 }
 
 static inline int item_prepare(void *user_data) {
   item_ctx *c = (item_ctx *)user_data;
+  tsan_acquire(&test_handoff);
   atomic_fetch_add(&c->prepares, 1);
   c->gil_in_prepare = PyGILState_Check();
   if (atomic_load(&c->commits) != 0) {
     atomic_fetch_add(&c->bad_calls, 1); /* prepare must come before commit */
   }
-  return c->prepare_rc;
+  int rc = c->prepare_rc;
+  tsan_release(&test_handoff);
+  return rc;
 }
 
 static inline void copy_str(char *dst, size_t cap, const char *src) {
   snprintf(dst, cap, "%s", src ? src : "(null)");
 }
 
-static inline int item_complete(void *user_data, PyObject *result,
-                         const pysched_error *error) {
-  item_ctx *c = (item_ctx *)user_data;
+static inline int item_complete_body(item_ctx *c, PyObject *result,
+                                     const pysched_error *error) {
   if (atomic_fetch_add(&c->completes, 1) != 0) {
     atomic_fetch_add(&c->bad_calls, 1);
   }
@@ -111,12 +118,22 @@ static inline int item_complete(void *user_data, PyObject *result,
   return 0;
 }
 
+static inline int item_complete(void *user_data, PyObject *result,
+                                const pysched_error *error) {
+  tsan_acquire(&test_handoff);
+  int rc = item_complete_body((item_ctx *)user_data, result, error);
+  tsan_release(&test_handoff);
+  return rc;
+}
+
 static inline void item_drop(void *user_data) {
   item_ctx *c = (item_ctx *)user_data;
+  tsan_acquire(&test_handoff);
+  c->drop_seq = atomic_fetch_add(&item_seq, 1);
+  tsan_release(&test_handoff);
   if (atomic_fetch_add(&c->drops, 1) != 0) {
     atomic_fetch_add(&c->bad_calls, 1);
   }
-  c->drop_seq = atomic_fetch_add(&item_seq, 1);
 }
 
 static inline void item_reset(item_ctx *c, long value) {
@@ -134,7 +151,9 @@ static inline void wait_item_started(item_ctx *c) {
   REQUIRE(atomic_load(&c->commits) == 1);
 }
 
+/* The item's callbacks for `c`. Publishes `c` for the worker (TSan). */
 static inline pysched_item make_item(item_ctx *c) {
+  tsan_release(&test_handoff);
   pysched_item item;
   memset(&item, 0, sizeof item);
   item.user_data = c;
@@ -147,6 +166,7 @@ static inline pysched_item make_item(item_ctx *c) {
 /* complete and drop each ran exactly once, complete first, with nothing odd seen. */
 #define CHECK_ONCE(c)                                                             \
   do {                                                                            \
+    tsan_acquire(&test_handoff);                                                  \
     const item_ctx *cc_ = (c);                                                    \
     if (atomic_load(&cc_->completes) != 1 || atomic_load(&cc_->drops) != 1 ||     \
         atomic_load(&cc_->bad_calls) != 0 || cc_->complete_seq >= cc_->drop_seq) { \

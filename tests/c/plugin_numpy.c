@@ -14,6 +14,7 @@
 #include <Python.h>
 
 #include "pyscheduler.h"
+#include "tsan_annotations.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -106,6 +107,7 @@ typedef struct {
 
 static PyObject *job_commit(void *user_data) {
   job *j = (job *)user_data;
+  tsan_acquire(j);
   PyObject *list = PyList_New(j->k + 1);
   if (list == NULL) {
     return NULL;
@@ -123,18 +125,23 @@ static PyObject *job_commit(void *user_data) {
 
 static int job_complete(void *user_data, PyObject *result, const pysched_error *error) {
   job *j = (job *)user_data;
+  tsan_acquire(j);
   atomic_fetch_add(&j->completes, 1);
   if (error) {
     j->failed = 1;
     snprintf(j->error, sizeof j->error, "%s", pysched_error_message(error));
-    return 0;
+  } else {
+    j->result = PyLong_AsLongLong(result);
   }
-  j->result = PyLong_AsLongLong(result);
+  tsan_release(j);
   return 0;
 }
 
 static void job_drop(void *user_data) {
-  atomic_fetch_add(&((job *)user_data)->drops, 1);
+  job *j = (job *)user_data;
+  tsan_acquire(j);
+  tsan_release(j);
+  atomic_fetch_add(&j->drops, 1);
 }
 
 PLUGIN_EXPORT int plugin_run(long n_items, char *msg, size_t cap) {
@@ -150,6 +157,8 @@ PLUGIN_EXPORT int plugin_run(long n_items, char *msg, size_t cap) {
   pysched_error *err = NULL;
   for (long k = 0; k < n_items; k++) {
     jobs[k].k = k;
+    /* The Rust core hands the job to a worker: state that edge for TSan. */
+    tsan_release(&jobs[k]);
     pysched_item item;
     memset(&item, 0, sizeof item);
     item.user_data = &jobs[k];
@@ -169,6 +178,7 @@ PLUGIN_EXPORT int plugin_run(long n_items, char *msg, size_t cap) {
   long long checksum = 0;
   for (long k = 0; k < n_items && rc == 0; k++) {
     job *j = &jobs[k];
+    tsan_acquire(j); /* the drain returned: every callback is done */
     long long want = (long long)k * (k + 1) / 2;
     if (atomic_load(&j->completes) != 1 || atomic_load(&j->drops) != 1) {
       snprintf(msg, cap, "item %ld: complete x%d, drop x%d", k, atomic_load(&j->completes),

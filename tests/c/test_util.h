@@ -12,6 +12,7 @@
 #endif
 
 #include "pyscheduler.h"
+#include "tsan_annotations.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -25,8 +26,16 @@
 
 static int test_failures = 0;
 
+/* The tests' one hand-off point for TSan: callbacks acquire it on entry and release
+ * it on exit, the thread that queues releases it (make_item), and every check acquires
+ * it before reading what callbacks wrote. Coarse, but the code under test (the Rust
+ * core) is not instrumented anyway; this only keeps TSan from flagging the tests' own
+ * bookkeeping. */
+static char test_handoff;
+
 #define CHECK(cond)                                                               \
   do {                                                                            \
+    tsan_acquire(&test_handoff);                                                  \
     if (!(cond)) {                                                                \
       fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);    \
       test_failures++;                                                            \
@@ -36,6 +45,7 @@ static int test_failures = 0;
 /* A failed REQUIRE ends the test program: later steps depend on it. */
 #define REQUIRE(cond)                                                             \
   do {                                                                            \
+    tsan_acquire(&test_handoff);                                                  \
     if (!(cond)) {                                                                \
       fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);  \
       exit(1);                                                                    \
@@ -91,6 +101,7 @@ static inline int contains(const char *haystack, const char *needle) {
 
 #define CHECK_CONTAINS(haystack, needle)                                          \
   do {                                                                            \
+    tsan_acquire(&test_handoff);                                                  \
     const char *h_ = (haystack);                                                  \
     if (!contains(h_, (needle))) {                                                \
       fprintf(stderr, "%s:%d: \"%s\" does not contain \"%s\"\n", __FILE__,        \
