@@ -93,7 +93,16 @@ impl Handler {
     /// (refusals reach its `fail`). Blocks only on a full bounded queue with the block
     /// policy (releasing the GIL if held).
     pub fn queue_job(&self, job: Box<dyn Job>, options: ItemOptions) -> ItemFuture {
-        ItemFuture::new(self.core.enqueue(job, options))
+        ItemFuture::new(self.core.enqueue(job, options).0)
+    }
+
+    /// As [`Handler::queue_job`], telling a refusal (shut down, full queue) apart: then
+    /// the job's `fail` has already run and the error is returned.
+    pub fn try_queue_job(&self, job: Box<dyn Job>, options: ItemOptions) -> Result<ItemFuture> {
+        match self.core.enqueue(job, options) {
+            (item, None) => Ok(ItemFuture::new(item)),
+            (_, Some(error)) => Err(error),
+        }
     }
 
     /// Blocks until every item queued so far has finished. Releases the GIL if held.

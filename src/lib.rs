@@ -32,5 +32,6 @@ pub use stats::{HandlerStats, LatencySummary};
 /// Items are allocated by producer threads and freed by workers; glibc malloc handles
 /// that cross-thread pattern poorly (measured: a sixth of the producer's time), mimalloc
 /// well. Applies to this library's Rust allocations only.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

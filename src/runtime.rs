@@ -33,7 +33,11 @@ pub enum StartMode {
     Adopted,
 }
 
-static START: OnceLock<std::result::Result<StartMode, Error>> = OnceLock::new();
+/// How the interpreter came to run, once it does.
+static STARTED: OnceLock<StartMode> = OnceLock::new();
+/// Serializes start attempts. A failed attempt (a bad executable, say) is not cached: a
+/// later call with other options tries again.
+static START_LOCK: Mutex<()> = Mutex::new(());
 /// Serializes `sys.path` edits made by pyscheduler (Python code may still edit it freely).
 static PATH_LOCK: Mutex<()> = Mutex::new(());
 
@@ -41,7 +45,20 @@ static PATH_LOCK: Mutex<()> = Mutex::new(());
 /// threads. Returns how it came to run. Thread-safe; the first caller blocks while
 /// Python starts, the others wait for it.
 pub fn ensure_started(options: &RuntimeOptions) -> Result<StartMode> {
-    let mode = START.get_or_init(|| start_interpreter(options)).clone()?;
+    let mode = match STARTED.get() {
+        Some(mode) => *mode,
+        None => {
+            let _guard = START_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            match STARTED.get() {
+                Some(mode) => *mode,
+                None => {
+                    let mode = start_interpreter(options)?;
+                    let _ = STARTED.set(mode);
+                    mode
+                }
+            }
+        }
+    };
     if options.add_cwd_to_path {
         let cwd = std::env::current_dir()
             .map_err(|e| Error::invalid_argument(format!("cannot read current directory: {e}")))?;
@@ -52,7 +69,7 @@ pub fn ensure_started(options: &RuntimeOptions) -> Result<StartMode> {
 
 /// Whether the interpreter has been started or adopted by this library.
 pub fn is_started() -> bool {
-    matches!(START.get(), Some(Ok(_)))
+    STARTED.get().is_some()
 }
 
 fn start_interpreter(options: &RuntimeOptions) -> Result<StartMode> {
@@ -70,8 +87,8 @@ fn start_interpreter(options: &RuntimeOptions) -> Result<StartMode> {
             return Err(Error::invalid_argument(format!("python executable {exe:?} does not exist")));
         }
     }
-    // SAFETY: the interpreter is not running (checked above) and START's once-cell
-    // guarantees no other thread of this library initializes concurrently. The config is
+    // SAFETY: the interpreter is not running (checked above) and START_LOCK guarantees
+    // no other thread of this library initializes concurrently. The config is
     // initialized by PyConfig_InitPythonConfig before any field is set and cleared after.
     unsafe {
         let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();

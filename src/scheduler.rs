@@ -292,6 +292,8 @@ pub(crate) struct HandlerCore {
     scheduled: AtomicBool,
     /// A batch-delay timer is armed.
     delay_timer_armed: AtomicBool,
+    /// A helper run submitted by `kick_preparation` has not started yet.
+    prepare_kick: AtomicBool,
     /// Set after drain: new items are refused with `ShutDown`.
     closed: AtomicBool,
     pipe: Mutex<Pipeline>,
@@ -358,6 +360,7 @@ impl HandlerCore {
             outstanding: AtomicUsize::new(0),
             scheduled: AtomicBool::new(false),
             delay_timer_armed: AtomicBool::new(false),
+            prepare_kick: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             pipe: Mutex::new(Pipeline::default()),
             room: Condvar::new(),
@@ -412,9 +415,10 @@ impl HandlerCore {
     }
 
     /// Queues one item. The job is always consumed: on refusal (shutdown, full queue)
-    /// its `fail` runs before this returns and the returned future is already failed.
-    /// Lock-free unless the bounded queue is full under `FullPolicy::Block`.
-    pub(crate) fn enqueue(&self, job: Box<dyn Job>, opts: ItemOptions) -> Arc<Item> {
+    /// its `fail` runs before this returns, the item is already failed and the refusal
+    /// is returned beside it. Lock-free unless the bounded queue is full under
+    /// `FullPolicy::Block`.
+    pub(crate) fn enqueue(&self, job: Box<dyn Job>, opts: ItemOptions) -> (Arc<Item>, Option<Error>) {
         self.counters.enqueued.fetch_add(1, Relaxed);
         let item = Arc::new(Item {
             state: AtomicU8::new(QUEUED),
@@ -430,8 +434,8 @@ impl HandlerCore {
             self.counters.rejected.fetch_add(1, Relaxed);
             item.state.store(FINISHED, Relaxed);
             fail_job(item.take_job(), &error);
-            item.completion.resolve(Err(error));
-            return item;
+            item.completion.resolve(Err(error.clone()));
+            return (item, Some(error));
         }
         self.outstanding.fetch_add(1, AcqRel);
         let queued = self.queued.load(Acquire);
@@ -442,13 +446,24 @@ impl HandlerCore {
         let delay = self.options.max_batch_delay;
         if delay.is_zero() || queued >= self.options.batch_size {
             self.kick();
+            if item.needs_prepare {
+                self.kick_preparation();
+            }
         } else {
+            // The timer wakes a runner when the delay has passed.
             self.arm_delay_timer(item.enqueued_at + delay);
-            // Pairs with the fence in `run`: a runner that went idle either sees this item
-            // or we see `scheduled` clear (kick above) -- here: wake a runner that may be
-            // waiting only for the delay to pass, which the timer covers.
         }
-        item
+        (item, None)
+    }
+
+    /// Items that need GIL-free preparation may be prepared while a batch executes: make
+    /// sure a helper run looks at them even when the primary run is busy executing.
+    fn kick_preparation(&self) {
+        if self.replicas == 0 && !self.prepare_kick.load(Acquire) && !self.prepare_kick.swap(true, AcqRel) {
+            if let Some(me) = self.weak_self.upgrade() {
+                self.pool.submit(me, false);
+            }
+        }
     }
 
     /// Takes a place in the queue: checks shutdown and the bound. Blocks (releasing the
@@ -474,7 +489,8 @@ impl HandlerCore {
         if self.options.full_policy == FullPolicy::Reject {
             return Err(full());
         }
-        let give_up_at = self.options.block_timeout.map(|t| Instant::now() + t);
+        // A timeout too large for an Instant means no timeout.
+        let give_up_at = self.options.block_timeout.and_then(|t| Instant::now().checked_add(t));
         crate::runtime::without_gil(|| {
             let mut pipe = self.lock();
             loop {
@@ -585,8 +601,13 @@ impl HandlerCore {
     fn work_available_locked(&self, pipe: &mut Pipeline) -> bool {
         let exec_ready = self.exec_slot_free(pipe) && pipe.staged.contains_key(&pipe.next_exec_seq);
         let claim_ready = self.can_run_now(pipe)
-            || (pipe.batches_in_flight < self.options.prefetch_depth && Self::head_needs_prepare(pipe));
+            || (self.ahead(pipe) < self.options.prefetch_depth && Self::head_needs_prepare(pipe));
         exec_ready || (claim_ready && self.claimable_locked(pipe))
+    }
+
+    /// Batches taken ahead of execution (being prepared or staged).
+    fn ahead(&self, pipe: &Pipeline) -> usize {
+        pipe.batches_in_flight - pipe.executing
     }
 
     fn exec_slot_free(&self, pipe: &Pipeline) -> bool {
@@ -612,7 +633,7 @@ impl HandlerCore {
             }
         }
         let can_run_now = self.can_run_now(pipe);
-        let can_prefetch = pipe.batches_in_flight < self.options.prefetch_depth;
+        let can_prefetch = self.ahead(pipe) < self.options.prefetch_depth;
         if !(can_run_now || can_prefetch) || !self.claimable_locked(pipe) {
             return Action::Idle;
         }
@@ -667,6 +688,9 @@ impl HandlerCore {
     /// handlers are waiting (then it requeues itself behind them). `primary` runs own
     /// the `scheduled` flag; helper runs (extra preparation) do not.
     fn run(self: &Arc<Self>, mut primary: bool) {
+        if !primary {
+            self.prepare_kick.store(false, Release);
+        }
         let mut expired = Vec::new();
         let mut pipe = self.lock();
         loop {
@@ -696,7 +720,7 @@ impl HandlerCore {
                 }
                 Action::Prepare(seq, batch) => {
                     // Let another worker take the next batch (or execute) meanwhile.
-                    if pipe.batches_in_flight < self.options.prefetch_depth
+                    if self.ahead(&pipe) < self.options.prefetch_depth
                         && self.work_available_locked(&mut pipe)
                     {
                         if let Some(me) = self.weak_self.upgrade() {

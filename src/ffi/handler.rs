@@ -176,7 +176,13 @@ impl Job for CJob {
         // held. It returns a new reference or NULL with an exception set.
         let obj = unsafe { commit(self.item.user_data) };
         if obj.is_null() {
-            return Err(Error::fetch(py, ErrorKind::Commit, "commit callback failed"));
+            if pyo3::PyErr::occurred(py) {
+                return Err(Error::fetch(py, ErrorKind::Commit, "commit callback failed"));
+            }
+            return Err(Error::new(
+                ErrorKind::Commit,
+                "commit callback failed: it returned NULL without setting a Python exception",
+            ));
         }
         // SAFETY: obj is a new reference (the commit contract), owned from here on.
         Ok(unsafe { Bound::from_owned_ptr(py, obj) }.unbind())
@@ -275,14 +281,14 @@ pub extern "C" fn pysched_handler_queue(
             return Err(e);
         }
         let opts = ItemOptions {
-            deadline: (item.timeout_us > 0).then(|| Instant::now() + Duration::from_micros(item.timeout_us)),
+            // A timeout too large for an Instant means no deadline.
+            deadline: (item.timeout_us > 0)
+                .then(|| Instant::now().checked_add(Duration::from_micros(item.timeout_us)))
+                .flatten(),
             keep_value: !out_future.is_null(),
         };
-        let future = h.inner.queue_job(Box::new(job), opts);
-        if future.is_ready() {
-            // Refused at once (full queue, shut down): the callbacks already saw the error.
-            future.take()?;
-        }
+        // Refused at once (full queue, shut down): the callbacks already saw the error.
+        let future = h.inner.try_queue_job(Box::new(job), opts)?;
         if !out_future.is_null() {
             // SAFETY: checked non-NULL; points to writable storage (documented).
             unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
