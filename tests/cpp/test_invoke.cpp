@@ -28,6 +28,17 @@ TEST_F(SyncInvoke, ReturnsTheConvertedResult) {
   EXPECT_DOUBLE_EQ(add.invoke<double>(0.5, 0.25), 0.75);
 }
 
+TEST_F(SyncInvoke, TheGilIsHeldOnlyDuringTheCall) {
+  auto add = manager.loadPythonModule("pysched_testmod", "add");
+  EXPECT_EQ(PyGILState_Check(), 0);
+  bool held_inside = false;
+  add.invoke([&](pybind11::object&&) { held_inside = PyGILState_Check() != 0; }, 1, 2);
+  EXPECT_TRUE(held_inside);
+  EXPECT_EQ(PyGILState_Check(), 0) << "invoke returned with the GIL still held";
+  // Another thread can take the GIL right away (it would block forever otherwise).
+  std::thread([&] { EXPECT_EQ(add.invoke<int>(2, 2), 4); }).join();
+}
+
 TEST_F(SyncInvoke, VoidReturnTypeDiscardsTheResult) {
   auto set_value = manager.loadPythonModule("pysched_cpp_testmod", "set_value");
   auto get_value = manager.loadPythonModule("pysched_cpp_testmod", "get_value");
