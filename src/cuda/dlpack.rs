@@ -115,7 +115,7 @@ impl ExportOwned {
 
     fn dl_tensor(&mut self, tensor: &DeviceTensor) -> DLTensor {
         DLTensor {
-            data: tensor.data_ptr() as *mut c_void,
+            data: tensor.raw_data_ptr() as *mut c_void,
             device: tensor.dl_device(),
             ndim: self.shape.len() as i32,
             dtype: tensor.dtype().dl_data_type(),
@@ -165,8 +165,15 @@ unsafe extern "C" fn versioned_deleter(managed: *mut DLManagedTensorVersioned) {
 
 /// A new legacy `DLManagedTensor` sharing `tensor`'s storage. The caller owns it and
 /// must call its deleter exactly once (or hand it to a consumer that will).
-/// No synchronization: see [`DeviceTensor::synchronize`].
+/// No synchronization: see [`DeviceTensor::synchronize`]. The consumer's stream is
+/// unknown, so the final release of device memory waits for the device's context.
 pub fn to_legacy(tensor: &DeviceTensor) -> *mut DLManagedTensor {
+    tensor.note_unknown_consumer();
+    export_legacy(tensor)
+}
+
+/// [`to_legacy`] for callers that record the consumer's stream themselves.
+pub(crate) fn export_legacy(tensor: &DeviceTensor) -> *mut DLManagedTensor {
     let mut owned = ExportOwned::new(tensor);
     let dl_tensor = owned.dl_tensor(tensor);
     let block = Box::into_raw(Box::new(LegacyExport {
@@ -184,8 +191,14 @@ pub fn to_legacy(tensor: &DeviceTensor) -> *mut DLManagedTensor {
 }
 
 /// A new `DLManagedTensorVersioned` (version 1.0, flags 0: writable, not a copy)
-/// sharing `tensor`'s storage. Ownership as in [`to_legacy`].
+/// sharing `tensor`'s storage. Ownership and release as in [`to_legacy`].
 pub fn to_versioned(tensor: &DeviceTensor) -> *mut DLManagedTensorVersioned {
+    tensor.note_unknown_consumer();
+    export_versioned(tensor)
+}
+
+/// [`to_versioned`] for callers that record the consumer's stream themselves.
+pub(crate) fn export_versioned(tensor: &DeviceTensor) -> *mut DLManagedTensorVersioned {
     let mut owned = ExportOwned::new(tensor);
     let dl_tensor = owned.dl_tensor(tensor);
     let block = Box::into_raw(Box::new(VersionedExport {

@@ -14,7 +14,8 @@ use crate::error::{Error, ErrorKind, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::marker::PhantomData;
 use std::panic::catch_unwind;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 pub(crate) type CUresult = c_int;
 pub(crate) type CUdevice = c_int;
@@ -22,12 +23,17 @@ pub(crate) type CUdeviceptr = u64;
 pub(crate) type CUcontext = *mut c_void;
 pub(crate) type CUstream = *mut c_void;
 pub(crate) type CUevent = *mut c_void;
+pub(crate) type CUmemoryPool = *mut c_void;
 
 const CUDA_SUCCESS: CUresult = 0;
 const CUDA_ERROR_NO_DEVICE: CUresult = 100;
 const CUDA_ERROR_NOT_READY: CUresult = 600;
 const CU_EVENT_DISABLE_TIMING: c_uint = 0x2;
 const CU_STREAM_NON_BLOCKING: c_uint = 0x1;
+/// `CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED`.
+const CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: c_int = 115;
+/// `CU_MEMPOOL_ATTR_RELEASE_THRESHOLD` (a `cuuint64_t`).
+const CU_MEMPOOL_ATTR_RELEASE_THRESHOLD: c_int = 4;
 
 /// The legacy default stream (`CU_STREAM_LEGACY`): implicitly synchronizes with every
 /// blocking stream of its context.
@@ -69,6 +75,7 @@ driver_api! {
     ctx_get_device = c"cuCtxGetDevice": fn(*mut CUdevice);
     ctx_push_current = c"cuCtxPushCurrent_v2": fn(CUcontext);
     ctx_pop_current = c"cuCtxPopCurrent_v2": fn(*mut CUcontext);
+    ctx_synchronize = c"cuCtxSynchronize": fn();
     mem_alloc = c"cuMemAlloc_v2": fn(*mut CUdeviceptr, usize);
     mem_free = c"cuMemFree_v2": fn(CUdeviceptr);
     mem_host_alloc = c"cuMemHostAlloc": fn(*mut *mut c_void, usize, c_uint);
@@ -89,9 +96,38 @@ driver_api! {
     get_error_string = c"cuGetErrorString": fn(CUresult, *mut *const c_char);
 }
 
+/// The stream-ordered allocator's entry points (CUDA 11.2+), resolved once; absent
+/// from older drivers, which then keep `cuMemAlloc` / `cuMemFree`.
+pub(crate) struct PoolApi {
+    device_get_attribute: unsafe extern "C" fn(*mut c_int, c_int, CUdevice) -> CUresult,
+    device_get_default_mem_pool: unsafe extern "C" fn(*mut CUmemoryPool, CUdevice) -> CUresult,
+    mem_pool_set_attribute: unsafe extern "C" fn(CUmemoryPool, c_int, *mut c_void) -> CUresult,
+    mem_alloc_async: unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult,
+    mem_free_async: unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult,
+}
+
+impl PoolApi {
+    /// Resolves the entry points; None if any is missing.
+    ///
+    /// SAFETY (caller): as `Api::load`; each symbol is declared with its driver API
+    /// signature.
+    unsafe fn load() -> Option<PoolApi> {
+        let lib = cudarc::driver::sys::culib();
+        Some(PoolApi {
+            device_get_attribute: *lib.get(b"cuDeviceGetAttribute\0").ok()?,
+            device_get_default_mem_pool: *lib.get(b"cuDeviceGetDefaultMemPool\0").ok()?,
+            mem_pool_set_attribute: *lib.get(b"cuMemPoolSetAttribute\0").ok()?,
+            mem_alloc_async: *lib.get(b"cuMemAllocAsync\0").ok()?,
+            mem_free_async: *lib.get(b"cuMemFreeAsync\0").ok()?,
+        })
+    }
+}
+
 /// The loaded and initialized driver.
 pub(crate) struct Driver {
     pub(crate) api: Api,
+    /// None where the driver lacks the stream-ordered allocator.
+    pool_api: Option<PoolApi>,
     device_count: i32,
     /// One slot per device, filled on first use (primary context retained for the life
     /// of the process, like the CUDA runtime does).
@@ -137,6 +173,8 @@ fn load_driver() -> Result<Driver> {
             return Err(Error::new(ErrorKind::Cuda, format!("{NO_DRIVER_MESSAGE} (loading libcuda failed)")))
         }
     };
+    // SAFETY: as above; a missing symbol yields None.
+    let pool_api = catch_unwind(|| unsafe { PoolApi::load() }).ok().flatten();
     // SAFETY: cuInit may be called any number of times from any thread.
     let rc = unsafe { (api.init)(0) };
     if rc == CUDA_ERROR_NO_DEVICE {
@@ -152,7 +190,7 @@ fn load_driver() -> Result<Driver> {
     if count <= 0 {
         return Err(Error::new(ErrorKind::Cuda, NO_DEVICE_MESSAGE));
     }
-    Ok(Driver { api, device_count: count, devices: (0..count).map(|_| OnceLock::new()).collect() })
+    Ok(Driver { api, pool_api, device_count: count, devices: (0..count).map(|_| OnceLock::new()).collect() })
 }
 
 fn error_text(api: &Api, rc: CUresult) -> String {
@@ -234,7 +272,46 @@ impl Driver {
         // SAFETY: as above. The primary context is the one the CUDA runtime (and so
         // PyTorch) uses; it is retained once and never released.
         self.check(unsafe { (self.api.primary_ctx_retain)(&mut ctx, dev) }, "cuDevicePrimaryCtxRetain")?;
-        Ok(Device { ordinal, ctx, driver: self, sync_stream: OnceLock::new() })
+        let mut device = Device { ordinal, ctx, driver: self, sync_stream: OnceLock::new(), pooled: false };
+        device.pooled = self.setup_pool(&device, dev);
+        Ok(device)
+    }
+
+    /// Whether `device` allocates from its default memory pool (stream-ordered). The
+    /// pool's release threshold is raised to the maximum so freed memory stays cached
+    /// for the next allocations instead of going back to the OS at every synchronize.
+    fn setup_pool(&self, device: &Device, dev: CUdevice) -> bool {
+        let Some(pool_api) = &self.pool_api else {
+            return false;
+        };
+        let Ok(_ctx) = device.enter() else {
+            return false;
+        };
+        let mut supported: c_int = 0;
+        // SAFETY: valid out-pointer; dev is a device of this driver.
+        let rc = unsafe {
+            (pool_api.device_get_attribute)(&mut supported, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, dev)
+        };
+        if rc != CUDA_SUCCESS || supported == 0 {
+            return false;
+        }
+        let mut pool: CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        if unsafe { (pool_api.device_get_default_mem_pool)(&mut pool, dev) } != CUDA_SUCCESS || pool.is_null()
+        {
+            return false;
+        }
+        let mut threshold: u64 = u64::MAX;
+        // SAFETY: the release threshold attribute takes a pointer to a cuuint64_t. A
+        // failure only means the pool trims itself more eagerly: still correct.
+        unsafe {
+            (pool_api.mem_pool_set_attribute)(
+                pool,
+                CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+        };
+        true
     }
 }
 
@@ -260,7 +337,10 @@ pub(crate) struct Device {
     ctx: CUcontext,
     driver: &'static Driver,
     /// The stream of synchronous uploads (`DeviceTensor::from_host`), made on first use.
-    sync_stream: OnceLock<Result<Stream>>,
+    sync_stream: OnceLock<Result<Arc<Stream>>>,
+    /// Device memory comes from the default memory pool, stream-ordered
+    /// (`cuMemAllocAsync` / `cuMemFreeAsync`); false: `cuMemAlloc` / `cuMemFree`.
+    pooled: bool,
 }
 
 // SAFETY: a CUcontext handle may be used from any thread (the driver API is thread-safe
@@ -272,8 +352,12 @@ unsafe impl Sync for Device {}
 impl Device {
     /// The stream synchronous uploads use: waiting on it waits for those copies only,
     /// never for other work on the device.
-    pub(crate) fn sync_stream(&'static self) -> Result<&'static Stream> {
-        self.sync_stream.get_or_init(|| Stream::new(self)).as_ref().map_err(Clone::clone)
+    pub(crate) fn sync_stream(&'static self) -> Result<&'static Arc<Stream>> {
+        self.sync_stream.get_or_init(|| Stream::new(self).map(Arc::new)).as_ref().map_err(Clone::clone)
+    }
+
+    fn pool_api(&self) -> Option<&'static PoolApi> {
+        self.driver.pool_api.as_ref().filter(|_| self.pooled)
     }
 
     pub(crate) fn api(&self) -> &'static Api {
@@ -427,35 +511,116 @@ impl Drop for Event {
     }
 }
 
-/// Device memory from `cuMemAlloc`, freed exactly once by `Drop` (on any thread).
+/// No consumer stream recorded: every use of the memory was on its allocation stream.
+const NO_CONSUMER: usize = 0;
+/// Some use is ordered by no stream we know (a legacy export, the raw pointer handed
+/// out, several consumer streams, a per-thread default stream).
+const UNKNOWN_CONSUMER: usize = usize::MAX;
+
+/// The consumer state after a consumer declares `stream` (never 0 or `usize::MAX`).
+fn merge_consumer(current: usize, stream: usize) -> usize {
+    if current == NO_CONSUMER || current == stream {
+        stream
+    } else {
+        UNKNOWN_CONSUMER
+    }
+}
+
+/// Device memory, freed exactly once by `Drop` (on any thread). Where the device
+/// supports it, it comes from the default memory pool, stream-ordered: allocated on the
+/// stream that fills it, freed on the stream of its consumer (after the consumer's
+/// queued work, without a host wait), else on the allocation stream after waiting for
+/// the context when some use is on an unknown stream. Otherwise `cuMemAlloc` /
+/// `cuMemFree` (which waits for the device).
 pub(crate) struct DeviceMemory {
     pub(crate) ptr: CUdeviceptr,
     pub(crate) bytes: usize,
     pub(crate) device: &'static Device,
+    /// The stream a pooled allocation was made on (None: `cuMemAlloc`).
+    alloc_stream: Option<Arc<Stream>>,
+    /// `NO_CONSUMER`, `UNKNOWN_CONSUMER` or the one consumer stream's handle.
+    consumer: AtomicUsize,
 }
 
 // SAFETY: a device pointer is plain data; freeing it makes the context current itself.
 unsafe impl Send for DeviceMemory {}
-// SAFETY: as above; no interior mutability.
+// SAFETY: as above; the only interior mutability is an atomic.
 unsafe impl Sync for DeviceMemory {}
 
 impl DeviceMemory {
-    pub(crate) fn alloc(device: &'static Device, bytes: usize) -> Result<DeviceMemory> {
+    /// Allocates `bytes` (> 0) for work queued on `stream`: only `stream` may use the
+    /// memory until work queued there after this call has completed (or another stream
+    /// waits for it), as with `cuMemAllocAsync`.
+    pub(crate) fn alloc(stream: &Arc<Stream>, bytes: usize) -> Result<DeviceMemory> {
+        let device = stream.device;
+        let _ctx = device.enter()?;
         let mut ptr: CUdeviceptr = 0;
+        let consumer = AtomicUsize::new(NO_CONSUMER);
+        if let Some(pool) = device.pool_api() {
+            // SAFETY: valid out-pointer; a live stream of this context; bytes > 0.
+            if unsafe { (pool.mem_alloc_async)(&mut ptr, bytes, stream.handle) } == CUDA_SUCCESS {
+                return Ok(DeviceMemory { ptr, bytes, device, alloc_stream: Some(stream.clone()), consumer });
+            }
+        }
         // SAFETY: valid out-pointer; bytes > 0 (callers never allocate empty buffers).
-        device.call("cuMemAlloc", |api| unsafe { (api.mem_alloc)(&mut ptr, bytes) })?;
-        Ok(DeviceMemory { ptr, bytes, device })
+        device.check(unsafe { (device.api().mem_alloc)(&mut ptr, bytes) }, "cuMemAlloc")?;
+        Ok(DeviceMemory { ptr, bytes, device, alloc_stream: None, consumer })
+    }
+
+    /// Records that a consumer uses the memory on `stream`, ordered after the upload.
+    /// The per-thread default stream names a different stream on the thread that frees
+    /// the memory, so it counts as unknown.
+    pub(crate) fn note_consumer(&self, stream: CUstream) {
+        let s = stream as usize;
+        if s == NO_CONSUMER || s == UNKNOWN_CONSUMER || stream == CU_STREAM_PER_THREAD {
+            self.note_unknown_consumer();
+            return;
+        }
+        let _ = self
+            .consumer
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| Some(merge_consumer(cur, s)));
+    }
+
+    /// Records a use on a stream we cannot know: the final free waits for the context.
+    pub(crate) fn note_unknown_consumer(&self) {
+        self.consumer.store(UNKNOWN_CONSUMER, Ordering::Release);
     }
 }
 
 impl Drop for DeviceMemory {
     fn drop(&mut self) {
-        // cuMemFree waits for work still using the memory, so a consumer that released
-        // the tensor with kernels in flight on its own stream stays correct.
-        if let Ok(_ctx) = self.device.enter() {
+        // If the context cannot be made current the device is unusable: leak.
+        let Ok(_ctx) = self.device.enter() else {
+            return;
+        };
+        let api = self.device.api();
+        let (Some(alloc_stream), Some(pool)) = (&self.alloc_stream, self.device.pool_api()) else {
+            // cuMemFree waits for work still using the memory, so a consumer that released
+            // the tensor with kernels in flight on its own stream stays correct.
             // SAFETY: allocated by cuMemAlloc and freed exactly once, here.
-            unsafe { (self.device.api().mem_free)(self.ptr) };
+            unsafe { (api.mem_free)(self.ptr) };
+            return;
+        };
+        let consumer = *self.consumer.get_mut();
+        if consumer != NO_CONSUMER && consumer != UNKNOWN_CONSUMER {
+            // Every use is on the consumer's stream (ordered after the upload by an event
+            // wait, or the upload had finished): free after them, on the GPU.
+            // SAFETY: pooled memory freed exactly once; the consumer promised (DLPack) a
+            // valid stream of this device. On failure the fallback below frees it.
+            if unsafe { (pool.mem_free_async)(self.ptr, consumer as CUstream) } == CUDA_SUCCESS {
+                return;
+            }
         }
+        if consumer != NO_CONSUMER {
+            // Some use may be queued on a stream we do not know: wait for all the
+            // context's work first, as cuMemFree does.
+            // SAFETY: the context is current.
+            unsafe { (api.ctx_synchronize)() };
+        }
+        // Otherwise the only use was the upload, queued on the allocation stream.
+        // SAFETY: pooled memory freed exactly once; the allocation stream is alive (held
+        // here). If this fails the memory is leaked, never freed twice.
+        unsafe { (pool.mem_free_async)(self.ptr, alloc_stream.handle) };
     }
 }
 
@@ -504,4 +669,19 @@ pub(crate) fn copy_to_host(device: &'static Device, src: CUdeviceptr, dst: &mut 
         (api.memcpy_dtoh_async)(dst.as_mut_ptr().cast(), src, dst.len(), stream.handle)
     })?;
     stream.synchronize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_consumer_stream_is_kept_and_a_second_makes_it_unknown() {
+        let (a, b) = (0x1000usize, 0x2000usize);
+        assert_eq!(merge_consumer(NO_CONSUMER, a), a);
+        assert_eq!(merge_consumer(a, a), a);
+        assert_eq!(merge_consumer(a, b), UNKNOWN_CONSUMER);
+        assert_eq!(merge_consumer(UNKNOWN_CONSUMER, a), UNKNOWN_CONSUMER);
+        assert_eq!(merge_consumer(NO_CONSUMER, CU_STREAM_LEGACY as usize), CU_STREAM_LEGACY as usize);
+    }
 }

@@ -46,10 +46,15 @@ impl PyCudaTensor {
     /// Orders the consumer's stream after the upload, following the DLPack Python
     /// specification for CUDA: None = the legacy default stream, 1 = legacy default,
     /// 2 = per-thread default, -1 = the consumer asks for no synchronization, 0 is
-    /// disallowed, anything else is a `cudaStream_t` of this device.
+    /// disallowed, anything else is a `cudaStream_t` of this device. The stream is
+    /// remembered so that the final release frees the memory on it, after the
+    /// consumer's work (stream-ordered, no host wait); -1 leaves it unknown.
     fn order_consumer(&self, stream: Option<i64>) -> PyResult<()> {
         let consumer: CUstream = match stream {
-            Some(-1) => return Ok(()),
+            Some(-1) => {
+                self.tensor.note_unknown_consumer();
+                return Ok(());
+            }
             None | Some(1) => CU_STREAM_LEGACY,
             Some(2) => CU_STREAM_PER_THREAD,
             Some(0) => {
@@ -63,7 +68,10 @@ impl PyCudaTensor {
             }
             Some(s) => s as usize as CUstream,
         };
-        self.tensor.order_before(consumer).map_err(to_pyerr)
+        self.tensor.order_before(consumer).map_err(to_pyerr)?;
+        // Per-thread default streams count as unknown (see DeviceMemory::note_consumer).
+        self.tensor.note_consumer(consumer);
+        Ok(())
     }
 }
 
@@ -101,10 +109,10 @@ impl PyCudaTensor {
         let versioned = max_version.is_some_and(|(major, _)| major >= 1);
         let capsule = if versioned {
             // SAFETY: a fresh export owned by us, handed to the capsule.
-            unsafe { dlpack::versioned_capsule(py, dlpack::to_versioned(&self.tensor)) }
+            unsafe { dlpack::versioned_capsule(py, dlpack::export_versioned(&self.tensor)) }
         } else {
             // SAFETY: as above.
-            unsafe { dlpack::legacy_capsule(py, dlpack::to_legacy(&self.tensor)) }
+            unsafe { dlpack::legacy_capsule(py, dlpack::export_legacy(&self.tensor)) }
         };
         capsule.map_err(to_pyerr)
     }
@@ -141,6 +149,8 @@ impl PyCudaTensor {
         self.tensor.nbytes()
     }
 
+    /// The device address of the first element. Handing it out means the memory may be
+    /// used on any stream: its final free then waits for the device's context.
     #[getter]
     fn data_ptr(&self) -> u64 {
         self.tensor.data_ptr()

@@ -162,7 +162,8 @@ impl Stager {
             let storage = Storage::Empty(self.device);
             return Ok(DeviceTensor::assemble(storage, desc, layout, None, None));
         }
-        let memory = DeviceMemory::alloc(self.device, len)?;
+        // Stream-ordered on the stager's stream, ahead of the copy that fills it.
+        let memory = DeviceMemory::alloc(&self.stream, len)?;
         let src = &host[..len];
         let done = {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());

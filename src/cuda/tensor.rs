@@ -251,8 +251,8 @@ impl DeviceTensor {
         let storage = if layout.span_bytes == 0 {
             Storage::Empty(device)
         } else {
-            let memory = DeviceMemory::alloc(device, layout.span_bytes)?;
             let stream = device.sync_stream()?;
+            let memory = DeviceMemory::alloc(stream, layout.span_bytes)?;
             let src = &host[..layout.span_bytes];
             crate::runtime::without_gil(|| -> Result<()> {
                 // SAFETY: src is readable for span_bytes and outlives the copy (the
@@ -332,7 +332,15 @@ impl DeviceTensor {
         }
     }
     /// Address of the first element (a CUdeviceptr for device tensors); 0 when empty.
+    /// The pointer may be used on any stream, so the final free of device memory whose
+    /// pointer was handed out waits for the whole context (as `cuMemFree` does).
     pub fn data_ptr(&self) -> u64 {
+        self.note_unknown_consumer();
+        self.raw_data_ptr()
+    }
+
+    /// [`DeviceTensor::data_ptr`] for exports that record their consumer themselves.
+    pub(crate) fn raw_data_ptr(&self) -> u64 {
         match &self.shared.storage {
             Storage::Empty(_) => 0,
             Storage::Device(m) => m.ptr,
@@ -354,6 +362,22 @@ impl DeviceTensor {
     /// The handle of the stream the upload ran on, if it was staged (0 otherwise).
     pub fn stream_handle(&self) -> usize {
         self.shared.stream.as_ref().map_or(0, |s| s.handle as usize)
+    }
+
+    /// Records that a consumer uses the data on `consumer` (after `order_before` it):
+    /// the final release frees the memory on that stream, after the consumer's work.
+    pub(crate) fn note_consumer(&self, consumer: CUstream) {
+        if let Storage::Device(m) = &self.shared.storage {
+            m.note_consumer(consumer);
+        }
+    }
+
+    /// Records a use on an unknown stream (legacy exports, raw pointers): the final
+    /// release waits for the device's context before freeing.
+    pub(crate) fn note_unknown_consumer(&self) {
+        if let Storage::Device(m) = &self.shared.storage {
+            m.note_unknown_consumer();
+        }
     }
 
     /// Whether the upload has finished. Never blocks.
