@@ -184,17 +184,19 @@ inline std::exception_ptr exception_for(const pysched_error* error) noexcept {
   std::terminate();  // unreachable: the sink always throws
 }
 
-/// Throws unless `status` is PYSCHED_OK; releases `error` either way.
-inline void check(pysched_status status, pysched_error* error) {
+/// Throws unless `status` is PYSCHED_OK; releases `error` either way (and clears it).
+/// `error` is taken by reference, so `check(f(..., &error), error)` reads it after f ran
+/// (argument evaluation order is unspecified; a copy could be taken before the call).
+inline void check(pysched_status status, pysched_error*& error) {
+  pysched_error* owned = std::exchange(error, nullptr);
   if (status != PYSCHED_OK) {
-    throw_error(status, error);
+    throw_error(status, owned);
   }
-  pysched_error_free(error);
+  pysched_error_free(owned);
 }
 
 /// Runs `c_call(&error)`, a C ABI call whose last parameter is `pysched_error**
-/// out_error`, and throws the exception for its error, if any. (Never write
-/// `check(f(&error), error)`: the second argument may be read before f runs.)
+/// out_error`, and throws the exception for its error, if any.
 template <typename CCall>
 void call_checked(CCall&& c_call) {
   pysched_error* error = nullptr;

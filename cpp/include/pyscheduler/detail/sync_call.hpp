@@ -2,7 +2,8 @@
 // handed to the caller's continuation inside ONE pysched_handler_with_function call,
 // which attaches this thread through a persistent Python thread state (no thread-state
 // allocation per call, unlike PyGILState_Ensure/gil_scoped_acquire on a fresh thread).
-// Everything lives on the caller's stack and runs on the caller's thread.
+// Everything lives on the caller's stack and runs on the caller's thread, so unlike
+// queue_invoke there is no cross-thread hand-off for TSan to be told about.
 #ifndef PYSCHEDULER_DETAIL_SYNC_CALL_HPP
 #define PYSCHEDULER_DETAIL_SYNC_CALL_HPP
 

@@ -1,6 +1,10 @@
 // ThreadSanitizer annotations for hand-offs that happen inside the (uninstrumented) Rust
 // core: TSan cannot see the happens-before edge of an item travelling from the thread
 // that queues it to the worker that runs its callbacks, so the wrapper states it.
+// Programs checked with TSan should also run with ignore_noninstrumented_modules=1 (the
+// core's own memset/memmove calls are intercepted but its synchronization is not seen),
+// and may see a report on the destruction of a failed item's exception: libstdc++'s
+// exception_ptr refcount is not instrumented (tests/cpp/tsan_suppressions.txt).
 #ifndef PYSCHEDULER_DETAIL_TSAN_HPP
 #define PYSCHEDULER_DETAIL_TSAN_HPP
 
