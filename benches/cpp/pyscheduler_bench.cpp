@@ -25,6 +25,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -77,6 +78,8 @@ struct Config {
   bool rss_child = false;      // internal: the clean process of the RSS row
   std::string profile;         // run only our side of one path, for perf/callgrind
   std::string rss_mode;        // with rss_child: held, free or cabi
+  std::uint32_t workers = 0;   // pool size (0: the library's default)
+  std::string json_out;        // also write the JSON table to this file
   // Sizes (set from quick in parse_args).
   std::size_t queued_items = 200'000;
   std::size_t producer_items = 25'000;  // per producer, 4 producers
@@ -99,10 +102,12 @@ struct Config {
                "usage: %s [--quick] [--json] [--reps N] [--rows ID,ID,...] [--python-dir DIR]\n"
                "  --quick       fewer items (CI smoke); the RSS row keeps 120k items\n"
                "  --json        print the table as JSON instead of text\n"
+               "  --json-out F  print the text table and also write the JSON to file F\n"
                "  --reps N      repetitions per row (median reported; default 5, at least 1)\n"
                "  --rows IDS    only these rows: queued_b256 producers4 queued_b1 latency sync\n"
                "                idle8 rss sleep2 staging batch_delay (for profiling one path)\n"
                "  --python-dir  where pysched_bench.py lives (default: the source tree's)\n"
+               "  --workers N   worker pool size (default: the library's, the number of CPUs, >= 4)\n"
                "  --profile P   run only our side of one path, --reps times, no baseline and no\n"
                "                table (for perf record / callgrind): queued_b256 queued_b256_c\n"
                "                queued_b256_l queued_b1 latency sync staged in_commit\n",
@@ -136,6 +141,10 @@ Config parse_args(int argc, char** argv) {
       }
     } else if (a == "--python-dir") {
       c.python_dir = value("--python-dir");
+    } else if (a == "--json-out") {
+      c.json_out = value("--json-out");
+    } else if (a == "--workers") {
+      c.workers = static_cast<std::uint32_t>(std::max(0, std::atoi(value("--workers").c_str())));
     } else if (a == "--profile") {
       c.profile = value("--profile");
     } else if (a == "--rss-child") {
@@ -326,7 +335,7 @@ struct Environment {
 
 void print_plain(const Environment& env, const std::vector<Row>& rows) {
   std::printf("pyscheduler benchmark (issue 4)\n");
-  for (const auto& [k, v] : env.fields) std::printf("  %-18s %s\n", (k + ":").c_str(), v.c_str());
+  for (const auto& [k, v] : env.fields) std::printf("  %-21s %s\n", (k + ":").c_str(), v.c_str());
   std::printf("\n");
   // Cells first, then widths from the widest cell of each column.
   std::vector<std::array<std::string, 8>> cells;
@@ -377,16 +386,16 @@ void print_plain(const Environment& env, const std::vector<Row>& rows) {
       "is a shared VM: expect run-to-run variation of tens of percent on the throughput rows.\n");
 }
 
-void print_json(const Environment& env, const std::vector<Row>& rows) {
-  std::printf("{\n  \"environment\": {");
+void print_json(std::FILE* out, const Environment& env, const std::vector<Row>& rows) {
+  std::fprintf(out, "{\n  \"environment\": {");
   for (std::size_t i = 0; i < env.fields.size(); ++i) {
-    std::printf("%s\n    \"%s\": \"%s\"", i ? "," : "", json_escape(env.fields[i].first).c_str(),
+    std::fprintf(out, "%s\n    \"%s\": \"%s\"", i ? "," : "", json_escape(env.fields[i].first).c_str(),
                 json_escape(env.fields[i].second).c_str());
   }
-  std::printf("\n  },\n  \"rows\": [");
+  std::fprintf(out, "\n  },\n  \"rows\": [");
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
-    std::printf("%s\n    {\"id\": \"%s\", \"workload\": \"%s\", \"unit\": \"%s\", \"ours\": %s, \"ours_samples\": %s, "
+    std::fprintf(out, "%s\n    {\"id\": \"%s\", \"workload\": \"%s\", \"unit\": \"%s\", \"ours\": %s, \"ours_samples\": %s, "
                 "\"baseline_name\": \"%s\", \"baseline\": %s, \"baseline_samples\": %s, \"ratio\": %s, "
                 "\"ratio_label\": \"%s\", \"target\": \"%s\", \"original\": \"%s\", \"result\": \"%s\", "
                 "\"note\": \"%s\"}",
@@ -396,7 +405,7 @@ void print_json(const Environment& env, const std::vector<Row>& rows) {
                 json_escape(r.ratio_label).c_str(), json_escape(r.target).c_str(), json_escape(r.original).c_str(),
                 !r.pass.has_value() ? "ref" : (*r.pass ? "PASS" : "FAIL"), json_escape(r.note).c_str());
   }
-  std::printf("\n  ]\n}\n");
+  std::fprintf(out, "\n  ]\n}\n");
 }
 
 // ---- Python objects used by the baselines ---------------------------------------------
@@ -417,6 +426,12 @@ void free_py_funcs() {
   py::gil_scoped_acquire gil;
   delete g_py;
   g_py = nullptr;
+}
+
+pyscheduler::ManagerOptions manager_options(const Config& cfg) {
+  pyscheduler::ManagerOptions o;
+  o.worker_threads = cfg.workers;
+  return o;
 }
 
 // ---- the workloads --------------------------------------------------------------------
@@ -977,7 +992,7 @@ void row_idle8(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
 int rss_child(const Config& cfg) {
   const std::string& mode = cfg.rss_mode;
   if (mode != "held" && mode != "free" && mode != "cabi") throw std::runtime_error("bad --rss-child mode " + mode);
-  PyManager mgr;
+  PyManager mgr(manager_options(cfg));
   mgr.add_path(cfg.python_dir);
   load_py_funcs();
   Handler h = load(mgr, "identity", 256);
@@ -1029,7 +1044,8 @@ std::pair<long, long> spawn_rss_child(const Config& cfg, const char* mode) {
   posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
   posix_spawn_file_actions_addclose(&fa, fds[0]);
   std::string exe = "/proc/self/exe";
-  std::vector<std::string> args = {"pyscheduler_bench", "--rss-child", mode, "--python-dir", cfg.python_dir};
+  std::vector<std::string> args = {"pyscheduler_bench", "--rss-child", mode, "--python-dir", cfg.python_dir,
+                                   "--workers", std::to_string(cfg.workers)};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -1353,6 +1369,30 @@ void row_batch_delay(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   rows.push_back(r);
 }
 
+// How much CPU this process can get right now: throughput of two threads of C++ work
+// relative to one (2.0 on two free cores; ~1.0 when other processes take a core).
+double parallel_speedup() {
+  const std::uint64_t iters = 20'000'000;
+  const auto t0 = Clock::now();
+  volatile std::uint64_t sink0 = cpp_work(iters), sink1 = 0, sink2 = 0;
+  const auto t1 = Clock::now();
+  std::thread a([&] { sink1 = cpp_work(iters); });
+  std::thread b([&] { sink2 = cpp_work(iters + 1); });
+  a.join();
+  b.join();
+  const auto t2 = Clock::now();
+  (void)sink0;
+  (void)sink1;
+  (void)sink2;
+  return 2.0 * elapsed_ns(t0, t1) / elapsed_ns(t1, t2);
+}
+
+std::string parallelism_text() {
+  std::vector<double> v;
+  for (int i = 0; i < 3; ++i) v.push_back(parallel_speedup());
+  return "2 threads of C++ work run " + fmt(median(v), "") + "x as fast as 1 (2.0 = two free cores)";
+}
+
 Environment describe(const Config& cfg, PyManager& mgr) {
   Environment env;
   env.add("pyscheduler", std::string(pyscheduler::version()) + " (source " PYSCHED_BENCH_REVISION " at configure time)");
@@ -1372,6 +1412,7 @@ Environment describe(const Config& cfg, PyManager& mgr) {
   env.add("pool workers", std::to_string(mgr.worker_threads()));
   env.add("mode", std::string(cfg.quick ? "--quick" : "full") + ", " + std::to_string(cfg.reps) + " repetitions");
   env.add("load avg (start)", read_first_line("/proc/loadavg"));
+  env.add("parallelism (start)", parallelism_text());
   return env;
 }
 
@@ -1480,7 +1521,7 @@ int profile(const Config& cfg, PyManager& mgr) {
 
 int run(const Config& cfg) {
   if (cfg.rss_child) return rss_child(cfg);
-  PyManager mgr;
+  PyManager mgr(manager_options(cfg));
   mgr.add_path(cfg.python_dir);
   load_py_funcs();
   if (!cfg.profile.empty()) {
@@ -1509,12 +1550,19 @@ int run(const Config& cfg) {
   step("rss", [&] { row_rss(cfg, rows); });
   step("idle8", [&] { row_idle8(cfg, mgr, rows); });  // last: the process is otherwise idle
   env.add("load avg (end)", read_first_line("/proc/loadavg"));
+  env.add("parallelism (end)", parallelism_text());
   env.add("duration", fmt(elapsed_ns(t0, Clock::now()) / 1e9, "s"));
   free_py_funcs();
   if (cfg.json) {
-    print_json(env, rows);
+    print_json(stdout, env, rows);
   } else {
     print_plain(env, rows);
+  }
+  if (!cfg.json_out.empty()) {
+    std::FILE* f = std::fopen(cfg.json_out.c_str(), "w");
+    if (!f) throw std::runtime_error("cannot write " + cfg.json_out + ": " + std::strerror(errno));
+    print_json(f, env, rows);
+    std::fclose(f);
   }
   std::fflush(stdout);
   return 0;
