@@ -140,9 +140,8 @@ parse_args() {
       *) MODE=Debug ;;
     esac
   fi
-  if [[ -n "$PREFIX" ]]; then
-    mkdir -p "$PREFIX" && PREFIX=$(cd "$PREFIX" && pwd) || die "cannot create the prefix '$PREFIX'"
-  fi
+  # Absolute (CMake would take a relative prefix relative to the build directory).
+  [[ -z "$PREFIX" ]] || PREFIX=$(realpath -m -- "$PREFIX")
 }
 
 # --- Installing what is missing --------------------------------------------------------
@@ -281,10 +280,24 @@ build_dir() {
   echo "$dir"
 }
 
+# One cargo target directory per Python (and flame setting), shared by the build
+# directories of every mode and sanitizer: the Rust core is never instrumented, so
+# build-Release, build-Release-asan and build-Release-tsan need the very same library,
+# and the Rust tests reuse its dependencies. Keyed by the interpreter so that switching
+# Pythons does not rebuild pyo3 back and forth.
+cargo_dir() {
+  local key
+  key=$(printf '%s' "$PYTHON_EXE" | cksum | cut -d' ' -f1)
+  local dir="$ROOT/target/cmake-py$PYTHON_VERSION-$key"
+  ((FLAME)) && dir+="-flame"
+  echo "$dir"
+}
+
 on_off() { if (($1)); then echo ON; else echo OFF; fi; }
 
 configure() {
   BUILD_DIR=$(build_dir)
+  CARGO_DIR=$(cargo_dir)
   step "Configuring $BUILD_DIR (mode $MODE${SANITIZE:+, sanitizer $SANITIZE}${PREFIX:+, prefix $PREFIX})"
   local args=(
     -S "$ROOT" -B "$BUILD_DIR" -G Ninja
@@ -295,6 +308,7 @@ configure() {
     -DPYSCHEDULER_BUILD_BENCHES="$(on_off "$BENCHES")"
     -DPYSCHEDULER_SANITIZE="$SANITIZE"
     -DPYSCHEDULER_FLAME="$(on_off "$FLAME")"
+    -DPYSCHEDULER_CARGO_TARGET_DIR="$CARGO_DIR"
   )
   [[ -n "$PREFIX" ]] && args+=(-DCMAKE_INSTALL_PREFIX="$PREFIX")
   # A directory configured by another generator cannot be reused as it is.
@@ -345,7 +359,7 @@ demo() {
   run_example "C (examples/c/basic.c)" "$examples_dir/basic_c"
   step "Building and running the Rust example (examples/rust)"
   (cd "$ROOT/examples/rust" &&
-    PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$BUILD_DIR/cargo" cargo run --release --quiet)
+    PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$CARGO_DIR" cargo run --release --quiet)
   step "Demo done: pyscheduler is installed in $PREFIX; the examples are in $examples_dir"
 }
 
@@ -364,8 +378,8 @@ rust_tests() {
   step "Rust tests: cargo test (PYO3_PYTHON=$PYTHON_EXE; the Rust core is never instrumented)"
   local log="$BUILD_DIR/cargo-test.log" status=0
   # `cargo test` alone builds the library as an rlib only; the tests that load the
-  # cdylib into a Python process (tests/rust/adopt.rs) need target/debug/libpyscheduler.so.
-  (cd "$ROOT" && export PYO3_PYTHON="$PYTHON_EXE" PYTHONDONTWRITEBYTECODE=1 &&
+  # cdylib into a Python process (tests/rust/adopt.rs) need <target>/debug/libpyscheduler.so.
+  (cd "$ROOT" && export PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$CARGO_DIR" PYTHONDONTWRITEBYTECODE=1 &&
     cargo build --lib 2>&1 && cargo test --no-fail-fast 2>&1) | tee "$log" || status=$?
   local passed failed
   passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{ s += $1 } END { print s + 0 }')
@@ -411,7 +425,10 @@ run_tests() {
 
 run_benches() {
   BENCHES=1
-  [[ -f "$ROOT/benches/CMakeLists.txt" ]] || die "benches/CMakeLists.txt does not exist yet"
+  if [[ ! -f "$ROOT/benches/CMakeLists.txt" ]]; then
+    note "there are no benchmarks yet (benches/CMakeLists.txt does not exist): nothing to run"
+    return 0
+  fi
   [[ -z "$SANITIZE" ]] || note "warning: timing a sanitized build says little about performance"
   ensure_tools
   configure

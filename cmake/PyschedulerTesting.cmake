@@ -34,20 +34,27 @@ else()
 endif()
 
 # pyscheduler_add_test(<name> <target> [ARGS <arg>...] [TIMEOUT <seconds>]
-#                      [ENVIRONMENT <NAME=VALUE>...] [NO_PYTHON_DIR])
+#                      [ENVIRONMENT <NAME=VALUE>...] [NO_PYTHON_DIR] [NO_LEAK_CHECK])
 # Registers <target> (an executable built here) as the CTest test <name> with
 # PYSCHEDULER_TEST_ENVIRONMENT and a timeout, and gives it the compile definition
 # PYSCHED_TEST_PYTHON_DIR="<source>/tests/python" (unless NO_PYTHON_DIR) so it can call
 # add_path with the shared Python test modules.
+# NO_LEAK_CHECK turns LeakSanitizer off for this test only; it is meant for programs that
+# exit with work in flight on purpose (their pending items are never released, by design),
+# where every other ASan check still applies.
 function(pyscheduler_add_test name target)
-  cmake_parse_arguments(PARSE_ARGV 2 ARG "NO_PYTHON_DIR" "TIMEOUT" "ARGS;ENVIRONMENT")
+  cmake_parse_arguments(PARSE_ARGV 2 ARG "NO_PYTHON_DIR;NO_LEAK_CHECK" "TIMEOUT" "ARGS;ENVIRONMENT")
   if(NOT TARGET ${target})
     message(FATAL_ERROR "pyscheduler_add_test(${name}): '${target}' is not a target")
   endif()
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT ${PYSCHEDULER_TEST_TIMEOUT_DEFAULT})
   endif()
-  set(_env ${PYSCHEDULER_TEST_ENVIRONMENT} ${ARG_ENVIRONMENT})
+  set(_env ${PYSCHEDULER_TEST_ENVIRONMENT})
+  if(ARG_NO_LEAK_CHECK)
+    list(TRANSFORM _env REPLACE "^ASAN_OPTIONS=detect_leaks=1" "ASAN_OPTIONS=detect_leaks=0")
+  endif()
+  list(APPEND _env ${ARG_ENVIRONMENT})
   add_test(NAME ${name} COMMAND ${target} ${ARG_ARGS})
   set_tests_properties(${name} PROPERTIES
     ENVIRONMENT "${_env}"
