@@ -737,8 +737,9 @@ impl HandlerCore {
                     }
                 }
                 Action::Execute(batch) => {
-                    if self.exec_slot_free(&pipe) && self.work_available_locked(&mut pipe) {
-                        // Another execution slot is free (concurrency > 1): fill it meanwhile.
+                    if self.work_available_locked(&mut pipe) {
+                        // Another execution slot is free (concurrency > 1), or batches can be
+                        // prepared ahead: a helper does that while this batch runs.
                         if let Some(me) = self.weak_self.upgrade() {
                             self.pool.submit(me, false);
                         }
@@ -837,15 +838,23 @@ impl HandlerCore {
 
     /// Fails an item taken into a batch.
     fn fail_started(&self, item: &Item, job: Option<Box<dyn Job>>, error: Error) {
+        self.leave_batch();
         fail_job(job, &error);
         self.resolve_started(item, Err(error));
     }
 
-    /// Resolves an item taken into a batch, after its callbacks ran and its job is gone.
+    /// An item of a batch is about to reach its callbacks, which may resolve a future the
+    /// caller waits on (the C++ wrapper's promise): take it out of the queue sizes first,
+    /// so stats read after any future resolved no longer count it.
+    fn leave_batch(&self) {
+        self.items_in_batches.fetch_sub(1, AcqRel);
+    }
+
+    /// Resolves an item taken into a batch (after `leave_batch`), once its callbacks ran
+    /// and its job is gone.
     fn resolve_started(&self, item: &Item, outcome: crate::future::Outcome) {
         let counter = if outcome.is_ok() { &self.counters.completed } else { &self.counters.failed };
         counter.fetch_add(1, Relaxed);
-        self.items_in_batches.fetch_sub(1, Relaxed);
         item.completion.resolve(outcome);
     }
 
@@ -921,6 +930,7 @@ impl HandlerCore {
                 Ok(seq) => {
                     for (i, (item, mut job)) in live.into_iter().enumerate() {
                         let value = seq.get(py, i);
+                        self.leave_batch();
                         let outcome = guarded("complete", || job.complete(py, &value));
                         drop(job);
                         let outcome = outcome.map(|()| item.keep_value.then(|| value.unbind()));
@@ -1312,6 +1322,7 @@ impl BatchSource for HandlerCore {
     }
 
     fn complete_item(&self, item: &Arc<Item>, job: Box<dyn Job>, outcome: Result<()>) {
+        self.leave_batch();
         drop(job);
         self.resolve_started(item, outcome.map(|()| None));
     }
