@@ -182,8 +182,8 @@ ensure_build_tools() {
   require_tool pkg-config pkg-config "the pkg-config file and C users"
   require_tool c++ g++ "compiling the C++ wrapper, tests and examples"
   require_tool cc gcc "compiling the C tests and examples"
-  if ! command -v cargo >/dev/null; then
-    [[ -x "$HOME/.cargo/bin/cargo" ]] && export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v cargo >/dev/null && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH" # rustup's default, not always on PATH (sudo, CI)
   fi
   command -v cargo >/dev/null ||
     die "cargo is missing: install Rust >= 1.80 with rustup (https://rustup.rs), then re-run"
@@ -202,7 +202,6 @@ ensure_gtest() {
 python_run() { "$PYTHON_EXE" -c "$1"; }
 
 PIP_FLAGS=()
-
 PIP_CHECKED=0
 
 ensure_pip() {
