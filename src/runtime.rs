@@ -112,7 +112,23 @@ fn start_interpreter(options: &RuntimeOptions) -> Result<StartMode> {
             return Err(status_error(status, "starting the Python interpreter"));
         }
     }
+    // The host's SIGINT disposition, before Python can touch it.
+    // SAFETY: sigaction with a NULL new action only reads the current disposition.
+    let host_sigint = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGINT, std::ptr::null(), &mut old);
+        old
+    };
     Python::attach(|py| -> Result<()> {
+        // With install_signal_handlers off CPython still installs its SIGINT handler the
+        // first time anything imports `signal` (asyncio, subprocess...): import it now and
+        // give the host its disposition back, so Ctrl-C keeps meaning what the host says.
+        let imported = py.import("signal").is_ok();
+        if imported {
+            // SAFETY: restores the disposition read above; the GIL serializes this with
+            // Python's own signal module.
+            unsafe { libc::sigaction(libc::SIGINT, &host_sigint, std::ptr::null_mut()) };
+        }
         // An embedded interpreter never puts the working directory on sys.path itself,
         // but an empty entry means "the current directory" to the import system.
         let path = sys_path(py)?;

@@ -447,3 +447,20 @@ fn prepare_runs_without_the_gil_spread_over_workers_and_fails_per_item() {
     assert_eq!(s.failed, 5);
     assert_eq!(s.completed, 59);
 }
+
+#[test]
+fn sigint_stays_with_the_host_after_python_imports_signal() {
+    let m = common::manager();
+    drop(m);
+    Python::attach(|py| {
+        py.import("signal").unwrap();
+        py.import("asyncio").unwrap();
+    });
+    // SAFETY: reads the current disposition only.
+    let handler = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGINT, std::ptr::null(), &mut old);
+        old.sa_sigaction
+    };
+    assert_eq!(handler, libc::SIG_DFL, "Python took over SIGINT");
+}
