@@ -58,6 +58,12 @@ struct HandlerOptions {
   /// Batches that may execute at once (1..1024). Above 1, batches start in order but may
   /// finish out of order: for functions that release the GIL, or free-threaded CPython.
   std::size_t concurrency = 1;
+  /// Own-GIL sub-interpreter replicas (CPython 3.12+) that run this handler, each on a
+  /// thread of its own; 0: the main interpreter. Commit and callback then run with the
+  /// replica's interpreter current: pybind11 code there needs
+  /// pyscheduler::enable_pybind11_in_replicas() (pyscheduler/subinterp.hpp), and queued
+  /// arguments must not be Python objects.
+  std::size_t subinterpreters = 0;
 };
 
 namespace detail {
@@ -91,6 +97,7 @@ inline pysched_handler_options to_c(const HandlerOptions& o) {
   }
   c.name = o.name.empty() ? nullptr : o.name.c_str();
   c.concurrency = checked_narrow<std::uint32_t>(o.concurrency, "concurrency");
+  c.subinterpreters = checked_narrow<std::uint32_t>(o.subinterpreters, "subinterpreters");
   return c;
 }
 
