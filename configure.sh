@@ -279,16 +279,23 @@ build_dir() {
   echo "$dir"
 }
 
-# One cargo target directory per Python (and flame setting), shared by the build
-# directories of every mode and sanitizer: the Rust core is never instrumented, so
-# build-Release, build-Release-asan and build-Release-tsan need the very same library,
+# One cargo target directory per Python and per flavour of the Rust library, shared by
+# the build directories of every mode: the core is never instrumented, so build-Release,
+# build-Release-asan and build-Release-tsan differ only in its allocator (sanitizer
+# builds use the system malloc, which ASan/LSan see; CMakeLists.txt picks the features),
 # and the Rust tests reuse its dependencies. Keyed by the interpreter so that switching
-# Pythons does not rebuild pyo3 back and forth.
+# Pythons does not rebuild pyo3 back and forth. `cargo_dir plain` is the directory of
+# the default features, whatever the sanitizer (the Rust tests run normally).
 cargo_dir() {
   local key
   key=$(printf '%s' "$PYTHON_EXE" | cksum | cut -d' ' -f1)
   local dir="$ROOT/target/cmake-py$PYTHON_VERSION-$key"
-  ((FLAME)) && dir+="-flame"
+  if [[ "${1:-}" != plain && -n "$SANITIZE" ]]; then
+    dir+="-sysalloc"
+  fi
+  if ((FLAME)); then
+    dir+="-flame"
+  fi
   echo "$dir"
 }
 
@@ -378,7 +385,7 @@ rust_tests() {
   local log="$BUILD_DIR/cargo-test.log" status=0
   # `cargo test` alone builds the library as an rlib only; the tests that load the
   # cdylib into a Python process (tests/rust/adopt.rs) need <target>/debug/libpyscheduler.so.
-  (cd "$ROOT" && export PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$CARGO_DIR" PYTHONDONTWRITEBYTECODE=1 &&
+  (cd "$ROOT" && export PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)" PYTHONDONTWRITEBYTECODE=1 &&
     cargo build --lib 2>&1 && cargo test --no-fail-fast 2>&1) | tee "$log" || status=$?
   local passed failed
   passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{ s += $1 } END { print s + 0 }')
