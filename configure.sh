@@ -365,7 +365,7 @@ demo() {
   run_example "C (examples/c/basic.c)" "$examples_dir/basic_c"
   step "Building and running the Rust example (examples/rust)"
   (cd "$ROOT/examples/rust" &&
-    PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$CARGO_DIR" cargo run --release --quiet)
+    PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)" cargo run --release --quiet)
   step "Demo done: pyscheduler is installed in $PREFIX; the examples are in $examples_dir"
 }
 
