@@ -43,24 +43,48 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in numeric order.
+    pub const ALL: [ErrorKind; 15] = [
+        ErrorKind::Ok,
+        ErrorKind::InvalidArgument,
+        ErrorKind::Import,
+        ErrorKind::Attribute,
+        ErrorKind::PythonException,
+        ErrorKind::Cancelled,
+        ErrorKind::TimedOut,
+        ErrorKind::QueueFull,
+        ErrorKind::ShutDown,
+        ErrorKind::Internal,
+        ErrorKind::NotReady,
+        ErrorKind::Cuda,
+        ErrorKind::Unsupported,
+        ErrorKind::Commit,
+        ErrorKind::Callback,
+    ];
+
     /// A short lowercase name, used in messages and metrics labels.
     pub fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or("unknown")
+    }
+
+    /// [`ErrorKind::name`] as a NUL-terminated string (the C ABI's `pysched_status_name`).
+    pub fn c_name(self) -> &'static std::ffi::CStr {
         match self {
-            ErrorKind::Ok => "ok",
-            ErrorKind::InvalidArgument => "invalid_argument",
-            ErrorKind::Import => "import",
-            ErrorKind::Attribute => "attribute",
-            ErrorKind::PythonException => "python_exception",
-            ErrorKind::Cancelled => "cancelled",
-            ErrorKind::TimedOut => "timed_out",
-            ErrorKind::QueueFull => "queue_full",
-            ErrorKind::ShutDown => "shut_down",
-            ErrorKind::Internal => "internal",
-            ErrorKind::NotReady => "not_ready",
-            ErrorKind::Cuda => "cuda",
-            ErrorKind::Unsupported => "unsupported",
-            ErrorKind::Commit => "commit",
-            ErrorKind::Callback => "callback",
+            ErrorKind::Ok => c"ok",
+            ErrorKind::InvalidArgument => c"invalid_argument",
+            ErrorKind::Import => c"import",
+            ErrorKind::Attribute => c"attribute",
+            ErrorKind::PythonException => c"python_exception",
+            ErrorKind::Cancelled => c"cancelled",
+            ErrorKind::TimedOut => c"timed_out",
+            ErrorKind::QueueFull => c"queue_full",
+            ErrorKind::ShutDown => c"shut_down",
+            ErrorKind::Internal => c"internal",
+            ErrorKind::NotReady => c"not_ready",
+            ErrorKind::Cuda => c"cuda",
+            ErrorKind::Unsupported => c"unsupported",
+            ErrorKind::Commit => c"commit",
+            ErrorKind::Callback => c"callback",
         }
     }
 }

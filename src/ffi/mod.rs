@@ -148,25 +148,8 @@ pub extern "C" fn pysched_version() -> *const c_char {
 /// Thread-safe. Never blocks.
 #[no_mangle]
 pub extern "C" fn pysched_status_name(status: i32) -> *const c_char {
-    let name: &'static [u8] = match status {
-        0 => b"ok\0",
-        1 => b"invalid_argument\0",
-        2 => b"import\0",
-        3 => b"attribute\0",
-        4 => b"python_exception\0",
-        5 => b"cancelled\0",
-        6 => b"timed_out\0",
-        7 => b"queue_full\0",
-        8 => b"shut_down\0",
-        9 => b"internal\0",
-        10 => b"not_ready\0",
-        11 => b"cuda\0",
-        12 => b"unsupported\0",
-        13 => b"commit\0",
-        14 => b"callback\0",
-        _ => b"unknown\0",
-    };
-    name.as_ptr().cast()
+    let kind = ErrorKind::ALL.iter().find(|k| **k as i32 == status);
+    kind.map_or(c"unknown", |k| k.c_name()).as_ptr()
 }
 
 /// Address of the process-wide state shared by all managers and handlers (0 when none is
