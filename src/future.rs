@@ -13,16 +13,48 @@ use std::time::{Duration, Instant};
 /// it), or an error.
 pub type Outcome = Result<Option<Py<PyAny>>>;
 
+/// An item's result as the slot keeps it: the error boxed, so that the slot (inside every
+/// queued item) stays small while errors stay rich.
+enum Slot {
+    Pending,
+    Value(Option<Py<PyAny>>),
+    Failed(Box<Error>),
+    /// Handed out by `take` or `poll`.
+    Taken,
+}
+
+impl Slot {
+    fn is_resolved(&self) -> bool {
+        !matches!(self, Slot::Pending)
+    }
+
+    /// Hands the outcome out, leaving `Taken`; errors if there is none to hand out.
+    fn take(&mut self) -> Outcome {
+        match std::mem::replace(self, Slot::Taken) {
+            Slot::Value(value) => Ok(value),
+            Slot::Failed(error) => Err(*error),
+            Slot::Taken => Err(Error::invalid_argument("the future's result was already taken")),
+            Slot::Pending => {
+                *self = Slot::Pending;
+                Err(Error::new(ErrorKind::NotReady, "the future is not ready"))
+            }
+        }
+    }
+}
+
 /// Guarded by its own mutex; written once by the party that finishes the item.
-#[derive(Default)]
 struct SlotState {
-    outcome: Option<Outcome>,
-    /// Set when the outcome has been handed out by `take`.
-    taken: bool,
+    slot: Slot,
     waker: Option<Waker>,
     /// Threads blocked in `wait`; `resolve` signals the condvar only when there are any
     /// (a condvar signal is a syscall even with nobody waiting).
     waiters: u32,
+}
+
+impl Default for SlotState {
+    fn default() -> Self {
+        SlotState { slot: Slot::Pending, waker: None, waiters: 0 }
+    }
 }
 
 /// The resolution slot shared by an item and its future.
@@ -33,17 +65,24 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Stores the outcome and wakes every waiter. Returns false (and drops `outcome`) if
     /// the slot was already resolved, which the scheduler's state machine rules out.
     pub(crate) fn resolve(&self, outcome: Outcome) -> bool {
         let (waker, waiters) = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.outcome.is_some() || st.taken {
+            let mut st = self.lock();
+            if st.slot.is_resolved() {
                 drop(st);
                 drop_outcome(outcome);
                 return false;
             }
-            st.outcome = Some(outcome);
+            st.slot = match outcome {
+                Ok(value) => Slot::Value(value),
+                Err(error) => Slot::Failed(Box::new(error)),
+            };
             (st.waker.take(), st.waiters)
         };
         if waiters > 0 {
@@ -56,8 +95,7 @@ impl Completion {
     }
 
     fn is_resolved(&self) -> bool {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.outcome.is_some() || st.taken
+        self.lock().slot.is_resolved()
     }
 
     /// Blocks until resolved or `timeout` passes; true when resolved.
@@ -65,10 +103,10 @@ impl Completion {
         // A timeout too large to represent as an instant (Duration::MAX) means no deadline.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         crate::runtime::without_gil(|| {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = self.lock();
             st.waiters += 1;
             let resolved = loop {
-                if st.outcome.is_some() || st.taken {
+                if st.slot.is_resolved() {
                     break true;
                 }
                 match deadline {
@@ -88,25 +126,13 @@ impl Completion {
     }
 
     fn take(&self) -> Outcome {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match st.outcome.take() {
-            Some(o) => {
-                st.taken = true;
-                o
-            }
-            None if st.taken => Err(Error::invalid_argument("the future's result was already taken")),
-            None => Err(Error::new(ErrorKind::NotReady, "the future is not ready")),
-        }
+        self.lock().slot.take()
     }
 
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(o) = st.outcome.take() {
-            st.taken = true;
-            return Poll::Ready(o);
-        }
-        if st.taken {
-            return Poll::Ready(Err(Error::invalid_argument("the future's result was already taken")));
+        let mut st = self.lock();
+        if st.slot.is_resolved() {
+            return Poll::Ready(st.slot.take());
         }
         st.waker = Some(cx.waker().clone());
         Poll::Pending
@@ -116,8 +142,8 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(o) = st.outcome.take() {
-            drop_outcome(o);
+        if let Slot::Value(Some(obj)) = std::mem::replace(&mut st.slot, Slot::Taken) {
+            drop_outcome(Ok(Some(obj)));
         }
     }
 }

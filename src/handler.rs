@@ -4,7 +4,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::future::ItemFuture;
 use crate::manager::Shared;
-use crate::scheduler::{HandlerCore, ItemOptions, Job};
+use crate::scheduler::{HandlerCore, ItemOptions, Job, JobSlot};
 use crate::stats::{HandlerStats, LatencySummary};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -93,12 +93,16 @@ impl Handler {
     /// (refusals reach its `fail`). Blocks only on a full bounded queue with the block
     /// policy (releasing the GIL if held).
     pub fn queue_job(&self, job: Box<dyn Job>, options: ItemOptions) -> ItemFuture {
-        ItemFuture::new(self.core.enqueue(job, options).0)
+        ItemFuture::new(self.core.enqueue(job.into(), options).0)
     }
 
     /// As [`Handler::queue_job`], telling a refusal (shut down, full queue) apart: then
     /// the job's `fail` has already run and the error is returned.
     pub fn try_queue_job(&self, job: Box<dyn Job>, options: ItemOptions) -> Result<ItemFuture> {
+        self.try_queue_slot(job.into(), options)
+    }
+
+    pub(crate) fn try_queue_slot(&self, job: JobSlot, options: ItemOptions) -> Result<ItemFuture> {
         match self.core.enqueue(job, options) {
             (item, None) => Ok(ItemFuture::new(item)),
             (_, Some(error)) => Err(error),

@@ -67,7 +67,6 @@ impl Emas {
 /// Lock-free counters, updated by producers and workers.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub enqueued: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
     pub cancelled: AtomicU64,

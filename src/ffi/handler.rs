@@ -4,7 +4,7 @@ use super::future::pysched_future;
 use super::{boundary, error, handle, opt_utf8, out_ptr, pysched_error, pysched_status};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{FullPolicy, Handler, HandlerOptions};
-use crate::scheduler::{ItemOptions, Job};
+use crate::scheduler::{ItemOptions, Job, JobSlot};
 use crate::stats::{HandlerStats, LatencySummary};
 use pyo3::ffi::PyObject;
 use pyo3::prelude::*;
@@ -119,8 +119,12 @@ pub type pysched_complete_fn = Option<
     unsafe extern "C" fn(user_data: *mut c_void, result: *mut PyObject, error: *const pysched_error) -> c_int,
 >;
 /// Releases `user_data`; called exactly once per item, after `complete`, on every path
-/// (success, error, cancel, deadline, rejection, shutdown). Any thread; the GIL is held
-/// on the success path and may or may not be held otherwise.
+/// (success, error, cancel, deadline, rejection, shutdown), and before the item counts as
+/// finished (`pysched_handler_drain` waits for it). Any thread. On the success path it
+/// runs on the worker WITHOUT the GIL, right after the batch's GIL hold (so slow
+/// finalizers, such as fulfilling a C++ promise, do not hold up Python); on other paths
+/// the GIL may or may not be held. A finalizer that releases Python objects must take
+/// the GIL itself when `PyGILState_Check()` says it is not held.
 pub type pysched_drop_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// One unit of queued work: callbacks sharing `user_data`.
@@ -144,8 +148,24 @@ pub struct pysched_item {
 
 /// An item's C callbacks; the state machine in `scheduler` calls commit/prepare at most
 /// once and exactly one of complete/fail, then drops it (calling `drop`).
-struct CJob {
-    item: pysched_item,
+pub(crate) struct CJob {
+    user_data: *mut c_void,
+    commit: pysched_commit_fn,
+    prepare: pysched_prepare_fn,
+    complete: pysched_complete_fn,
+    drop: pysched_drop_fn,
+}
+
+impl CJob {
+    fn new(item: &pysched_item) -> Self {
+        CJob {
+            user_data: item.user_data,
+            commit: item.commit,
+            prepare: item.prepare,
+            complete: item.complete,
+            drop: item.drop,
+        }
+    }
 }
 
 // SAFETY: the caller of pysched_handler_queue guarantees (documented on pysched_item)
@@ -154,27 +174,27 @@ unsafe impl Send for CJob {}
 
 impl Job for CJob {
     fn needs_prepare(&self) -> bool {
-        self.item.prepare.is_some()
+        self.prepare.is_some()
     }
 
     fn prepare(&mut self) -> Result<()> {
-        let Some(prepare) = self.item.prepare else {
+        let Some(prepare) = self.prepare else {
             return Ok(());
         };
         // SAFETY: a C callback supplied with this user_data; called once, without the GIL.
-        match unsafe { prepare(self.item.user_data) } {
+        match unsafe { prepare(self.user_data) } {
             0 => Ok(()),
             rc => Err(Error::new(ErrorKind::Commit, format!("prepare callback failed (returned {rc})"))),
         }
     }
 
     fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>> {
-        let Some(commit) = self.item.commit else {
+        let Some(commit) = self.commit else {
             return Err(Error::invalid_argument("item has no commit callback"));
         };
         // SAFETY: a C callback supplied with this user_data; called once with the GIL
         // held. It returns a new reference or NULL with an exception set.
-        let obj = unsafe { commit(self.item.user_data) };
+        let obj = unsafe { commit(self.user_data) };
         if obj.is_null() {
             if pyo3::PyErr::occurred(py) {
                 return Err(Error::fetch(py, ErrorKind::Commit, "commit callback failed"));
@@ -189,11 +209,11 @@ impl Job for CJob {
     }
 
     fn complete(&mut self, _py: Python<'_>, result: &Bound<'_, PyAny>) -> Result<()> {
-        let Some(complete) = self.item.complete.take() else {
+        let Some(complete) = self.complete.take() else {
             return Ok(());
         };
         // SAFETY: called once, GIL held; result is borrowed for the duration of the call.
-        match unsafe { complete(self.item.user_data, result.as_ptr(), std::ptr::null()) } {
+        match unsafe { complete(self.user_data, result.as_ptr(), std::ptr::null()) } {
             0 => Ok(()),
             rc => Err(Error::new(ErrorKind::Callback, format!("completion callback failed (returned {rc})"))),
         }
@@ -204,39 +224,39 @@ impl Job for CJob {
     }
 
     fn commit_raw(&mut self) -> *mut PyObject {
-        match self.item.commit {
+        match self.commit {
             // SAFETY: as in `commit`; the replica's interpreter is current with its GIL.
-            Some(commit) => unsafe { commit(self.item.user_data) },
+            Some(commit) => unsafe { commit(self.user_data) },
             None => std::ptr::null_mut(),
         }
     }
 
     fn complete_raw(&mut self, result: *mut PyObject) -> Result<()> {
-        let Some(complete) = self.item.complete.take() else {
+        let Some(complete) = self.complete.take() else {
             return Ok(());
         };
         // SAFETY: called once with the replica's GIL held; result is borrowed.
-        match unsafe { complete(self.item.user_data, result, std::ptr::null()) } {
+        match unsafe { complete(self.user_data, result, std::ptr::null()) } {
             0 => Ok(()),
             rc => Err(Error::new(ErrorKind::Callback, format!("completion callback failed (returned {rc})"))),
         }
     }
 
     fn fail(&mut self, e: &Error) {
-        let Some(complete) = self.item.complete.take() else {
+        let Some(complete) = self.complete.take() else {
             return;
         };
         let err = error::new(e.clone());
         // SAFETY: called once; the error object lives until after the call.
-        unsafe { complete(self.item.user_data, std::ptr::null_mut(), &err) };
+        unsafe { complete(self.user_data, std::ptr::null_mut(), &err) };
     }
 }
 
 impl Drop for CJob {
     fn drop(&mut self) {
-        if let Some(drop_fn) = self.item.drop.take() {
+        if let Some(drop_fn) = self.drop.take() {
             // SAFETY: the finalizer of user_data, called exactly once (CJob is dropped once).
-            unsafe { drop_fn(self.item.user_data) };
+            unsafe { drop_fn(self.user_data) };
         }
     }
 }
@@ -267,7 +287,7 @@ pub extern "C" fn pysched_handler_queue(
         let Some(item) = (unsafe { item.as_ref() }).copied() else {
             return Err(Error::invalid_argument("item is NULL"));
         };
-        let mut job = CJob { item };
+        let mut job = CJob::new(&item);
         let h = match handle(handler, "handler") {
             Ok(h) => h,
             Err(e) => {
@@ -288,7 +308,7 @@ pub extern "C" fn pysched_handler_queue(
             keep_value: !out_future.is_null(),
         };
         // Refused at once (full queue, shut down): the callbacks already saw the error.
-        let future = h.inner.try_queue_job(Box::new(job), opts)?;
+        let future = h.inner.try_queue_slot(JobSlot::C(job), opts)?;
         if !out_future.is_null() {
             // SAFETY: checked non-NULL; points to writable storage (documented).
             unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
