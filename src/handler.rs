@@ -93,17 +93,24 @@ impl Handler {
     /// (refusals reach its `fail`). Blocks only on a full bounded queue with the block
     /// policy (releasing the GIL if held).
     pub fn queue_job(&self, job: Box<dyn Job>, options: ItemOptions) -> ItemFuture {
-        ItemFuture::new(self.core.enqueue(job.into(), options).0)
+        ItemFuture::new(self.core.enqueue(job.into(), options, true).0)
     }
 
     /// As [`Handler::queue_job`], telling a refusal (shut down, full queue) apart: then
     /// the job's `fail` has already run and the error is returned.
     pub fn try_queue_job(&self, job: Box<dyn Job>, options: ItemOptions) -> Result<ItemFuture> {
-        self.try_queue_slot(job.into(), options)
+        self.try_queue_slot(job.into(), options, true)
     }
 
-    pub(crate) fn try_queue_slot(&self, job: JobSlot, options: ItemOptions) -> Result<ItemFuture> {
-        match self.core.enqueue(job, options) {
+    /// `cancellable`: whether the caller keeps the future (cancel needs a link from the
+    /// item to its handler, which costs producers a contended atomic per item).
+    pub(crate) fn try_queue_slot(
+        &self,
+        job: JobSlot,
+        options: ItemOptions,
+        cancellable: bool,
+    ) -> Result<ItemFuture> {
+        match self.core.enqueue(job, options, cancellable) {
             (item, None) => Ok(ItemFuture::new(item)),
             (_, Some(error)) => Err(error),
         }

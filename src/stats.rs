@@ -97,12 +97,52 @@ impl Default for Histogram {
     }
 }
 
+fn bucket_of(value: u64) -> usize {
+    (64 - value.leading_zeros() as usize).min(BUCKETS - 1)
+}
+
+/// Values of one batch (per-item queue waits), recorded without atomics and merged into a
+/// [`Histogram`] once.
+pub(crate) struct LocalHistogram {
+    buckets: [u64; BUCKETS],
+    count: u64,
+    sum: u64,
+}
+
+impl Default for LocalHistogram {
+    fn default() -> Self {
+        LocalHistogram { buckets: [0; BUCKETS], count: 0, sum: 0 }
+    }
+}
+
+impl LocalHistogram {
+    pub(crate) fn record(&mut self, value: u64) {
+        self.buckets[bucket_of(value)] += 1;
+        self.count += 1;
+        self.sum = self.sum.saturating_add(value);
+    }
+}
+
 impl Histogram {
     pub fn record(&self, value: u64) {
-        let idx = (64 - value.leading_zeros() as usize).min(BUCKETS - 1);
+        let idx = bucket_of(value);
         self.buckets[idx].fetch_add(1, Relaxed);
         self.count.fetch_add(1, Relaxed);
         self.sum.fetch_add(value, Relaxed);
+    }
+
+    /// Adds values gathered by one thread: one atomic add per touched bucket.
+    pub(crate) fn merge(&self, local: &LocalHistogram) {
+        if local.count == 0 {
+            return;
+        }
+        for (bucket, &n) in self.buckets.iter().zip(&local.buckets) {
+            if n > 0 {
+                bucket.fetch_add(n, Relaxed);
+            }
+        }
+        self.count.fetch_add(local.count, Relaxed);
+        self.sum.fetch_add(local.sum, Relaxed);
     }
 
     pub fn count(&self) -> u64 {

@@ -851,7 +851,14 @@ mod tests {
         let futures: Vec<ItemFuture> = (0..500)
             .map(|value| {
                 let job = RawJob { value, got: got.clone(), finished: finished.clone() };
-                ItemFuture::new(core.enqueue(crate::scheduler::JobSlot::Boxed(Box::new(job)), ItemOptions::default()).0)
+                ItemFuture::new(
+                    core.enqueue(
+                        crate::scheduler::JobSlot::Boxed(Box::new(job)),
+                        ItemOptions::default(),
+                        true,
+                    )
+                    .0,
+                )
             })
             .collect();
         for f in futures {
