@@ -102,8 +102,17 @@ impl Handler {
         self.try_queue_slot(job.into(), options, true)
     }
 
-    /// `cancellable`: whether the caller keeps the future (cancel needs a link from the
-    /// item to its handler, which costs producers a contended atomic per item).
+    /// Queues a job nobody waits for but through its own callbacks (the C ABI without a
+    /// future handle); a refusal is returned after the job's `fail` ran.
+    pub(crate) fn queue_detached(&self, job: JobSlot, options: ItemOptions) -> Result<()> {
+        match self.core.enqueue_detached(job, options) {
+            None => Ok(()),
+            Some(error) => Err(error),
+        }
+    }
+
+    /// `cancellable`: whether the future may cancel the item (a link from the item to its
+    /// handler, which costs producers a contended atomic per item).
     pub(crate) fn try_queue_slot(
         &self,
         job: JobSlot,

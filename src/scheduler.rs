@@ -14,10 +14,11 @@ use crossbeam_channel::{Receiver, Sender};
 use crossbeam_utils::CachePadded;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use std::cell::UnsafeCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::atomic::{
-    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
     Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
 };
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -135,10 +136,15 @@ pub(crate) struct Item {
     /// QUEUED -> CLAIMED (a worker took it) or QUEUED -> FINISHED (cancel, deadline,
     /// shutdown): whoever wins the transition from QUEUED owns the job.
     state: AtomicU8,
-    job: Mutex<Option<JobSlot>>,
+    job: JobCell,
+    /// The next item in `Incoming` (set by the producer that pushes this one).
+    next: AtomicPtr<Item>,
     pub(crate) completion: Completion,
     keep_value: bool,
     needs_prepare: bool,
+    /// A future may read `completion`; false for detached items, whose slot is never
+    /// written (their callbacks are all there is).
+    observed: bool,
     /// Times as `clock` nanoseconds (8 bytes instead of an `Instant`'s 16).
     enqueued_ns: u64,
     deadline_ns: Option<std::num::NonZeroU64>,
@@ -148,9 +154,30 @@ pub(crate) struct Item {
     handler: Option<Weak<HandlerCore>>,
 }
 
+/// An item's job, without a lock: it has one owner at a time, who alone touches it. The
+/// creator until the item is queued; then the thread that moves `state` out of QUEUED (a
+/// runner claiming the batch, and the pool threads it hands the batch's preparation to,
+/// each for its own items and ordered by `PrepareWork`'s counters; or the canceller, the
+/// timer, the handler's drop).
+struct JobCell(UnsafeCell<Option<JobSlot>>);
+
+// SAFETY: the cell is only accessed by the item's single owner (above); ownership passes
+// between threads through the acquire/release operations on `Item::state` and the queues.
+unsafe impl Sync for JobCell {}
+
 impl Item {
+    /// Stores the outcome for the future, if the item has one (a detached item's outcome
+    /// holds no Python object: it never keeps the value).
+    fn resolve(&self, outcome: crate::future::Outcome) {
+        if self.observed {
+            self.completion.resolve(outcome);
+        }
+    }
+
+    /// Takes the job. The caller owns the item (see `JobCell`).
     fn take_slot(&self) -> Option<JobSlot> {
-        self.job.lock().unwrap_or_else(|p| p.into_inner()).take()
+        // SAFETY: exclusive access by the owner (JobCell's protocol).
+        unsafe { (*self.job.0.get()).take() }
     }
 
     /// The job, boxed (for the sub-interpreter replicas).
@@ -181,7 +208,7 @@ impl Item {
             h.count_unstarted(kind);
             h.dequeued(1, None);
         }
-        self.completion.resolve(Err(error));
+        self.resolve(Err(error));
         if let Some(h) = handler {
             h.finish_items(1);
         }
@@ -325,6 +352,62 @@ struct Pipeline {
     drain_waiters: usize,
 }
 
+/// Lock-free submission: producers push items with one CAS on `head` (a stack linked
+/// through `Item::next`); a runner takes the whole stack with one swap and restores the
+/// arrival order. No ABA: nothing but `take_all` ever removes items.
+#[derive(Default)]
+struct Incoming {
+    head: AtomicPtr<Item>,
+}
+
+impl Incoming {
+    fn push(&self, item: Arc<Item>) {
+        let node = Arc::into_raw(item).cast_mut();
+        let mut head = self.head.load(Relaxed);
+        loop {
+            // SAFETY: node is ours (from into_raw) until the CAS publishes it.
+            unsafe { (*node).next.store(head, Relaxed) };
+            match self.head.compare_exchange_weak(head, node, Release, Relaxed) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Appends every pushed item to `out`, oldest first.
+    fn take_all(&self, out: &mut VecDeque<Arc<Item>>) {
+        // The stack holds the newest first: reverse its links, then walk it.
+        let mut node = self.head.swap(std::ptr::null_mut(), Acquire);
+        let mut oldest_first: *mut Item = std::ptr::null_mut();
+        while !node.is_null() {
+            // SAFETY: every node on the stack came from Arc::into_raw in `push` and is
+            // alive (the stack owns that reference); the swap made this thread its only
+            // user, and the Acquire pairs with the pushes' Release.
+            let next = unsafe { (*node).next.load(Relaxed) };
+            unsafe { (*node).next.store(oldest_first, Relaxed) };
+            oldest_first = node;
+            node = next;
+        }
+        while !oldest_first.is_null() {
+            // SAFETY: as above; from_raw takes the stack's reference back, once per node.
+            let item = unsafe { Arc::from_raw(oldest_first) };
+            oldest_first = item.next.swap(std::ptr::null_mut(), Relaxed);
+            out.push_back(item);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.load(Acquire).is_null()
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        let mut rest = VecDeque::new();
+        self.take_all(&mut rest);
+    }
+}
+
 /// See `HandlerCore::flow`.
 #[derive(Default)]
 struct Flow {
@@ -353,8 +436,7 @@ pub(crate) struct HandlerCore {
     pub(crate) options: HandlerOptions,
     pool: Arc<Pool>,
     /// Lock-free submission: producers push here; runners move items to the pipeline.
-    incoming_tx: Sender<Arc<Item>>,
-    incoming_rx: Receiver<Arc<Item>>,
+    incoming: Incoming,
     /// The queue's counters and flags, which producers touch per item and runners per
     /// batch: one cache line of their own.
     flow: CachePadded<Flow>,
@@ -412,7 +494,6 @@ impl HandlerCore {
         pool: Arc<Pool>,
         replicas: usize,
     ) -> Arc<HandlerCore> {
-        let (incoming_tx, incoming_rx) = crossbeam_channel::unbounded();
         clock::now_ns(); // calibrates the clock (~1 ms) here rather than in the first enqueue
         Arc::new_cyclic(|weak| HandlerCore {
             name_c: std::ffi::CString::new(name.replace('\0', "?")).unwrap_or_default(),
@@ -420,8 +501,7 @@ impl HandlerCore {
             function,
             options,
             pool,
-            incoming_tx,
-            incoming_rx,
+            incoming: Incoming::default(),
             flow: CachePadded::new(Flow::default()),
             pipe: Mutex::new(Pipeline::default()),
             room: Condvar::new(),
@@ -476,50 +556,83 @@ impl HandlerCore {
         }
     }
 
-    /// Queues one item. The job is always consumed: on refusal (shutdown, full queue)
-    /// its `fail` runs before this returns, the item is already failed and the refusal
-    /// is returned beside it. Lock-free unless the bounded queue is full under
-    /// `FullPolicy::Block`.
-    /// `cancellable`: the item gets a future handle through which it may be cancelled.
+    /// Queues one item for a future: the returned item is the future's. The job is always
+    /// consumed: on refusal (shutdown, full queue) its `fail` runs before this returns, the
+    /// item is already failed and the refusal is returned beside it. `cancellable`: the
+    /// future may cancel the item (a link from the item to this handler). Lock-free
+    /// unless the bounded queue is full under `FullPolicy::Block`.
     pub(crate) fn enqueue(
         &self,
         job: JobSlot,
         opts: ItemOptions,
         cancellable: bool,
     ) -> (Arc<Item>, Option<Error>) {
+        let (item, refused) = self.submit(job, opts, Some(cancellable));
+        (item.expect("submit returns the item when asked for a future"), refused)
+    }
+
+    /// Queues one item nobody waits for but its job's callbacks (the C ABI without a
+    /// future handle, and so the C++ wrapper's `std::future`s): its completion slot is
+    /// never written, and it is neither linked to this handler nor shared with the caller.
+    pub(crate) fn enqueue_detached(&self, job: JobSlot, opts: ItemOptions) -> Option<Error> {
+        self.submit(job, ItemOptions { keep_value: false, ..opts }, None).1
+    }
+
+    /// `future`: Some(cancellable) to get the item back for a future.
+    fn submit(
+        &self,
+        job: JobSlot,
+        opts: ItemOptions,
+        future: Option<bool>,
+    ) -> (Option<Arc<Item>>, Option<Error>) {
         self.enqueued.fetch_add(1, Relaxed);
+        let needs_prepare = job.needs_prepare();
+        let enqueued_ns = clock::now_ns();
         let item = Arc::new(Item {
             state: AtomicU8::new(QUEUED),
-            needs_prepare: job.needs_prepare(),
-            job: Mutex::new(Some(job)),
+            needs_prepare,
+            observed: future.is_some(),
+            job: JobCell(UnsafeCell::new(Some(job))),
+            next: AtomicPtr::new(std::ptr::null_mut()),
             completion: Completion::default(),
             keep_value: opts.keep_value,
-            enqueued_ns: clock::now_ns(),
+            enqueued_ns,
             deadline_ns: opts.deadline.map(clock::deadline_ns),
-            handler: (cancellable || opts.deadline.is_some()).then(|| self.weak_self.clone()),
+            handler: (future == Some(true) || opts.deadline.is_some()).then(|| self.weak_self.clone()),
         });
         if let Err(error) = self.reserve_slot() {
             self.counters.rejected.fetch_add(1, Relaxed);
             item.state.store(FINISHED, Relaxed);
             fail_job(item.take_slot(), &error);
-            item.completion.resolve(Err(error.clone()));
-            return (item, Some(error));
+            item.resolve(Err(error.clone()));
+            return (future.map(|_| item), Some(error));
         }
         self.flow.outstanding.fetch_add(1, AcqRel);
         let queued = self.flow.queued.load(Acquire);
-        let _ = self.incoming_tx.send(item.clone()); // the receiver lives in self
-        if let Some(deadline) = opts.deadline {
-            self.pool.timer.add(deadline, TimerTarget::Item(Arc::downgrade(&item)));
+        let timer_target = opts.deadline.map(|d| (d, Arc::downgrade(&item)));
+        // Once pushed, the item may be executed and freed at any moment.
+        let item = match future {
+            Some(_) => {
+                self.incoming.push(item.clone());
+                Some(item)
+            }
+            None => {
+                self.incoming.push(item);
+                None
+            }
+        };
+        if let Some((deadline, target)) = timer_target {
+            self.pool.timer.add(deadline, TimerTarget::Item(target));
         }
         let delay = self.options.max_batch_delay;
         if delay.is_zero() || queued >= self.options.batch_size {
             self.kick();
-            if item.needs_prepare {
+            if needs_prepare {
                 self.kick_preparation();
             }
         } else {
             // The timer wakes a runner when the delay has passed.
-            self.arm_delay_timer(clock::instant(item.enqueued_ns) + delay);
+            self.arm_delay_timer(clock::instant(enqueued_ns) + delay);
         }
         (item, None)
     }
@@ -633,7 +746,7 @@ impl HandlerCore {
 
     /// Moves submitted items into the pipeline.
     fn pull_incoming(&self, pipe: &mut Pipeline) {
-        pipe.pending.extend(self.incoming_rx.try_iter());
+        self.incoming.take_all(&mut pipe.pending);
     }
 
     /// Oldest still-queued item, after dropping finished entries from the front.
@@ -902,16 +1015,15 @@ impl HandlerCore {
         if !item.needs_prepare {
             return true;
         }
-        let mut guard = item.job.lock().unwrap_or_else(|p| p.into_inner());
-        let result = match guard.as_mut() {
+        // SAFETY: this thread owns the claimed item for its preparation (JobCell).
+        let result = match unsafe { (*item.job.0.get()).as_mut() } {
             Some(job) => guarded("prepare", || job.prepare()),
             None => Err(Error::internal("item has no job")),
         };
         match result {
             Ok(()) => true,
             Err(e) => {
-                let job = guard.take();
-                drop(guard);
+                let job = item.take_slot();
                 self.fail_started(item, job, e);
                 self.finish_items(1);
                 false
@@ -938,7 +1050,7 @@ impl HandlerCore {
     fn resolve_started(&self, item: &Item, outcome: crate::future::Outcome) {
         let counter = if outcome.is_ok() { &self.counters.completed } else { &self.counters.failed };
         counter.fetch_add(1, Relaxed);
-        item.completion.resolve(outcome);
+        item.resolve(outcome);
     }
 
     /// Records one batch's timings; called before its results fan out, so stats read
@@ -1106,13 +1218,14 @@ impl Drop for HandlerCore {
     fn drop(&mut self) {
         // Nothing can be queued once the last reference is gone, but fail anything that
         // slipped in after the final drain rather than lose it.
-        let leftovers: Vec<Arc<Item>> = self.incoming_rx.try_iter().collect();
+        let mut leftovers = VecDeque::new();
+        self.incoming.take_all(&mut leftovers);
         let pending = std::mem::take(&mut self.pipe.get_mut().unwrap_or_else(|p| p.into_inner()).pending);
         for item in leftovers.into_iter().chain(pending) {
             if item.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_ok() {
                 let error = self.shut_down_error();
                 fail_job(item.take_slot(), &error);
-                item.completion.resolve(Err(error));
+                item.resolve(Err(error));
             }
         }
     }
@@ -1474,7 +1587,7 @@ impl BatchSource for HandlerCore {
             // Announce the wait, then look once more (pairs with the fence in `kick`).
             self.idle_replicas.fetch_add(1, SeqCst);
             fence(SeqCst);
-            if self.incoming_rx.is_empty() {
+            if self.incoming.is_empty() {
                 pipe = self.replica_wake.wait(pipe).unwrap_or_else(|p| p.into_inner());
             }
             self.idle_replicas.fetch_sub(1, SeqCst);
@@ -1516,5 +1629,73 @@ mod tests {
     fn item_stays_small() {
         let arc_inner = std::mem::size_of::<Item>() + 2 * std::mem::size_of::<usize>();
         assert!(arc_inner <= 160, "ArcInner<Item> is {arc_inner} bytes");
+    }
+
+    struct Noop;
+
+    impl Job for Noop {
+        fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>> {
+            Ok(py.None())
+        }
+        fn complete(&mut self, _py: Python<'_>, _result: &Bound<'_, PyAny>) -> Result<()> {
+            Ok(())
+        }
+        fn fail(&mut self, _error: &Error) {}
+    }
+
+    /// An item whose `enqueued_ns` carries `tag`.
+    fn tagged_item(tag: u64) -> Arc<Item> {
+        Arc::new(Item {
+            state: AtomicU8::new(QUEUED),
+            job: JobCell(UnsafeCell::new(Some(JobSlot::Boxed(Box::new(Noop))))),
+            next: AtomicPtr::new(std::ptr::null_mut()),
+            completion: Completion::default(),
+            keep_value: false,
+            needs_prepare: false,
+            observed: false,
+            enqueued_ns: tag,
+            deadline_ns: None,
+            handler: None,
+        })
+    }
+
+    /// Producers racing on `Incoming` lose nothing, and each producer's items come out in
+    /// the order it pushed them, across many partial takes.
+    #[test]
+    fn incoming_keeps_each_producers_order() {
+        const PRODUCERS: u64 = 4;
+        const EACH: u64 = 20_000;
+        let incoming = Arc::new(Incoming::default());
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let incoming = incoming.clone();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        incoming.push(tagged_item(p << 32 | i));
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u64; PRODUCERS as usize];
+        let mut seen = 0;
+        let mut out = VecDeque::new();
+        while seen < PRODUCERS * EACH {
+            incoming.take_all(&mut out);
+            for item in out.drain(..) {
+                let (p, i) = (item.enqueued_ns >> 32, item.enqueued_ns & 0xffff_ffff);
+                assert_eq!(i, next[p as usize], "producer {p} out of order");
+                next[p as usize] += 1;
+                seen += 1;
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert!(incoming.is_empty());
+        // Items left on the stack are released with it.
+        let leftover = tagged_item(7);
+        incoming.push(leftover.clone());
+        drop(incoming);
+        assert_eq!(Arc::strong_count(&leftover), 1);
     }
 }

@@ -308,11 +308,12 @@ pub extern "C" fn pysched_handler_queue(
             keep_value: !out_future.is_null(),
         };
         // Refused at once (full queue, shut down): the callbacks already saw the error.
-        let future = h.inner.try_queue_slot(JobSlot::C(job), opts, !out_future.is_null())?;
-        if !out_future.is_null() {
-            // SAFETY: checked non-NULL; points to writable storage (documented).
-            unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
+        if out_future.is_null() {
+            return h.inner.queue_detached(JobSlot::C(job), opts);
         }
+        let future = h.inner.try_queue_slot(JobSlot::C(job), opts, true)?;
+        // SAFETY: checked non-NULL; points to writable storage (documented).
+        unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
         Ok(())
     })
 }
