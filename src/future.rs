@@ -167,25 +167,25 @@ impl ItemFuture {
 
     /// Whether the item has finished (with a value or an error). Never blocks.
     pub fn is_ready(&self) -> bool {
-        self.item.completion.is_resolved()
+        self.item.completion().is_resolved()
     }
 
     /// Blocks until the item finishes, then returns its outcome. Releases the GIL while
     /// waiting if the caller holds it.
     pub fn wait(self) -> Outcome {
-        self.item.completion.wait(None);
-        self.item.completion.take()
+        self.item.completion().wait(None);
+        self.item.completion().take()
     }
 
     /// Blocks until the item finishes or `timeout` passes; `false` on timeout.
     pub fn wait_for(&self, timeout: Duration) -> bool {
-        self.item.completion.wait(Some(timeout))
+        self.item.completion().wait(Some(timeout))
     }
 
     /// Takes the outcome of a finished item: `NotReady` if it has not finished, an
     /// invalid-argument error if it was already taken.
     pub fn take(&self) -> Outcome {
-        self.item.completion.take()
+        self.item.completion().take()
     }
 
     /// Cancels the item if it has not started: its future fails with `Cancelled` and its
@@ -199,6 +199,6 @@ impl ItemFuture {
 impl std::future::Future for ItemFuture {
     type Output = Outcome;
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        self.item.completion.poll(cx)
+        self.item.completion().poll(cx)
     }
 }

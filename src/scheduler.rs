@@ -132,26 +132,28 @@ const CLAIMED: u8 = 1;
 const FINISHED: u8 = 2;
 
 /// One queued item, shared by its handler's queue, its future and the timer.
+// Laid out in the order a worker reads it (`C`): a detached item's worker touches the
+// first two cache lines only.
+#[repr(C)]
 pub(crate) struct Item {
+    /// The next item in `Incoming` (set by the producer that pushes this one).
+    next: AtomicPtr<Item>,
     /// QUEUED -> CLAIMED (a worker took it) or QUEUED -> FINISHED (cancel, deadline,
     /// shutdown): whoever wins the transition from QUEUED owns the job.
     state: AtomicU8,
-    job: JobCell,
-    /// The next item in `Incoming` (set by the producer that pushes this one).
-    next: AtomicPtr<Item>,
-    pub(crate) completion: Completion,
     keep_value: bool,
     needs_prepare: bool,
-    /// A future may read `completion`; false for detached items, whose slot is never
-    /// written (their callbacks are all there is).
-    observed: bool,
     /// Times as `clock` nanoseconds (8 bytes instead of an `Instant`'s 16).
     enqueued_ns: u64,
     deadline_ns: Option<std::num::NonZeroU64>,
+    job: JobCell,
     /// Only for items that can be cancelled or expire by the timer (those queued with a
     /// future handle or a deadline): a weak count per item is a cache line that producers
     /// and workers would otherwise trade on every item.
     handler: Option<Weak<HandlerCore>>,
+    /// Where a future reads the outcome; None for detached items (no future: their
+    /// callbacks are all there is), which then take no second allocation.
+    completion: Option<Box<Completion>>,
 }
 
 /// An item's job, without a lock: it has one owner at a time, who alone touches it. The
@@ -169,9 +171,14 @@ impl Item {
     /// Stores the outcome for the future, if the item has one (a detached item's outcome
     /// holds no Python object: it never keeps the value).
     fn resolve(&self, outcome: crate::future::Outcome) {
-        if self.observed {
-            self.completion.resolve(outcome);
+        if let Some(completion) = &self.completion {
+            completion.resolve(outcome);
         }
+    }
+
+    /// The completion slot of an item queued for a future.
+    pub(crate) fn completion(&self) -> &Completion {
+        self.completion.as_deref().expect("an item with a future has a completion slot")
     }
 
     /// Takes the job. The caller owns the item (see `JobCell`).
@@ -591,10 +598,9 @@ impl HandlerCore {
         let item = Arc::new(Item {
             state: AtomicU8::new(QUEUED),
             needs_prepare,
-            observed: future.is_some(),
             job: JobCell(UnsafeCell::new(Some(job))),
             next: AtomicPtr::new(std::ptr::null_mut()),
-            completion: Completion::default(),
+            completion: future.map(|_| Box::default()),
             keep_value: opts.keep_value,
             enqueued_ns,
             deadline_ns: opts.deadline.map(clock::deadline_ns),
@@ -1623,12 +1629,13 @@ impl BatchSource for HandlerCore {
 mod tests {
     use super::*;
 
-    /// Every queued item costs its `Arc<Item>` (plus a channel slot): keep it within a
-    /// 160-byte allocator bin (issue 4's peak-RSS row).
+    /// Every queued item costs its `Arc<Item>` (plus a slot in `pending`): keep it within
+    /// a 112-byte allocator bin (issue 4's peak-RSS row), its worker-side fields in front.
     #[test]
     fn item_stays_small() {
         let arc_inner = std::mem::size_of::<Item>() + 2 * std::mem::size_of::<usize>();
-        assert!(arc_inner <= 160, "ArcInner<Item> is {arc_inner} bytes");
+        assert!(arc_inner <= 112, "ArcInner<Item> is {arc_inner} bytes");
+        assert!(std::mem::offset_of!(Item, job) + std::mem::size_of::<JobCell>() <= 112 - 16);
     }
 
     struct Noop;
@@ -1649,10 +1656,9 @@ mod tests {
             state: AtomicU8::new(QUEUED),
             job: JobCell(UnsafeCell::new(Some(JobSlot::Boxed(Box::new(Noop))))),
             next: AtomicPtr::new(std::ptr::null_mut()),
-            completion: Completion::default(),
+            completion: None,
             keep_value: false,
             needs_prepare: false,
-            observed: false,
             enqueued_ns: tag,
             deadline_ns: None,
             handler: None,
