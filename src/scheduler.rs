@@ -1357,24 +1357,23 @@ impl<'py> ResultSeq<'py> {
 
     fn get(&self, py: Python<'py>, i: usize) -> Bound<'py, PyAny> {
         let p = self.seq.as_ptr();
-        // SAFETY: GIL held; `seq` is a list or tuple (subclasses included) checked in `new`
-        // to hold n > i items. A tuple cannot change; a list could be shrunk by Python
-        // code run from an earlier item's completion, so its size is re-checked. The
-        // borrowed item is incref'd at once by from_borrowed_ptr.
+        let index = i as ffi::Py_ssize_t;
+        // SAFETY: GIL held (or, free-threaded, the interpreter attached); `seq` is a list
+        // or tuple (subclasses included) checked in `new` to hold n > i items. A tuple
+        // cannot change. A list could be shrunk by Python code run from an earlier item's
+        // completion (or, free-threaded, by another thread): PyList_GetItemRef checks the
+        // index and returns a new reference under the list's lock, which makes it safe
+        // without a GIL; a missing element reads as None.
         unsafe {
-            let item = if ffi::PyList_Check(p) != 0 {
-                if (i as ffi::Py_ssize_t) < ffi::PyList_GET_SIZE(p) {
-                    ffi::PyList_GET_ITEM(p, i as ffi::Py_ssize_t)
-                } else {
-                    std::ptr::null_mut()
+            if ffi::PyList_Check(p) != 0 {
+                let item = ffi::compat::PyList_GetItemRef(p, index);
+                if item.is_null() {
+                    ffi::PyErr_Clear();
+                    return Bound::from_owned_ptr(py, ffi::compat::Py_NewRef(ffi::Py_None()));
                 }
+                Bound::from_owned_ptr(py, item)
             } else {
-                ffi::PyTuple_GET_ITEM(p, i as ffi::Py_ssize_t)
-            };
-            if item.is_null() {
-                Bound::from_owned_ptr(py, ffi::compat::Py_NewRef(ffi::Py_None()))
-            } else {
-                Bound::from_borrowed_ptr(py, item)
+                Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(p, index))
             }
         }
     }
