@@ -1,8 +1,7 @@
 // pybind11 commit/callback code running inside own-GIL sub-interpreter replicas
-// (CPython 3.12+). The handler is loaded through the C ABI with
-// pysched_handler_options::subinterpreters; its items are the C++ wrapper's own queue_invoke
-// contexts (detail::queued_call), so the wrapper's trampolines run in the replicas
-// exactly as they would for a replica handler loaded through PyManager.
+// (CPython 3.12+). The handlers are loaded through PyManager with
+// HandlerOptions::subinterpreters, and items are queued with queue_invoke, so the
+// wrapper's own trampolines run in the replicas.
 //
 // What it proves: with pyscheduler::enable_pybind11_in_replicas() called first,
 //  - pybind11 conversions, error_already_set, gil_scoped_release/acquire and
@@ -17,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstddef>
 #include <future>
 #include <set>
 #include <string>
@@ -45,44 +45,30 @@ bool replicas_available() {
                  << "this build uses Python " << PY_VERSION;                                    \
   }
 
-/// A handler whose batches run in `replicas` sub-interpreters, freed (drained) on scope exit.
+/// A handler whose batches run in `replicas` sub-interpreters, loaded through the public
+/// API (PyManager::loadPythonModule with HandlerOptions::subinterpreters); destroying it
+/// drains it.
 class ReplicaHandler {
  public:
-  ReplicaHandler(const char* entry, std::uint32_t replicas, std::uint32_t batch_size) {
-    pysched_error* error = nullptr;
-    pysched_manager* manager = nullptr;
-    pyscheduler::detail::check(pysched_manager_new(nullptr, &manager, &error), error);
-    pyscheduler::detail::check(pysched_manager_add_path(manager, PYSCHED_TEST_PYTHON_DIR, &error), error);
-    pysched_handler_options options = pysched_handler_options_default();
-    options.batch_size = batch_size;
-    options.subinterpreters = replicas;
-    const pysched_status status =
-        pysched_manager_load(manager, "subinterp_testmod", entry, &options, &handler_, &error);
-    pysched_manager_free(manager);
-    pyscheduler::detail::check(status, error);
-  }
-  ~ReplicaHandler() { pysched_handler_free(handler_); }
-  ReplicaHandler(const ReplicaHandler&) = delete;
-  ReplicaHandler& operator=(const ReplicaHandler&) = delete;
+  ReplicaHandler(pyscheduler::PyManager& manager, const char* entry, std::size_t replicas, std::size_t batch_size)
+      : handler_(manager.loadPythonModule("subinterp_testmod", entry, options(replicas, batch_size))) {}
 
-  /// queue_invoke's bridge, as PyManager::InvokeHandler uses it.
+  /// queue_invoke, whose trampolines then run in the replicas.
   template <typename Commit, typename Callback, typename... Args>
   auto queue(Commit&& commit, Callback&& callback, Args&&... args) {
-    using Call = pyscheduler::detail::queued_call<Commit, Callback, pyscheduler::detail::no_stage,
-                                                  std::decay_t<Args>...>;
-    auto* call = new Call(std::forward<Commit>(commit), std::forward<Callback>(callback),
-                          pyscheduler::detail::no_stage{}, std::forward<Args>(args)...);
-    auto future = call->get_future();
-    const pysched_item item = call->item(0);
-    pyscheduler::detail::tsan_release(call);
-    // The callbacks own `call` from here on, also when queueing fails.
-    const pysched_status status = pysched_handler_queue(handler_, &item, nullptr, nullptr);
-    EXPECT_EQ(status, PYSCHED_OK);
-    return future;
+    return handler_.queue_invoke(std::forward<Commit>(commit), std::forward<Callback>(callback),
+                                 std::forward<Args>(args)...);
   }
 
  private:
-  pysched_handler* handler_ = nullptr;
+  static pyscheduler::HandlerOptions options(std::size_t replicas, std::size_t batch_size) {
+    pyscheduler::HandlerOptions o;
+    o.batch_size = batch_size;
+    o.subinterpreters = replicas;
+    return o;
+  }
+
+  pyscheduler::PyManager::InvokeHandler handler_;
 };
 
 class Replicas : public ::testing::Test {
@@ -94,6 +80,7 @@ class Replicas : public ::testing::Test {
   }
   // Starts the interpreter; touches pybind11 in the main interpreter first, as a host
   // program that also uses the shared interpreter would.
+  Replicas() { manager_.add_path(PYSCHED_TEST_PYTHON_DIR); }
   pyscheduler::PyManager manager_;
 };
 
@@ -110,7 +97,7 @@ TEST_F(Replicas, PybindCommitAndCallbackRunInTheReplicas) {
     py::gil_scoped_acquire gil;
     ASSERT_EQ(py::detail::get_internals().istate, PyInterpreterState_Main());
   }
-  ReplicaHandler handler("double", 3, 4);
+  ReplicaHandler handler(manager_, "double", 3, 4);
   std::vector<std::future<Seen>> futures;
   for (long v = 0; v < 300; ++v) {
     futures.push_back(handler.queue([](long x) { return py::cast(x); },
@@ -144,7 +131,7 @@ TEST_F(Replicas, PybindCommitAndCallbackRunInTheReplicas) {
 
 TEST_F(Replicas, CppFunctionsBoundInTheReplicaAreCalledByPython) {
   SKIP_WITHOUT_REPLICAS();
-  ReplicaHandler handler("call_each", 2, 8);
+  ReplicaHandler handler(manager_, "call_each", 2, 8);
   std::vector<std::future<long>> futures;
   for (long v = 0; v < 100; ++v) {
     futures.push_back(handler.queue([](long x) { return py::cpp_function([x] { return 3 * x; }); },
@@ -157,7 +144,7 @@ TEST_F(Replicas, CppFunctionsBoundInTheReplicaAreCalledByPython) {
 
 TEST_F(Replicas, GilReleaseInsideACommit) {
   SKIP_WITHOUT_REPLICAS();
-  ReplicaHandler handler("double", 2, 2);
+  ReplicaHandler handler(manager_, "double", 2, 2);
   std::vector<std::future<long>> futures;
   for (long v = 0; v < 40; ++v) {
     futures.push_back(handler.queue(
@@ -177,7 +164,7 @@ TEST_F(Replicas, GilReleaseInsideACommit) {
 
 TEST_F(Replicas, ErrorsStayWithTheirItem) {
   SKIP_WITHOUT_REPLICAS();
-  ReplicaHandler handler("double", 2, 4);
+  ReplicaHandler handler(manager_, "double", 2, 4);
   std::vector<std::future<long>> futures;
   for (long v = 0; v < 60; ++v) {
     futures.push_back(handler.queue(
