@@ -122,26 +122,39 @@ impl Error {
         let python_type =
             err.get_type(py).qualname().map(|n| n.to_string()).unwrap_or_else(|_| "<unknown>".to_owned());
         let value = err.value(py);
-        let message =
+        let text =
             value.str().map(|s| s.to_string()).unwrap_or_else(|_| "<exception str() failed>".to_owned());
         let traceback = err.traceback(py).and_then(|tb| tb.format().ok()).unwrap_or_default();
-        Error {
-            kind,
-            message: if message.is_empty() {
-                python_type.clone()
-            } else {
-                format!("{python_type}: {message}")
-            },
-            python_type,
-            traceback,
-        }
+        Error::from_python_parts(kind, python_type, &text, traceback)
     }
 
     /// Like [`Error::from_pyerr`], prefixing the message with what was being done.
     pub fn from_pyerr_context(py: Python<'_>, err: &PyErr, kind: ErrorKind, context: &str) -> Self {
-        let mut e = Error::from_pyerr(py, err, kind);
-        e.message = format!("{context}: {}", e.message);
-        e
+        Error::from_pyerr(py, err, kind).with_context(context)
+    }
+
+    /// The error of a Python exception given as plain pieces, for code that reads the
+    /// exception without pyo3 (inside a sub-interpreter, where pyo3's safe API must not
+    /// run): `python_type` is the type's qualified name, `text` is `str(exception)` and
+    /// `traceback` is formatted as `PyTraceBack_Print` writes it ("Traceback (most recent
+    /// call last):\n" and the frames; "" when there is none). The message reads
+    /// "Type: text" ("Type" alone when `text` is empty), as [`Error::from_pyerr`] writes it.
+    /// Callable without the GIL.
+    pub fn from_python_parts(
+        kind: ErrorKind,
+        python_type: impl Into<String>,
+        text: &str,
+        traceback: impl Into<String>,
+    ) -> Self {
+        let python_type = python_type.into();
+        let message = if text.is_empty() { python_type.clone() } else { format!("{python_type}: {text}") };
+        Error { kind, message, python_type, traceback: traceback.into() }
+    }
+
+    /// Prefixes the message with what was being done: "{context}: {message}".
+    pub fn with_context(mut self, context: &str) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
     }
 
     /// Takes the pending Python exception (if any) as an error; a missing exception becomes

@@ -270,6 +270,11 @@ pub fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
 /// (on futures, on drains) never deadlock against workers that need the GIL.
 pub fn without_gil<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if is_started() && is_attached() {
+        if crate::subinterp::in_subinterpreter() {
+            // A replica's callback (draining, waiting on a future): pyo3 must not attach
+            // there, so release that interpreter's GIL through the C-API.
+            return crate::subinterp::without_subinterpreter_gil(f);
+        }
         Python::attach(|py| py.detach(f))
     } else {
         f()

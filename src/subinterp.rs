@@ -12,13 +12,14 @@
 //! builds against any supported CPython and reports `Unsupported` below 3.12.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::scheduler::{BatchSource, Item, Job};
+use crate::scheduler::{BatchSource, HandlerCore, Item, Job};
 use crossbeam_channel::{Receiver, Sender};
 use pyo3::ffi::{self, PyObject};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -60,12 +61,16 @@ pub fn check_supported() -> Result<()> {
 /// released meanwhile if the caller holds it). If any replica fails to start, the ones
 /// that did are torn down and joined, and the first failure is returned: kind
 /// `InvalidArgument` (replica count), `Unsupported` (Python older than 3.12), `Import`,
-/// `Attribute` or `Internal`. The interpreter must be running.
+/// `Attribute`, `ShutDown` (the interpreter is finalizing) or `Internal`. The
+/// interpreter must be running.
+///
+/// The first call registers an `atexit` hook in the main interpreter that stops every
+/// replica before the interpreter finalizes (see [`stop_replicas_at_exit`]).
 pub(crate) fn spawn_replicas(
     module: &str,
     entry_point: &str,
     replicas: usize,
-    source: Arc<dyn BatchSource>,
+    source: Arc<HandlerCore>,
 ) -> Result<Vec<JoinHandle<()>>> {
     if replicas == 0 || replicas > MAX_REPLICAS {
         return Err(Error::invalid_argument(format!(
@@ -80,6 +85,7 @@ pub(crate) fn spawn_replicas(
         }
     }
     check_supported()?;
+    register_for_exit(&source)?;
     let spec = Arc::new(ReplicaSpec {
         module: module.to_owned(),
         entry_point: entry_point.to_owned(),
@@ -92,10 +98,16 @@ pub(crate) fn spawn_replicas(
     for index in 0..replicas {
         let (go_tx, go_rx) = crossbeam_channel::bounded(1);
         let (spec, source, ready_tx) = (spec.clone(), source.clone(), ready_tx.clone());
+        // Counted from before the thread starts, so the exit hook waits for a replica
+        // that has not created its interpreter yet.
+        let counted = ReplicaThread::count();
         let spawned = std::thread::Builder::new()
             .name(format!("pysched-sub-{index}"))
             .stack_size(REPLICA_STACK_BYTES)
-            .spawn(move || replica_main(&spec, &*source, &ready_tx, &go_rx));
+            .spawn(move || {
+                replica_main(&spec, &source, &ready_tx, &go_rx);
+                drop(counted);
+            });
         match spawned {
             Ok(handle) => started.push((handle, go_tx)),
             Err(e) => {
@@ -140,6 +152,160 @@ pub(crate) fn spawn_replicas(
     }
 }
 
+/// Set by the exit hook: batches claimed from then on fail with `ShutDown` instead of
+/// running, and no replica starts.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the `atexit` hook has been registered in the main interpreter.
+static EXIT_HOOK_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// Handlers served by replicas, for the exit hook; `None` once the hook has run (later
+/// loads are refused). Lock order: never held while taking the GIL.
+static REPLICA_HANDLERS: Mutex<Option<Vec<Weak<HandlerCore>>>> = Mutex::new(Some(Vec::new()));
+
+/// Replica threads of the process that have not ended (their interpreter, if they
+/// created one, is ended before they are uncounted); the exit hook waits for zero.
+static REPLICA_THREADS: Mutex<usize> = Mutex::new(0);
+static REPLICA_THREADS_CHANGED: Condvar = Condvar::new();
+
+/// One count in `REPLICA_THREADS`, released on drop.
+struct ReplicaThread(());
+
+impl ReplicaThread {
+    fn count() -> ReplicaThread {
+        *REPLICA_THREADS.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        ReplicaThread(())
+    }
+}
+
+impl Drop for ReplicaThread {
+    fn drop(&mut self) {
+        *REPLICA_THREADS.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        REPLICA_THREADS_CHANGED.notify_all();
+    }
+}
+
+fn interpreter_exiting_error() -> Error {
+    Error::new(
+        ErrorKind::ShutDown,
+        "the Python interpreter is finalizing: no sub-interpreter replica may start",
+    )
+}
+
+/// Records `handler` for the exit hook, registering the hook on first use. Fails with
+/// `ShutDown` once the hook has run.
+fn register_for_exit(handler: &Arc<HandlerCore>) -> Result<()> {
+    if !EXIT_HOOK_REGISTERED.swap(true, SeqCst) {
+        if let Err(e) = crate::runtime::attach(register_exit_hook) {
+            EXIT_HOOK_REGISTERED.store(false, SeqCst);
+            return Err(e);
+        }
+    }
+    let mut handlers = REPLICA_HANDLERS.lock().unwrap_or_else(|p| p.into_inner());
+    let handlers = handlers.as_mut().ok_or_else(interpreter_exiting_error)?;
+    handlers.retain(|h| h.strong_count() > 0);
+    handlers.push(Arc::downgrade(handler));
+    Ok(())
+}
+
+/// `atexit.register(stop_replicas_at_exit)` in the main interpreter.
+///
+/// Why: CPython 3.12's `Py_FinalizeEx` aborts the process ("Fatal Python error:
+/// PyInterpreterState_Delete: remaining subinterpreters") if any sub-interpreter is still
+/// alive when it deletes the main interpreter; 3.13 ends leftover sub-interpreters
+/// itself (gh-113433), from the finalizing thread, under a replica thread that may still
+/// be using them. `atexit` callbacks run before either, with the interpreter intact and
+/// before the runtime is marked as finalizing, so the replicas can still finish their
+/// batches and end their own interpreters on their own threads.
+fn register_exit_hook(py: pyo3::Python<'_>) -> Result<()> {
+    use pyo3::types::{PyAnyMethods, PyCFunction};
+    let context = "registering the sub-interpreter exit hook";
+    let hook = PyCFunction::new_closure(
+        py,
+        Some(c"pyscheduler_stop_replicas"),
+        Some(c"Ends pyscheduler's sub-interpreter replicas before the interpreter finalizes."),
+        |args, _kwargs| {
+            stop_replicas_at_exit(args.py());
+        },
+    )
+    .map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::Internal, context))?;
+    py.import("atexit")
+        .and_then(|atexit| atexit.call_method1("register", (hook,)))
+        .map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::Internal, context))?;
+    Ok(())
+}
+
+/// The exit hook: from now on no replica starts and every claimed batch fails with
+/// `ShutDown`; every replica handler is drained and closed (a batch already inside
+/// Python finishes, like a non-daemon thread, and its items complete normally), and
+/// every replica thread ends its interpreter. Returns when none is left. Runs in the
+/// main interpreter with its GIL held, which it releases while it waits.
+fn stop_replicas_at_exit(py: pyo3::Python<'_>) {
+    EXITING.store(true, SeqCst);
+    let handlers = REPLICA_HANDLERS.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+    let handlers: Vec<Arc<HandlerCore>> = handlers.iter().filter_map(Weak::upgrade).collect();
+    py.detach(move || {
+        for handler in &handlers {
+            handler.drain(true);
+        }
+        drop(handlers);
+        let mut threads = REPLICA_THREADS.lock().unwrap_or_else(|p| p.into_inner());
+        while *threads > 0 {
+            threads = REPLICA_THREADS_CHANGED.wait(threads).unwrap_or_else(|p| p.into_inner());
+        }
+    });
+}
+
+/// Fails every item of a batch claimed after the exit hook ran.
+fn shut_down_batch(source: &HandlerCore, batch: Vec<Arc<Item>>) {
+    let items = batch.len();
+    let error = Error::new(
+        ErrorKind::ShutDown,
+        format!("handler {} is shut down: the Python interpreter is exiting", source.name()),
+    );
+    for item in batch {
+        let job = item.take_job();
+        source.fail_item(&item, job, error.clone());
+    }
+    source.finish_batch(items);
+}
+
+/// Whether this thread's current Python thread state belongs to a sub-interpreter (a
+/// replica's, or any other), where pyo3's safe API must not run: its `attach` would
+/// release references of the main interpreter under the sub-interpreter's GIL.
+/// Callable with or without a thread state.
+pub(crate) fn in_subinterpreter() -> bool {
+    #[cfg(Py_3_12)]
+    // SAFETY: reading the current thread state (possibly NULL) and, when there is one,
+    // its interpreter, which lives at least as long as the thread state.
+    unsafe {
+        let tstate = ffi::compat::PyThreadState_GetUnchecked();
+        !tstate.is_null() && ffi::PyThreadState_GetInterpreter(tstate) != ffi::PyInterpreterState_Main()
+    }
+    #[cfg(not(Py_3_12))]
+    {
+        // Before 3.12 the current thread state is process-wide, and pyscheduler makes no
+        // sub-interpreters there.
+        false
+    }
+}
+
+/// Runs `f` with the current sub-interpreter's GIL released, through the raw C-API.
+/// PRECONDITION: [`in_subinterpreter`] is true on this thread (its GIL is held).
+pub(crate) fn without_subinterpreter_gil<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(*mut ffi::PyThreadState);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: the thread state this thread saved below; re-attaching to it is
+            // what the precondition's caller expects on return (also on unwinding).
+            unsafe { ffi::PyEval_RestoreThread(self.0) }
+        }
+    }
+    // SAFETY: the precondition: this thread holds the sub-interpreter's GIL.
+    let _restore = Restore(unsafe { ffi::PyEval_SaveThread() });
+    f()
+}
+
 /// What every replica of one handler imports.
 struct ReplicaSpec {
     module: String,
@@ -164,7 +330,11 @@ static CREATION_LOCK: Mutex<()> = Mutex::new(());
 
 /// Body of a replica thread. Reports start-up on `ready`, waits for `go` (dropped: the
 /// load failed elsewhere), serves batches, and ends its interpreter on every path.
-fn replica_main(spec: &ReplicaSpec, source: &dyn BatchSource, ready: &Sender<Result<()>>, go: &Receiver<()>) {
+fn replica_main(spec: &ReplicaSpec, source: &HandlerCore, ready: &Sender<Result<()>>, go: &Receiver<()>) {
+    if EXITING.load(SeqCst) {
+        let _ = ready.send(Err(interpreter_exiting_error()));
+        return;
+    }
     let tstate = match create_interpreter() {
         Ok(t) => t,
         Err(e) => {
@@ -351,24 +521,13 @@ struct Fetched {
     /// `str(exception)`.
     text: String,
     /// "Traceback (most recent call last):\n" and the frames, as the main interpreter's
-    /// errors carry it; "" when there is none.
+    /// errors carry it (see `format_traceback`); "" when there is none.
     traceback: String,
 }
 
-impl Fetched {
-    /// "Type: text" (or "Type" alone), as `Error::from_pyerr` writes it.
-    fn summary(&self) -> String {
-        if self.text.is_empty() {
-            self.python_type.clone()
-        } else {
-            format!("{}: {}", self.python_type, self.text)
-        }
-    }
-}
-
-/// Takes the pending exception, formatted with the replica's own `traceback` module
-/// (never `PyErr_Print`, which exits the process on `SystemExit`). Leaves no exception
-/// set. `None` when no exception was set.
+/// Takes the pending exception, its traceback formatted in the replica as the main
+/// interpreter formats it (never `PyErr_Print`, which exits the process on
+/// `SystemExit`). Leaves no exception set. `None` when no exception was set.
 unsafe fn fetch() -> Option<Fetched> {
     let (mut ty, mut value, mut tb) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
     #[allow(deprecated)] // PyErr_GetRaisedException is 3.12+ only in pyo3-ffi's view.
@@ -397,35 +556,26 @@ unsafe fn fetch() -> Option<Fetched> {
     Some(Fetched { python_type, text, traceback })
 }
 
-/// `"".join(traceback.format_tb(tb))` under the usual header.
+/// The traceback as the main interpreter's errors carry it (pyo3's `PyTraceback::format`):
+/// what `PyTraceBack_Print` writes into an `io.StringIO`.
 unsafe fn format_traceback(tb: *mut PyObject) -> Option<String> {
-    let module = Owned::new(ffi::PyImport_ImportModule(c"traceback".as_ptr()))?;
-    let format_tb = Owned::new(ffi::PyObject_GetAttrString(module.as_ptr(), c"format_tb".as_ptr()))?;
-    let lines = Owned::new(ffi::PyObject_CallOneArg(format_tb.as_ptr(), tb))?;
-    let empty = Owned::new(ffi::PyUnicode_FromStringAndSize(c"".as_ptr(), 0))?;
-    let joined = Owned::new(ffi::PyUnicode_Join(empty.as_ptr(), lines.as_ptr()))?;
-    Some(format!("Traceback (most recent call last):\n{}", utf8(joined.as_ptr())?))
-}
-
-/// Attaches a Python exception's type name and formatted traceback to an error.
-trait WithPython {
-    fn with_python(self, python_type: String, traceback: String) -> Error;
-}
-
-impl WithPython for Error {
-    /// `crate::error::Error` can only take these two fields from a pyo3 `PyErr`, which
-    /// does not exist inside a sub-interpreter. Until it has a constructor taking them
-    /// as strings (requested from the core's owner), the type stays visible in the
-    /// message ("Type: text") and the traceback is dropped.
-    fn with_python(self, _python_type: String, _traceback: String) -> Error {
-        self
+    let io = Owned::new(ffi::PyImport_ImportModule(c"io".as_ptr()))?;
+    let string_io =
+        Owned::new(ffi::PyObject_CallMethod(io.as_ptr(), c"StringIO".as_ptr(), std::ptr::null()))?;
+    if ffi::PyTraceBack_Print(tb, string_io.as_ptr()) != 0 {
+        return None;
     }
+    let text =
+        Owned::new(ffi::PyObject_CallMethod(string_io.as_ptr(), c"getvalue".as_ptr(), std::ptr::null()))?;
+    utf8(text.as_ptr())
 }
 
-/// Builds the error of a Python exception: "{context}: Type: text".
+/// Builds the error of a Python exception: "{context}: Type: text", with the exception's
+/// type name and traceback, exactly as `Error::from_pyerr_context` builds it in the main
+/// interpreter.
 fn python_error(kind: ErrorKind, context: &str, fetched: Fetched) -> Error {
-    let message = format!("{context}: {}", fetched.summary());
-    Error::new(kind, message).with_python(fetched.python_type, fetched.traceback)
+    Error::from_python_parts(kind, fetched.python_type, &fetched.text, fetched.traceback)
+        .with_context(context)
 }
 
 /// Takes the pending exception as an error of `kind`; a missing exception becomes an
@@ -564,7 +714,7 @@ unsafe fn set_sys_path(main_path: &[String]) -> Result<()> {
 
 /// Serves batches until the source is closed and empty. PRECONDITION: the replica's
 /// thread state is current with its GIL held; it is again when this returns.
-unsafe fn serve_batches(function: *mut PyObject, source: &dyn BatchSource) {
+unsafe fn serve_batches(function: *mut PyObject, source: &HandlerCore) {
     loop {
         // Waiting for work must not hold the replica's GIL: Python threads the handler
         // started keep running meanwhile.
@@ -572,7 +722,12 @@ unsafe fn serve_batches(function: *mut PyObject, source: &dyn BatchSource) {
         let batch = source.next_batch();
         ffi::PyEval_RestoreThread(saved);
         match batch {
-            Some(batch) => run_batch(function, source, batch),
+            // Marked as the pool's workers are while they execute a batch: a drain called
+            // from one of its callbacks must not wait for the batch it is part of.
+            Some(batch) if EXITING.load(SeqCst) => {
+                source.as_executing_batch(|| shut_down_batch(source, batch))
+            }
+            Some(batch) => source.as_executing_batch(|| run_batch(function, source, batch)),
             None => return,
         }
     }
@@ -598,7 +753,7 @@ fn nanos(d: std::time::Duration) -> u64 {
 /// Commits each item of a claimed batch, calls the function once with the list of
 /// committed objects, fans the results out, resolves every item and reports the batch.
 /// PRECONDITION: the replica's thread state is current with its GIL held.
-unsafe fn run_batch(function: *mut PyObject, source: &dyn BatchSource, batch: Vec<Arc<Item>>) {
+unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<Arc<Item>>) {
     let items = batch.len();
     let start = Instant::now();
     let mut objects: Vec<Owned> = Vec::with_capacity(items);
@@ -736,8 +891,9 @@ impl ResultSeq {
         let len = ffi::PySequence_Size(seq.as_ptr());
         if len < 0 {
             return Err(match fetch() {
-                Some(f) => Error::new(ErrorKind::PythonException, f.summary())
-                    .with_python(f.python_type, f.traceback),
+                Some(f) => {
+                    Error::from_python_parts(ErrorKind::PythonException, f.python_type, &f.text, f.traceback)
+                }
                 None => Error::internal("len() of the results failed"),
             });
         }

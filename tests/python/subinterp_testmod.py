@@ -59,3 +59,9 @@ def call_each(items):
 def batch_size(items):
     """Each item gets the size of the batch it travelled in."""
     return [len(items)] * len(items)
+
+
+def sleep_ms(items):
+    """Sleeps for the sum of the items (milliseconds); returns them."""
+    time.sleep(sum(items) / 1000.0)
+    return list(items)

@@ -587,3 +587,473 @@ fn batch_delay_and_deadlines_apply_to_replicas() {
     assert!(ledger.failed.lock().unwrap().contains(&(7, ErrorKind::TimedOut)));
     assert_eq!(ledger.dropped.load(SeqCst), 4);
 }
+
+/// A Python exception raised in a replica reaches the item with the same fields as in
+/// the main interpreter: kind, message, exception type and traceback text, equal field
+/// for field to the error of the same function run by the shared pool.
+#[test]
+fn python_errors_carry_type_and_traceback_as_in_the_main_interpreter() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("python_errors_carry_type_and_traceback_as_in_the_main_interpreter") {
+        return;
+    }
+    let ledger = Arc::new(Ledger::default());
+    for (entry, python_type, frame) in [
+        ("raise_for_negative", "ValueError", "in raise_for_negative"),
+        ("call_sys_exit", "SystemExit", "in call_sys_exit"),
+    ] {
+        let shared = m.load(MODULE, entry, HandlerOptions { batch_size: 1, ..Default::default() }).unwrap();
+        let replica = m.load(MODULE, entry, replicated(2, 1)).unwrap();
+        let in_main =
+            shared.queue_job(RawJob::boxed(-1, &ledger), ItemOptions::default()).wait().unwrap_err();
+        let in_replica =
+            replica.queue_job(RawJob::boxed(-1, &ledger), ItemOptions::default()).wait().unwrap_err();
+        assert_eq!(in_replica.kind(), ErrorKind::PythonException, "{in_replica}");
+        assert_eq!(in_replica.python_type(), python_type, "{in_replica}");
+        let traceback = in_replica.traceback();
+        assert!(traceback.starts_with("Traceback (most recent call last):\n"), "{entry}: {traceback:?}");
+        assert!(
+            traceback.contains("subinterp_testmod.py") && traceback.contains(frame),
+            "{entry}: {traceback}"
+        );
+        assert_eq!(in_replica, in_main, "{entry}: the replica's error differs from the main interpreter's");
+    }
+    // A commit callback's exception keeps its type too (raised from C: no frames).
+    let h = m.load(MODULE, "double", replicated(1, 1)).unwrap();
+    let job = RawJob { value: 1, fail_commit: true, ledger: ledger.clone() };
+    let e = h.queue_job(Box::new(job), ItemOptions::default()).wait().unwrap_err();
+    assert_eq!((e.kind(), e.python_type(), e.traceback()), (ErrorKind::Commit, "ValueError", ""), "{e}");
+    assert_eq!(e.message(), "commit callback failed: ValueError: commit refused");
+}
+
+/// Through the C ABI: the error handed to the item's `complete` callback and the one its
+/// future holds carry the exception's type and traceback (`pysched_error_python_type`,
+/// `pysched_error_traceback`), the same in a replica as in the shared pool.
+#[test]
+fn c_abi_errors_carry_python_type_and_traceback() {
+    use pyscheduler::ffi::error::*;
+    use pyscheduler::ffi::future::*;
+    use std::ffi::CStr;
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("c_abi_errors_carry_python_type_and_traceback") {
+        return;
+    }
+    /// (kind, message, python type, traceback) of an error, read through the C ABI.
+    type Fields = (i32, String, String, String);
+    unsafe fn fields(error: *const pysched_error) -> Fields {
+        let text = |p: *const std::ffi::c_char| CStr::from_ptr(p).to_string_lossy().into_owned();
+        (
+            pysched_error_kind(error) as i32,
+            text(pysched_error_message(error)),
+            text(pysched_error_python_type(error)),
+            text(pysched_error_traceback(error)),
+        )
+    }
+    #[derive(Default)]
+    struct Slot {
+        in_complete: Mutex<Option<Fields>>,
+    }
+    unsafe extern "C" fn commit(_user_data: *mut c_void) -> *mut ffi::PyObject {
+        ffi::PyLong_FromLongLong(-5)
+    }
+    unsafe extern "C" fn complete(
+        user_data: *mut c_void,
+        result: *mut ffi::PyObject,
+        error: *const pysched_error,
+    ) -> i32 {
+        let slot = &*(user_data as *const Slot);
+        if result.is_null() && !error.is_null() {
+            *slot.in_complete.lock().unwrap() = Some(fields(error));
+        }
+        0
+    }
+    let mut seen: Vec<(Fields, Fields)> = Vec::new();
+    for replicas in [0, 2] {
+        let h = c_handler(&m, MODULE, "raise_for_negative", replicas, 1);
+        let slot = Slot::default();
+        let item = pysched_item {
+            user_data: &slot as *const Slot as *mut c_void,
+            commit: Some(commit),
+            prepare: None,
+            complete: Some(complete),
+            drop: None,
+            timeout_us: 0,
+        };
+        let mut future = std::ptr::null_mut();
+        let status = pysched_handler_queue(h.0, &item, &mut future, std::ptr::null_mut());
+        assert_eq!(status as i32, 0);
+        assert_eq!(pysched_future_wait(future, std::ptr::null_mut()) as i32, 0);
+        let mut result = std::ptr::null_mut();
+        let mut error = std::ptr::null_mut();
+        let status = pysched_future_take(future, &mut result, &mut error);
+        assert_eq!(status as i32, ErrorKind::PythonException as i32);
+        assert!(result.is_null() && !error.is_null());
+        // SAFETY: a live error handle from pysched_future_take.
+        let from_future = unsafe { fields(error) };
+        pysched_error_free(error);
+        pysched_future_free(future);
+        drop(h); // drains: the complete callback has run
+        let in_complete = slot.in_complete.lock().unwrap().clone().expect("complete got the error");
+        let (kind, message, python_type, traceback) = &from_future;
+        assert_eq!(*kind, ErrorKind::PythonException as i32);
+        assert!(
+            message.starts_with("subinterp_testmod.raise_for_negative raised: ValueError: negative item"),
+            "{replicas} replicas: {message}"
+        );
+        assert_eq!(python_type, "ValueError", "{replicas} replicas");
+        assert!(
+            traceback.starts_with("Traceback (most recent call last):\n")
+                && traceback.contains("in raise_for_negative"),
+            "{replicas} replicas: {traceback:?}"
+        );
+        assert_eq!(in_complete, from_future, "{replicas} replicas: complete and future disagree");
+        seen.push((in_complete, from_future));
+    }
+    assert_eq!(seen[0], seen[1], "the replica's error differs from the shared pool's");
+}
+
+/// `pysched_handler_drain` called from inside a replica's complete callback on its own
+/// handler behaves as on the shared pool: it marks the handler as draining and returns
+/// (it cannot wait for the batch it is called from) instead of deadlocking, and every
+/// item still completes exactly once. Also `Handler::drain` from a Rust job.
+#[test]
+fn drain_from_inside_a_replica_callback_returns() {
+    use pyscheduler::ffi::handler::pysched_handler_drain;
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("drain_from_inside_a_replica_callback_returns") {
+        return;
+    }
+    struct Slot {
+        /// The `pysched_handler*` the item is queued on.
+        handler: usize,
+        value: i64,
+        got: Mutex<Option<i64>>,
+        drain_status: Mutex<Option<i32>>,
+        drops: AtomicUsize,
+    }
+    unsafe extern "C" fn commit(user_data: *mut c_void) -> *mut ffi::PyObject {
+        ffi::PyLong_FromLongLong((*(user_data as *const Slot)).value)
+    }
+    unsafe extern "C" fn complete(
+        user_data: *mut c_void,
+        result: *mut ffi::PyObject,
+        _error: *const pyscheduler::ffi::pysched_error,
+    ) -> i32 {
+        let slot = &*(user_data as *const Slot);
+        if !result.is_null() {
+            *slot.got.lock().unwrap() = Some(ffi::PyLong_AsLongLong(result));
+        }
+        if slot.value % 10 == 0 {
+            let status = pysched_handler_drain(slot.handler as *const _, std::ptr::null_mut());
+            *slot.drain_status.lock().unwrap() = Some(status as i32);
+        }
+        0
+    }
+    unsafe extern "C" fn drop_slot(user_data: *mut c_void) {
+        (*(user_data as *const Slot)).drops.fetch_add(1, SeqCst);
+    }
+    // Runs on a watchdog's clock: a deadlock fails the test instead of hanging it.
+    fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("{what}: deadlocked"))
+    }
+    for replicas in [0u32, 2] {
+        let h = c_handler(&m, MODULE, "double", replicas, 4);
+        let handler = h.0 as usize;
+        let slots: Vec<Arc<Slot>> = (0..200)
+            .map(|value| {
+                Arc::new(Slot {
+                    handler,
+                    value,
+                    got: Mutex::new(None),
+                    drain_status: Mutex::new(None),
+                    drops: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        let shared: Vec<usize> = slots.iter().map(|s| Arc::as_ptr(s) as usize).collect();
+        within(&format!("drain inside a callback, {replicas} replicas"), move || {
+            for user_data in shared {
+                let item = pysched_item {
+                    user_data: user_data as *mut c_void,
+                    commit: Some(commit),
+                    prepare: None,
+                    complete: Some(complete),
+                    drop: Some(drop_slot),
+                    timeout_us: 0,
+                };
+                let status = pysched_handler_queue(
+                    handler as *const _,
+                    &item,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
+                assert_eq!(status as i32, 0);
+            }
+            // From outside: waits for everything, including the callbacks that drain.
+            assert_eq!(pysched_handler_drain(handler as *const _, std::ptr::null_mut()) as i32, 0);
+        });
+        for slot in &slots {
+            assert_eq!(*slot.got.lock().unwrap(), Some(2 * slot.value), "{replicas} replicas");
+            assert_eq!(slot.drops.load(SeqCst), 1, "{replicas} replicas");
+            let expected = (slot.value % 10 == 0).then_some(0);
+            assert_eq!(
+                *slot.drain_status.lock().unwrap(),
+                expected,
+                "{replicas} replicas, item {}",
+                slot.value
+            );
+        }
+        drop(h);
+    }
+
+    // The Rust API: a job whose completion drains its own handler.
+    struct Draining {
+        handler: Arc<Mutex<Option<Arc<pyscheduler::Handler>>>>,
+        drained: Arc<AtomicUsize>,
+    }
+    impl Job for Draining {
+        fn commit(&mut self, py: Python<'_>) -> pyscheduler::Result<Py<PyAny>> {
+            Ok(1i64.into_pyobject(py).unwrap().into_any().unbind())
+        }
+        fn complete(&mut self, _py: Python<'_>, _r: &Bound<'_, PyAny>) -> pyscheduler::Result<()> {
+            Ok(())
+        }
+        fn fail(&mut self, _error: &Error) {}
+        fn supports_raw(&self) -> bool {
+            true
+        }
+        fn commit_raw(&mut self) -> *mut ffi::PyObject {
+            // SAFETY: called in the replica with its GIL held.
+            unsafe { ffi::PyLong_FromLongLong(1) }
+        }
+        fn complete_raw(&mut self, _result: *mut ffi::PyObject) -> pyscheduler::Result<()> {
+            let handler = self.handler.lock().unwrap().clone().expect("handler set before queueing");
+            handler.drain();
+            self.drained.fetch_add(1, SeqCst);
+            Ok(())
+        }
+    }
+    let handler = Arc::new(m.load(MODULE, "double", replicated(2, 1)).unwrap());
+    let slot = Arc::new(Mutex::new(Some(handler.clone())));
+    let drained = Arc::new(AtomicUsize::new(0));
+    let (slot2, drained2, handler2) = (slot.clone(), drained.clone(), handler.clone());
+    within("Handler::drain inside a replica callback", move || {
+        let futures: Vec<_> = (0..20)
+            .map(|_| {
+                let job = Draining { handler: slot2.clone(), drained: drained2.clone() };
+                handler2.queue_job(Box::new(job), ItemOptions::default())
+            })
+            .collect();
+        for f in futures {
+            f.wait().unwrap();
+        }
+    });
+    assert_eq!(drained.load(SeqCst), 20);
+    slot.lock().unwrap().take();
+    drop(Arc::try_unwrap(handler).ok().expect("the jobs released the handler"));
+}
+
+/// `Py_FinalizeEx` of an interpreter pyscheduler adopted, with a replica handler alive
+/// and items queued on it: the exit hook lets the batch inside Python finish, fails the
+/// others with ShutDown (each exactly once), and ends the replicas first, so CPython 3.12
+/// does not abort ("remaining subinterpreters") and 3.13 has nothing left to clean up.
+#[test]
+fn finalizing_with_a_live_replica_handler_is_clean() {
+    let _serial = serial();
+    let _m = common::manager();
+    let minor = python_minor();
+    if minor < 12 {
+        eprintln!("finalizing_with_a_live_replica_handler_is_clean: skipped, CPython 3.{minor}");
+        return;
+    }
+    let (status, stdout, stderr) = run_helper("finalize");
+    assert!(status.success(), "helper exited with {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    for bad in ["Fatal Python error", "remaining subinterpreters", "panicked"] {
+        assert!(!stderr.contains(bad), "{bad:?} in the helper's stderr:\n{stderr}");
+    }
+    let verdict =
+        stdout.lines().find_map(|l| l.find(FINALIZE_VERDICT).map(|at| &l[at..])).unwrap_or_default();
+    assert_eq!(
+        verdict,
+        format!("{FINALIZE_VERDICT} finalize=0 completed=1 shut_down=20 dropped=21 resolved=21"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
+
+/// A Python program (CPython 3.12+) that loads pyscheduler with ctypes, queues items on
+/// a replica handler and exits with the handler alive: it must exit 0 after every
+/// future resolved (the running item normally, the queued ones with ShutDown).
+#[test]
+fn python_program_exits_with_a_live_replica_handler() {
+    let _serial = serial();
+    let _m = common::manager();
+    let minor = python_minor();
+    if minor < 12 {
+        eprintln!("python_program_exits_with_a_live_replica_handler: skipped, CPython 3.{minor}");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let lib = exe.parent().unwrap().parent().unwrap().join("libpyscheduler.so");
+    assert!(lib.exists(), "{lib:?} not built");
+    let python = std::env::var("PYO3_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/subinterp_exit.py"))
+        .arg(&lib)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(!stderr.contains("remaining subinterpreters"), "{stderr}");
+    assert!(
+        stdout.contains("exit check: 21 ready, 1 ran, 20 shut down"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
+
+const HELPER_ENV: &str = "PYSCHED_SUBINTERP_HELPER";
+const FINALIZE_VERDICT: &str = "PYSCHED_FINALIZE_VERDICT";
+
+/// Runs this test binary's `helper` test in a subprocess in `mode`; (status, stdout,
+/// stderr). Fails the test after 120 s.
+fn run_helper(mode: &str) -> (std::process::ExitStatus, String, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper", "--nocapture", "--test-threads=1"])
+        .env(HELPER_ENV, mode)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("helper {mode} did not exit within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status, stdout, stderr)
+}
+
+/// The subprocess side of the exit tests; a no-op in a normal test run.
+#[test]
+fn helper() {
+    let Ok(mode) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    assert_eq!(mode, "finalize", "unknown helper mode");
+    // Someone else's interpreter, which pyscheduler adopts and that someone finalizes.
+    Python::initialize();
+    let m = common::manager();
+    assert_eq!(m.start_mode(), pyscheduler::StartMode::Adopted);
+    let h = m.load(MODULE, "sleep_ms", replicated(1, 1)).unwrap();
+    let ledger = Arc::new(Ledger::default());
+    let first = h.queue_job(RawJob::boxed(1000, &ledger), ItemOptions::default());
+    // Let the first batch enter Python, then queue 20 that cannot start before exit.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut futures = vec![first];
+    futures.extend((0..20).map(|_| h.queue_job(RawJob::boxed(300, &ledger), ItemOptions::default())));
+    std::mem::forget(h);
+    std::mem::forget(m);
+    // SAFETY: the main thread takes the GIL and finalizes, as a Python program's exit
+    // does; nothing touches Python afterwards.
+    let finalize = unsafe {
+        ffi::PyGILState_Ensure();
+        ffi::Py_FinalizeEx()
+    };
+    let resolved = futures.iter().filter(|f| f.is_ready()).count();
+    let mut outcomes: HashMap<&str, usize> = HashMap::new();
+    for f in futures {
+        let key = match f.take() {
+            Ok(_) => "completed",
+            Err(e) if e.kind() == ErrorKind::ShutDown => "shut_down",
+            Err(e) => panic!("unexpected outcome {e}"),
+        };
+        *outcomes.entry(key).or_default() += 1;
+    }
+    let completed = ledger.completed.lock().unwrap().len();
+    let failed = ledger.failed.lock().unwrap().clone();
+    assert!(failed.iter().all(|&(_, kind)| kind == ErrorKind::ShutDown), "{failed:?}");
+    assert_eq!(
+        (outcomes.get("completed").copied().unwrap_or(0), outcomes.get("shut_down").copied().unwrap_or(0)),
+        (completed, failed.len())
+    );
+    println!(
+        "{FINALIZE_VERDICT} finalize={finalize} completed={completed} shut_down={} dropped={} resolved={resolved}",
+        failed.len(),
+        ledger.dropped.load(SeqCst)
+    );
+    std::process::exit(0);
+}
+
+/// Releasing the GIL inside a replica (a drain from a callback, as above) goes through
+/// the C-API, not pyo3: pyo3's `attach` would run its deferred decrefs of main-interpreter
+/// objects under the replica's GIL (racing the main interpreter, freeing into the wrong
+/// allocator). A reference dropped without the GIL must still be pending afterwards.
+#[test]
+fn draining_inside_a_replica_leaves_deferred_main_references_alone() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("draining_inside_a_replica_leaves_deferred_main_references_alone") {
+        return;
+    }
+    struct DrainsItsHandler(Arc<Mutex<Option<Arc<pyscheduler::Handler>>>>);
+    impl Job for DrainsItsHandler {
+        fn commit(&mut self, _py: Python<'_>) -> pyscheduler::Result<Py<PyAny>> {
+            Err(Error::internal("replicas only"))
+        }
+        fn complete(&mut self, _py: Python<'_>, _r: &Bound<'_, PyAny>) -> pyscheduler::Result<()> {
+            Ok(())
+        }
+        fn fail(&mut self, _error: &Error) {}
+        fn supports_raw(&self) -> bool {
+            true
+        }
+        fn commit_raw(&mut self) -> *mut ffi::PyObject {
+            // SAFETY: called in the replica with its GIL held.
+            unsafe { ffi::PyLong_FromLongLong(1) }
+        }
+        fn complete_raw(&mut self, _result: *mut ffi::PyObject) -> pyscheduler::Result<()> {
+            if let Some(handler) = self.0.lock().unwrap().clone() {
+                handler.drain();
+            }
+            Ok(())
+        }
+    }
+    let handler = Arc::new(m.load(MODULE, "double", replicated(1, 1)).unwrap());
+    let (object, extra) = Python::attach(|py| {
+        let object = pyo3::types::PyList::empty(py).into_any().unbind();
+        let extra = object.clone_ref(py);
+        (object, extra)
+    });
+    let address = object.as_ptr() as usize;
+    // SAFETY: a plain read of a live object's reference count; no thread attached to the
+    // main interpreter touches it meanwhile (the test runs alone).
+    let refcount = || unsafe { ffi::Py_REFCNT(address as *mut ffi::PyObject) };
+    let before = refcount();
+    // Dropped on a thread that is not attached: pyo3 defers the decref.
+    std::thread::spawn(move || drop(extra)).join().unwrap();
+    assert_eq!(refcount(), before, "the decref was not deferred");
+    let slot = Arc::new(Mutex::new(Some(handler.clone())));
+    handler.queue_job(Box::new(DrainsItsHandler(slot.clone())), ItemOptions::default()).wait().unwrap();
+    assert_eq!(refcount(), before, "the deferred decref ran inside the replica");
+    slot.lock().unwrap().take();
+    // The next attach on a main-interpreter thread releases it.
+    Python::attach(|_py| ());
+    assert_eq!(refcount(), before - 1);
+    drop(object);
+}
