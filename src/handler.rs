@@ -151,9 +151,15 @@ impl Drop for Handler {
         self.core.drain(true);
         let threads = std::mem::take(&mut self.replica_threads);
         if !threads.is_empty() {
+            let me = std::thread::current().id();
             crate::runtime::without_gil(move || {
                 for t in threads {
-                    let _ = t.join();
+                    // Dropped from inside one of its own replica's callbacks: that thread
+                    // cannot join itself; it ends on its own once the callback returns
+                    // (the handler is closed), so its handle is just released.
+                    if t.thread().id() != me {
+                        let _ = t.join();
+                    }
                 }
             });
         }

@@ -1057,3 +1057,55 @@ fn draining_inside_a_replica_leaves_deferred_main_references_alone() {
     assert_eq!(refcount(), before - 1);
     drop(object);
 }
+
+/// The last reference to a replica handler dropped inside one of its own replica's
+/// callbacks (as `pysched_handler_free` from a C callback does): the replica thread cannot
+/// join itself, so its handle is released instead of panicking on a self-join; the
+/// callback's item completes normally, the items queued behind it still run.
+#[test]
+fn free_from_inside_a_replica_callback() {
+    let _serial = serial();
+    let m = common::manager();
+    if !replicas_supported("free_from_inside_a_replica_callback") {
+        return;
+    }
+    struct Freeing {
+        handler: Arc<Mutex<Option<pyscheduler::Handler>>>,
+    }
+    impl Job for Freeing {
+        fn commit(&mut self, py: Python<'_>) -> pyscheduler::Result<Py<PyAny>> {
+            Ok(1i64.into_pyobject(py).unwrap().into_any().unbind())
+        }
+        fn complete(&mut self, _py: Python<'_>, _r: &Bound<'_, PyAny>) -> pyscheduler::Result<()> {
+            Ok(())
+        }
+        fn fail(&mut self, _error: &Error) {}
+        fn supports_raw(&self) -> bool {
+            true
+        }
+        fn commit_raw(&mut self) -> *mut ffi::PyObject {
+            // SAFETY: called in the replica with its GIL held.
+            unsafe { ffi::PyLong_FromLongLong(1) }
+        }
+        fn complete_raw(&mut self, _result: *mut ffi::PyObject) -> pyscheduler::Result<()> {
+            // The first item to complete drops the handler (the last reference to it),
+            // outside the lock (dropping it joins the other replica, which takes it too).
+            let handler = self.handler.lock().unwrap().take();
+            drop(handler);
+            Ok(())
+        }
+    }
+    let slot = Arc::new(Mutex::new(Some(m.load(MODULE, "double", replicated(2, 1)).unwrap())));
+    let futures: Vec<_> = {
+        let guard = slot.lock().unwrap();
+        let handler = guard.as_ref().unwrap();
+        (0..40)
+            .map(|_| handler.queue_job(Box::new(Freeing { handler: slot.clone() }), ItemOptions::default()))
+            .collect()
+    };
+    for (i, f) in futures.into_iter().enumerate() {
+        assert!(f.wait_for(Duration::from_secs(60)), "item {i} never finished");
+        assert!(f.take().is_ok(), "item {i}: {:?}", f.take());
+    }
+    assert!(slot.lock().unwrap().is_none(), "no callback dropped the handler");
+}
