@@ -1074,9 +1074,10 @@ impl HandlerCore {
     }
 
     /// Commits each item, calls Python once with the list, fans the results out; all
-    /// under one GIL hold. Returns the C ABI jobs of the items that completed, whose
-    /// finalizers (`drop` callbacks) the caller runs once the GIL is released: the C++
-    /// wrapper fulfils its `std::promise` there, a futex syscall per item in glibc.
+    /// under one GIL hold. Returns the C ABI jobs of the detached items that completed
+    /// (no future handle), whose finalizers (`drop` callbacks) the caller runs once the
+    /// GIL is released: the C++ wrapper fulfils its `std::promise` there, a futex syscall
+    /// per item in glibc.
     fn execute_batch(&self, batch: Vec<Arc<Item>>) -> Vec<JobSlot> {
         if batch.is_empty() {
             return Vec::new();
@@ -1150,10 +1151,12 @@ impl HandlerCore {
             self.leave_batch();
             let outcome = guarded("complete", || job.complete(py, &value));
             match job {
-                // The C ABI's finalizer may run without the GIL (its documented contract).
-                JobSlot::C(_) => completed.push(job),
-                // A Rust job may own Python objects: drop it while the GIL is held.
-                JobSlot::Boxed(_) => drop(job),
+                // A detached C ABI item: its finalizer may run without the GIL (the
+                // documented contract), and no future can observe it before it runs.
+                JobSlot::C(_) if item.completion.is_none() => completed.push(job),
+                // An item with a future is finalized before its future resolves; a Rust
+                // job may own Python objects: both are dropped while the GIL is held.
+                _ => drop(job),
             }
             let outcome = outcome.map(|()| item.keep_value.then(|| value.unbind()));
             self.resolve_started(&item, outcome);

@@ -120,11 +120,12 @@ pub type pysched_complete_fn = Option<
 >;
 /// Releases `user_data`; called exactly once per item, after `complete`, on every path
 /// (success, error, cancel, deadline, rejection, shutdown), and before the item counts as
-/// finished (`pysched_handler_drain` waits for it). Any thread. On the success path it
+/// finished (`pysched_handler_drain` waits for it) and before its future (if any)
+/// resolves. Any thread. For an item queued without a future, on the success path it
 /// runs on the worker WITHOUT the GIL, right after the batch's GIL hold (so slow
-/// finalizers, such as fulfilling a C++ promise, do not hold up Python); on other paths
-/// the GIL may or may not be held. A finalizer that releases Python objects must take
-/// the GIL itself when `PyGILState_Check()` says it is not held.
+/// finalizers, such as fulfilling a C++ promise, do not hold up Python); otherwise the
+/// GIL may or may not be held. A finalizer that releases Python objects must take the
+/// GIL itself when `PyGILState_Check()` says it is not held.
 pub type pysched_drop_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// One unit of queued work: callbacks sharing `user_data`.
