@@ -1083,7 +1083,7 @@ impl HandlerCore {
             return Vec::new();
         }
         let items = batch.len();
-        let gil_asked = Instant::now();
+        let gil_asked = clock::now_ns();
         self.as_executing_batch(|| {
             crate::runtime::attach(|py| self.execute_locked(py, batch, items, gil_asked))
         })
@@ -1094,11 +1094,10 @@ impl HandlerCore {
         py: Python<'_>,
         batch: Vec<Arc<Item>>,
         items: usize,
-        gil_asked: Instant,
+        gil_asked: u64,
     ) -> Vec<JobSlot> {
-        let start = Instant::now();
         let start_ns = clock::now_ns();
-        self.histograms.gil_wait_ns.record(nanos(start - gil_asked));
+        self.histograms.gil_wait_ns.record(start_ns.saturating_sub(gil_asked));
         let mut objects = Vec::with_capacity(items);
         let mut live = Vec::with_capacity(items);
         let mut waits = LocalHistogram::default();
@@ -1117,15 +1116,15 @@ impl HandlerCore {
             }
         }
         self.histograms.queue_wait_ns.merge(&waits);
-        let committed = Instant::now();
-        let commit_ns = nanos(committed - start);
+        let committed = clock::now_ns();
+        let commit_ns = committed.saturating_sub(start_ns);
         if live.is_empty() {
             self.record_timings(items, commit_ns, 0, 0);
             return Vec::new();
         }
         let n = live.len();
         let called = self.function.bind(py).call1((new_list(py, objects),));
-        self.record_timings(items, commit_ns, nanos(committed.elapsed()), n);
+        self.record_timings(items, commit_ns, clock::now_ns().saturating_sub(committed), n);
         let results = called
             .map_err(|e| {
                 Error::from_pyerr_context(
@@ -1271,7 +1270,7 @@ mod clock {
         })
     }
 
-    /// Now, from the fast clock: queue-wait times and batch delays.
+    /// Now, from the fast clock: queue waits, batch delays, batch timings.
     pub(super) fn now_ns() -> u64 {
         let e = epoch();
         e.clock.delta_as_nanos(e.raw, e.clock.raw())
