@@ -281,6 +281,19 @@ size_t pysched_debug_shared_state_address(void);
 // Thread-safe. Never blocks on Python.
 uint64_t pysched_debug_arc_count(void);
 
+// Allocates `size` bytes aligned to `align` from the core's allocator. Returns NULL
+// when `size` is 0, when `align` is not a power of two, when `size` rounded up to
+// `align` overflows, or when memory is exhausted. The memory is uninitialized; release
+// it with `pysched_free` and the same `size` and `align` (on any thread).
+// Thread-safe. Never blocks on Python (no GIL needed).
+void *pysched_alloc(size_t size, size_t align);
+
+// Releases memory from `pysched_alloc`; `size` and `align` must be the values it was
+// allocated with. NULL is a no-op, and so is a `size` of 0 or an `align` that
+// `pysched_alloc` would have refused (no such block exists).
+// Thread-safe. Never blocks on Python (no GIL needed).
+void pysched_free(void *ptr, size_t size, size_t align);
+
 // The error's kind (never `PYSCHED_OK`); `PYSCHED_INVALID_ARGUMENT` for NULL.
 // Thread-safe. Never blocks.
 enum pysched_status pysched_error_kind(const struct pysched_error *error);

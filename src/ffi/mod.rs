@@ -7,6 +7,7 @@
 // handle) is documented on each; every dereference is checked for NULL first.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+pub mod alloc;
 pub mod error;
 pub mod future;
 pub mod handler;

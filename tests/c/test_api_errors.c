@@ -10,6 +10,8 @@
 
 #include "test_util.h"
 
+#include <pthread.h>
+
 static pysched_manager *manager;
 
 /* An address no library call would write: out-parameters are set to it and checked. */
@@ -323,9 +325,45 @@ static void test_debug_counters(void) {
   CHECK(pysched_debug_arc_count() == before);
 }
 
+/* pysched_alloc/pysched_free: refused layouts give NULL, odd frees are no-ops, real
+ * blocks are aligned, writable, and may be freed by another thread. */
+static void *free_on_this_thread(void *block) {
+  pysched_free(block, 100, 64);
+  return NULL;
+}
+
+static void test_alloc_arguments(void) {
+  CHECK(pysched_alloc(0, 8) == NULL);
+  CHECK(pysched_alloc(16, 0) == NULL);
+  CHECK(pysched_alloc(16, 3) == NULL);  /* not a power of two */
+  CHECK(pysched_alloc(SIZE_MAX, 8) == NULL);
+  CHECK(pysched_alloc(SIZE_MAX / 2, 4096) == NULL);
+  pysched_free(NULL, 16, 8);
+  pysched_free(NULL, 0, 0);
+  char not_from_alloc[16];
+  pysched_free(not_from_alloc, 0, 8);  /* size 0: no such block, nothing happens */
+  pysched_free(not_from_alloc, 16, 3); /* refused alignment: likewise */
+  const size_t aligns[] = {1, 2, 8, 16, 64, 4096};
+  for (size_t i = 0; i < sizeof aligns / sizeof aligns[0]; i++) {
+    unsigned char *p = pysched_alloc(1000, aligns[i]);
+    REQUIRE(p != NULL);
+    CHECK(((uintptr_t)p & (aligns[i] - 1)) == 0);
+    memset(p, 0xa5, 1000);
+    CHECK(p[0] == 0xa5 && p[999] == 0xa5);
+    pysched_free(p, 1000, aligns[i]);
+  }
+  void *block = pysched_alloc(100, 64);
+  REQUIRE(block != NULL);
+  memset(block, 1, 100);
+  pthread_t t;
+  REQUIRE(pthread_create(&t, NULL, free_on_this_thread, block) == 0);
+  REQUIRE(pthread_join(t, NULL) == 0);
+}
+
 int main(void) {
   test_status_and_version();
   test_null_error_accessors();
+  test_alloc_arguments();
   test_future_null_arguments();
   manager = test_manager();
   test_manager_new_arguments();
