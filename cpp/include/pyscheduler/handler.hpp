@@ -1,6 +1,7 @@
 // PyManager::InvokeHandler: a bound Python function with its own queue. Synchronous
 // invoke on the caller's thread; queue_invoke through the core's batch pipeline
-// (commit -> one Python call per batch -> fan-out to callbacks), bridged to std::future.
+// (commit -> one Python call per batch -> fan-out to callbacks), bridged to std::future
+// (queue_invoke and its variants) or to pyscheduler::Future (queue_invoke_future).
 #ifndef PYSCHEDULER_HANDLER_HPP
 #define PYSCHEDULER_HANDLER_HPP
 
@@ -76,8 +77,8 @@ class PyManager::InvokeHandler {
   template <typename CommitFn, typename Callback, typename... Args>
   auto queue_invoke(CommitFn&& commit, Callback&& cb, Args&&... args)
       -> std::future<std::invoke_result_t<Callback, pybind11::object>> {
-    return enqueue(0, nullptr, std::forward<CommitFn>(commit), std::forward<Callback>(cb), detail::no_stage{},
-                   std::forward<Args>(args)...);
+    return enqueue<detail::promise_completion>(0, nullptr, std::forward<CommitFn>(commit), std::forward<Callback>(cb),
+                                               detail::no_stage{}, std::forward<Args>(args)...);
   }
 
   struct QueueStats {
@@ -119,8 +120,9 @@ class PyManager::InvokeHandler {
   template <typename Rep, typename Period, typename CommitFn, typename Callback, typename... Args>
   auto queue_invoke_with_timeout(std::chrono::duration<Rep, Period> timeout, CommitFn&& commit, Callback&& cb,
                                  Args&&... args) -> std::future<std::invoke_result_t<Callback, pybind11::object>> {
-    return enqueue(timeout_us(timeout), nullptr, std::forward<CommitFn>(commit), std::forward<Callback>(cb),
-                   detail::no_stage{}, std::forward<Args>(args)...);
+    return enqueue<detail::promise_completion>(timeout_us(timeout), nullptr, std::forward<CommitFn>(commit),
+                                               std::forward<Callback>(cb), detail::no_stage{},
+                                               std::forward<Args>(args)...);
   }
 
   /// As queue_invoke, returning a future whose item can be cancelled before it starts.
@@ -129,8 +131,9 @@ class PyManager::InvokeHandler {
   auto queue_invoke_cancellable(CommitFn&& commit, Callback&& cb, Args&&... args)
       -> CancellableFuture<std::invoke_result_t<Callback, pybind11::object>> {
     pysched_future* item = nullptr;
-    auto future = enqueue(0, &item, std::forward<CommitFn>(commit), std::forward<Callback>(cb), detail::no_stage{},
-                          std::forward<Args>(args)...);
+    auto future = enqueue<detail::promise_completion>(0, &item, std::forward<CommitFn>(commit),
+                                                      std::forward<Callback>(cb), detail::no_stage{},
+                                                      std::forward<Args>(args)...);
     return {std::move(future), item};
   }
 
@@ -142,8 +145,20 @@ class PyManager::InvokeHandler {
   template <typename StageFn, typename CommitFn, typename Callback, typename... Args>
   auto queue_invoke_staged(StageFn&& stage, CommitFn&& commit, Callback&& cb, Args&&... args)
       -> std::future<std::invoke_result_t<Callback, pybind11::object>> {
-    return enqueue(0, nullptr, std::forward<CommitFn>(commit), std::forward<Callback>(cb),
-                   std::forward<StageFn>(stage), std::forward<Args>(args)...);
+    return enqueue<detail::promise_completion>(0, nullptr, std::forward<CommitFn>(commit), std::forward<Callback>(cb),
+                                               std::forward<StageFn>(stage), std::forward<Args>(args)...);
+  }
+
+  /// As queue_invoke (same commit, callback and argument rules, same errors), returning
+  /// a pyscheduler::Future instead of a std::future: one allocation per item (shared
+  /// with the core) instead of three, and no system call per item unless the caller is
+  /// already blocked waiting for it. See Future in future.hpp.
+  /// Thread-safe. Never blocks (except on a full bounded queue with FullPolicy::Block).
+  template <typename CommitFn, typename Callback, typename... Args>
+  auto queue_invoke_future(CommitFn&& commit, Callback&& cb, Args&&... args)
+      -> Future<std::invoke_result_t<Callback, pybind11::object>> {
+    return enqueue<detail::future_completion>(0, nullptr, std::forward<CommitFn>(commit), std::forward<Callback>(cb),
+                                              detail::no_stage{}, std::forward<Args>(args)...);
   }
 
   /// Blocks until everything queued so far has run and every future is resolved (and
@@ -211,15 +226,23 @@ class PyManager::InvokeHandler {
   }
 
   // C, Cb, S are the forwarding types of commit, callback and stage: the context calls
-  // each with the value category the user passed.
-  template <typename C, typename Cb, typename S, typename... Args>
-  auto enqueue(std::uint64_t timeout_us, pysched_future** out_future, C&& commit, Cb&& cb, S&& stage, Args&&... args)
-      -> std::future<std::invoke_result_t<Cb, pybind11::object>> {
-    using Call = detail::queued_call<C, Cb, S, std::decay_t<Args>...>;
+  // each with the value category the user passed. Completion: detail::promise_completion
+  // (returns a std::future) or detail::future_completion (returns a pyscheduler::Future).
+  template <template <typename> class Completion, typename C, typename Cb, typename S, typename... Args>
+  auto enqueue(std::uint64_t timeout_us, pysched_future** out_future, C&& commit, Cb&& cb, S&& stage, Args&&... args) {
+    using Call = detail::queued_call<Completion, C, Cb, S, std::decay_t<Args>...>;
+    using R = typename Call::result_type;
     const pysched_handler* handler = checked();
     auto call = std::make_unique<Call>(std::forward<C>(commit), std::forward<Cb>(cb), std::forward<S>(stage),
                                        std::forward<Args>(args)...);
-    auto future = call->get_future();
+    auto future = [&] {
+      if constexpr (std::is_same_v<Completion<R>, detail::future_completion<R>>) {
+        // The Future is the context's second owner, besides the core.
+        return detail::future_access::adopt<R>(call.get());
+      } else {
+        return call->get_future();
+      }
+    }();
     const pysched_item item = call->item(timeout_us);
     // From here the core owns the context: complete and drop run exactly once, also
     // when the queue refuses the item (then before pysched_handler_queue returns), so

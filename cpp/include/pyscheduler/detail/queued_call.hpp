@@ -1,20 +1,25 @@
-// The std::future bridge of queue_invoke: one heap context per item carries the
-// promise, the user's callables and the stored arguments through pysched_item.user_data;
+// The bridge of queue_invoke and its variants: one heap context per item carries the
+// user's callables, the stored arguments and the item's outcome through
+// pysched_item.user_data, together with what resolves the future (a std::promise for
+// queue_invoke, the shared state of a pyscheduler::Future for queue_invoke_future);
 // static noexcept trampolines run them on the core's worker threads. No C++ exception
 // ever unwinds into Rust: each trampoline catches everything and parks it in the
-// promise (or in the context, for a commit/stage failure reported later by the core).
+// context's outcome, which `drop` hands to the future.
 #ifndef PYSCHEDULER_DETAIL_QUEUED_CALL_HPP
 #define PYSCHEDULER_DETAIL_QUEUED_CALL_HPP
 
 #include <pybind11/pybind11.h>
 
 #include <pyscheduler.h>
+#include <pyscheduler/detail/core_alloc.hpp>
+#include <pyscheduler/detail/future_state.hpp>
 #include <pyscheduler/detail/invoke_traits.hpp>
 #include <pyscheduler/detail/python_error.hpp>
 #include <pyscheduler/detail/tsan.hpp>
 #include <pyscheduler/error.hpp>
 
 #include <cassert>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -46,12 +51,66 @@ struct stage_traits<no_stage, Stored...> {
   using value = std::monostate;
 };
 
+/// How the std::future of queue_invoke is fulfilled: the callback's outcome waits in
+/// the context until the core's `drop`, which sets the promise and frees the context.
+/// The core calls `drop` after the batch's GIL hold (for items without a C future
+/// handle), so set_value (a futex system call per item in glibc's pthread_once, and
+/// the waiter's wake-up) does not run while the GIL is held.
+template <typename R>
+class promise_completion {
+ public:
+  std::future<R> get_future() { return promise_.get_future(); }
+
+ protected:
+  // The shared state (and its result) come from the same allocator as the context.
+  template <typename Self>
+  explicit promise_completion(std::type_identity<Self>) : promise_(std::allocator_arg, core_allocator<char>{}) {}
+
+  /// PRECONDITION: the outcome is stored and no Python reference is left. Frees `self`.
+  template <typename Self>
+  static void finish(Self* self) noexcept {
+    self->outcome_.fulfil(self->promise_);
+    delete self;
+  }
+
+  outcome<R> outcome_;
+
+ private:
+  std::promise<R> promise_;
+};
+
+/// How a pyscheduler::Future is fulfilled: the context is its shared state; `drop`
+/// publishes the outcome and lets go of the core's ownership (see future_state).
+template <typename R>
+class future_completion : public future_state<R> {
+ protected:
+  template <typename Self>
+  explicit future_completion(std::type_identity<Self>) noexcept
+      : future_state<R>([](future_state<R>* state) noexcept { delete static_cast<Self*>(state); }) {}
+
+  template <typename Self>
+  static void finish(Self* self) noexcept {
+    self->publish_and_release();  // may free `self`
+  }
+};
+
+/// The callback's result type, which names the future's type.
+template <typename CallbackFwd>
+using callback_result_t = std::invoke_result_t<CallbackFwd, pybind11::object>;
+
 /// One queued item. `CommitFwd`, `CallbackFwd` and `StageFwd` are the forwarding
 /// reference types the user passed (`F&` for lvalues, `F` for rvalues); the context
 /// stores decayed copies and calls them with the value category the user passed, so
-/// the result types are exactly those of the public signatures.
-template <typename CommitFwd, typename CallbackFwd, typename StageFwd, typename... Stored>
-class queued_call {
+/// the result types are exactly those of the public signatures. `Completion` is
+/// promise_completion (std::future) or future_completion (pyscheduler::Future).
+///
+/// Lifetime: the user's callables, the stored arguments and the stage's result (the
+/// payload: all that may own Python references) are released as soon as the item's
+/// callback has run, while the GIL is still held; the outcome is handed over in `drop`,
+/// which needs no GIL unless a failure path left the payload alive.
+template <template <typename> class Completion, typename CommitFwd, typename CallbackFwd, typename StageFwd,
+          typename... Stored>
+class queued_call final : public Completion<callback_result_t<CallbackFwd>> {
   using Commit = std::decay_t<CommitFwd>;
   using Callback = std::decay_t<CallbackFwd>;
   using Stage = std::decay_t<StageFwd>;
@@ -87,7 +146,7 @@ class queued_call {
                 "pybind11::cast(...) or pybind11::make_tuple(...))");
 
  public:
-  using result_type = std::invoke_result_t<CallbackFwd, pybind11::object>;
+  using result_type = callback_result_t<CallbackFwd>;
   static_assert(!std::is_base_of_v<pybind11::object, std::remove_cv_t<std::remove_reference_t<result_type>>>,
                 "pyscheduler: a queue_invoke callback must not return a pybind11::object: the future "
                 "is read without the GIL. Convert the result inside the callback (obj.cast<T>()), "
@@ -95,12 +154,14 @@ class queued_call {
 
   template <typename C, typename Cb, typename S, typename... A>
   queued_call(C&& commit, Cb&& callback, S&& stage, A&&... args)
-      : commit_(std::forward<C>(commit)),
-        callback_(std::forward<Cb>(callback)),
-        stage_(std::forward<S>(stage)),
-        args_(std::forward<A>(args)...) {}
+      : Completion<result_type>(std::type_identity<queued_call>{}),
+        payload_(std::in_place, std::forward<C>(commit), std::forward<Cb>(callback), std::forward<S>(stage),
+                 std::forward<A>(args)...) {}
+  ~queued_call() = default;
 
-  std::future<result_type> get_future() { return promise_.get_future(); }
+  // One allocation per item; see core_alloc.hpp.
+  static void* operator new(std::size_t size) { return core_allocate(size, alignof(queued_call)); }
+  static void operator delete(void* p, std::size_t size) noexcept { core_free(p, size, alignof(queued_call)); }
 
   /// The C item for this context; it takes ownership of the context once queued.
   pysched_item item(std::uint64_t timeout_us) noexcept {
@@ -115,29 +176,45 @@ class queued_call {
   }
 
  private:
-  // Whether destroying the context may release Python references (a captured or
-  // stored pybind11::object, say). Trivially destructible members cannot own any.
-  static constexpr bool may_own_python =
-      !(std::is_trivially_destructible_v<Commit> && std::is_trivially_destructible_v<Callback> &&
-        std::is_trivially_destructible_v<Stage> && std::is_trivially_destructible_v<Staged> &&
-        (std::is_trivially_destructible_v<Stored> && ...));
+  // The stage's result, handed to commit (empty unless there is a stage).
+  using StagedSlot = std::conditional_t<has_stage, std::optional<Staged>, std::monostate>;
+
+  /// Everything the user handed over, released as soon as it is no longer needed.
+  struct payload {
+    template <typename C, typename Cb, typename S, typename... A>
+    payload(C&& c, Cb&& cb, S&& s, A&&... a)
+        : commit(std::forward<C>(c)),
+          callback(std::forward<Cb>(cb)),
+          stage(std::forward<S>(s)),
+          args(std::forward<A>(a)...) {}
+    [[no_unique_address]] Commit commit;
+    [[no_unique_address]] Callback callback;
+    [[no_unique_address]] Stage stage;
+    std::tuple<Stored...> args;
+    [[no_unique_address]] StagedSlot staged;
+  };
+
+  // Whether releasing the payload may release Python references (a captured or stored
+  // pybind11::object, say). Trivially destructible members cannot own any.
+  static constexpr bool may_own_python = !std::is_trivially_destructible_v<payload>;
 
   pybind11::object run_commit() {
+    payload& p = *payload_;
     if constexpr (!has_stage) {
-      return invoke_with_stored(static_cast<CommitFwd&&>(commit_), args_);
+      return invoke_with_stored(static_cast<CommitFwd&&>(p.commit), p.args);
     } else if constexpr (stage_returns_void) {
-      return std::invoke(static_cast<CommitFwd&&>(commit_));
+      return std::invoke(static_cast<CommitFwd&&>(p.commit));
     } else {
-      assert(staged_.has_value());
-      return std::invoke(static_cast<CommitFwd&&>(commit_), std::move(*staged_));
+      assert(p.staged.has_value());
+      return std::invoke(static_cast<CommitFwd&&>(p.commit), std::move(*p.staged));
     }
   }
 
-  void fail(std::exception_ptr error) noexcept {
-    try {
-      promise_.set_exception(std::move(error));
-    } catch (...) {
-      // Already satisfied: the core's state machine rules this out.
+  // The payload goes now if that is safe here: always when it cannot own Python
+  // references, else only with the GIL held (drop_trampoline takes it otherwise).
+  void release_payload_if_safe() noexcept {
+    if (!may_own_python || gil_held()) {
+      payload_.reset();
     }
   }
 
@@ -147,15 +224,17 @@ class queued_call {
     tsan_acquire(self);
     int rc = 0;
     if constexpr (has_stage) {
+      payload& p = *self->payload_;
       try {
         if constexpr (stage_returns_void) {
-          invoke_with_stored(static_cast<StageFwd&&>(self->stage_), self->args_);
-          self->staged_.emplace();
+          invoke_with_stored(static_cast<StageFwd&&>(p.stage), p.args);
+          p.staged.emplace();
         } else {
-          self->staged_.emplace(invoke_with_stored(static_cast<StageFwd&&>(self->stage_), self->args_));
+          p.staged.emplace(invoke_with_stored(static_cast<StageFwd&&>(p.stage), p.args));
         }
       } catch (...) {
-        self->user_error_ = std::current_exception();
+        // Reported later through complete_trampoline, which keeps this exception.
+        self->outcome_.set_error(std::current_exception());
         rc = 1;
       }
     }
@@ -176,8 +255,8 @@ class queued_call {
       }
       out = obj.release().ptr();
     } catch (...) {
-      self->user_error_ = capture_current_exception("commit raised", ErrorKind::Commit);
-      // The core expects an exception set with NULL; the future gets user_error_.
+      self->outcome_.set_error(capture_current_exception("commit raised", ErrorKind::Commit));
+      // The core expects an exception set with NULL; the future gets the stored one.
       PyErr_SetString(PyExc_RuntimeError, "pyscheduler: the C++ commit function threw");
     }
     tsan_release(self);
@@ -185,7 +264,7 @@ class queued_call {
   }
 
   // On success: a worker thread, the GIL held, `result` borrowed. On failure: any
-  // thread, GIL or not; `error` borrowed.
+  // thread, GIL or not; `error` borrowed. Stores the outcome; `drop` hands it over.
   static int complete_trampoline(void* user_data, PyObject* result, const pysched_error* error) noexcept {
     auto* self = static_cast<queued_call*>(user_data);
     tsan_acquire(self);
@@ -193,50 +272,51 @@ class queued_call {
     if (result != nullptr) {
       assert(gil_held());
       try {
-        auto obj = pybind11::reinterpret_borrow<pybind11::object>(result);
-        if constexpr (std::is_void_v<result_type>) {
-          std::invoke(static_cast<CallbackFwd&&>(self->callback_), std::move(obj));
-          self->promise_.set_value();
-        } else {
-          self->promise_.set_value(std::invoke(static_cast<CallbackFwd&&>(self->callback_), std::move(obj)));
-        }
+        self->outcome_.set_value_from(static_cast<CallbackFwd&&>(self->payload_->callback),
+                                      pybind11::reinterpret_borrow<pybind11::object>(result));
       } catch (...) {
-        self->fail(capture_current_exception("callback raised", ErrorKind::Callback));
+        self->outcome_.set_error(capture_current_exception("callback raised", ErrorKind::Callback));
         rc = 1;  // counted as failed by the core
       }
+      self->payload_.reset();  // the GIL is held
     } else {
-      // A commit or stage that threw reports its own exception, not the core's summary.
-      self->fail(self->user_error_ ? self->user_error_ : exception_for(error));
+      // A commit or stage that threw stored its own exception, not the core's summary.
+      if (self->outcome_.empty()) {
+        self->outcome_.set_error(exception_for(error));
+      }
+      self->release_payload_if_safe();
     }
     tsan_release(self);
     return rc;
   }
 
-  // Called exactly once, last. The GIL is held on the success path; on failure paths
-  // (cancel, deadline, rejection, shutdown) it may not be.
+  // Called exactly once, after complete. On the success path the core calls it after
+  // the batch's GIL hold, without the GIL (right after complete, with the GIL, for an
+  // item with a C future handle, i.e. queue_invoke_cancellable's, and in cores before
+  // 08bd9f2); failure paths (cancel, deadline, rejection, shutdown) may come with or
+  // without it. Correct either way: it takes the GIL only if the payload is still alive.
   static void drop_trampoline(void* user_data) noexcept {
     auto* self = static_cast<queued_call*>(user_data);
     tsan_acquire(self);
-    if constexpr (may_own_python) {
-      if (!gil_held()) {
-        pybind11::gil_scoped_acquire gil;
-        delete self;
-        return;
-      }
+    if (self->outcome_.empty()) {
+      self->outcome_.set_error(outcome<result_type>::lost());  // complete never ran
     }
-    delete self;
+    if constexpr (may_own_python) {
+      if (self->payload_.has_value()) {
+        if (gil_held()) {
+          self->payload_.reset();
+        } else {
+          pybind11::gil_scoped_acquire gil;
+          self->payload_.reset();
+        }
+      }
+    } else {
+      self->payload_.reset();
+    }
+    queued_call::finish(self);
   }
 
-  std::promise<result_type> promise_;
-  [[no_unique_address]] Commit commit_;
-  [[no_unique_address]] Callback callback_;
-  [[no_unique_address]] Stage stage_;
-  std::tuple<Stored...> args_;
-  // The stage's result, handed to commit (has_stage only).
-  std::optional<Staged> staged_;
-  // The exception of a commit or stage that threw; set on a worker before the core
-  // reports the failure to complete_trampoline (same item, ordered by the core).
-  std::exception_ptr user_error_;
+  std::optional<payload> payload_;
 };
 
 }  // namespace pyscheduler::detail
