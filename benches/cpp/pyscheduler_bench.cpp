@@ -77,7 +77,7 @@ struct Config {
   std::set<std::string> rows;  // empty: all
   bool rss_child = false;      // internal: the clean process of the RSS row
   std::string profile;         // run only our side of one path, for perf/callgrind
-  std::string rss_mode;        // with rss_child: held, free or cabi
+  std::string rss_mode;        // with rss_child: held, free, future or cabi
   std::uint32_t workers = 0;   // pool size (0: the library's default)
   std::string json_out;        // also write the JSON table to this file
   // Sizes (set from quick in parse_args).
@@ -105,12 +105,14 @@ struct Config {
                "  --json-out F  print the text table and also write the JSON to file F\n"
                "  --reps N      repetitions per row (median reported; default 5, at least 1)\n"
                "  --rows IDS    only these rows: queued_b256 producers4 queued_b1 latency sync\n"
-               "                idle8 rss sleep2 staging batch_delay (for profiling one path)\n"
+               "                idle8 rss sleep2 staging batch_delay (for profiling one path);\n"
+               "                queued_b256 includes its _f/_c/_l rows, queued_b1 its _f row\n"
                "  --python-dir  where pysched_bench.py lives (default: the source tree's)\n"
                "  --workers N   worker pool size (default: the library's, the number of CPUs, >= 4)\n"
                "  --profile P   run only our side of one path, --reps times, no baseline and no\n"
-               "                table (for perf record / callgrind): queued_b256 queued_b256_c\n"
-               "                queued_b256_l queued_b1 latency sync staged in_commit\n",
+               "                table (for perf record / callgrind): queued_b256 queued_b256_f\n"
+               "                queued_b256_c queued_b256_l queued_b1 queued_b1_f latency sync staged\n"
+               "                in_commit\n",
                argv0);
   std::exit(status);
 }
@@ -460,6 +462,23 @@ double queued_identity_ns(Handler& h, std::size_t n, long base = 0) {
   return elapsed_ns(t0, t1) / static_cast<double>(n);
 }
 
+// The same through queue_invoke_future: one pyscheduler::Future (the item's own context,
+// shared with the core) per item instead of a std::promise/std::future pair.
+double queued_identity_future_ns(Handler& h, std::size_t n, long base = 0) {
+  std::vector<pyscheduler::Future<long>> futures;
+  futures.reserve(n);
+  const auto t0 = Clock::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    futures.push_back(h.queue_invoke_future(kCommitInt, kCastLong, base + static_cast<long>(i)));
+  }
+  long sum = 0;
+  for (auto& f : futures) sum += f.get();
+  const auto t1 = Clock::now();
+  const long nn = static_cast<long>(n);
+  check(sum == nn * base + nn * (nn - 1) / 2, "queued identity (pyscheduler::Future) returned wrong values");
+  return elapsed_ns(t0, t1) / static_cast<double>(n);
+}
+
 // The same through the C ABI with fire-and-forget callbacks (no std::future, no heap
 // context per item): isolates the core from the wrapper.
 std::atomic<long> g_cabi_sum{0};
@@ -685,11 +704,13 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   queued_identity_ns(h, n / 4);  // warm-up (thread states, allocator pools)
   queued_identity_cabi_ns(h, n / 4);
   queued_identity_light_ns(h, n / 4);
+  queued_identity_future_ns(h, n / 4);
   inline_floor_ns(n / 4, 256);
-  Row r, rc, rl;
+  Row r, rf, rc, rl;
   for (int i = 0; i < cfg.reps; ++i) {
     r.baseline_samples.push_back(inline_floor_ns(n, 256));
     r.ours_samples.push_back(queued_identity_ns(h, n));
+    rf.ours_samples.push_back(queued_identity_future_ns(h, n));
     rc.ours_samples.push_back(queued_identity_cabi_ns(h, n));
     rl.ours_samples.push_back(queued_identity_light_ns(h, n));
   }
@@ -712,6 +733,22 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
                 n, st.execute_batch_size_ema);
   r.note = note;
   rows.push_back(r);
+
+  rf.id = "queued_b256_f";
+  rf.workload = "queued identity, batch 256 via queue_invoke_future (pyscheduler::Future)";
+  rf.unit = "ns/item";
+  rf.ours = median(rf.ours_samples);
+  rf.baseline_name = "inline floor (GIL held)";
+  rf.baseline_samples = r.baseline_samples;
+  rf.baseline = r.baseline;
+  rf.ratio = rf.ours / rf.baseline;
+  rf.ratio_label = "x floor";
+  rf.target = "<= 3x floor";
+  rf.original = "-";
+  rf.pass = rf.ratio <= 3.0;
+  rf.note = "the same items through queue_invoke_future: one heap context per item shared by the core and the "
+            "Future (atomic state word, C++20 atomic wait), no std::promise";
+  rows.push_back(rf);
 
   rc.id = "queued_b256_c";
   rc.workload = "  same through the C ABI (no std::future)";
@@ -788,11 +825,13 @@ void row_queued_b1(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   Handler h = load(mgr, "identity", 1);
   const std::size_t n = cfg.batch1_items;
   queued_identity_ns(h, n / 4);
+  queued_identity_future_ns(h, n / 4);
   plain_pybind11_ns(1, cfg.plain_items / 4);
-  Row r;
+  Row r, rf;
   for (int i = 0; i < cfg.reps; ++i) {
     r.baseline_samples.push_back(plain_pybind11_ns(1, cfg.plain_items));
     r.ours_samples.push_back(queued_identity_ns(h, n));
+    rf.ours_samples.push_back(queued_identity_future_ns(h, n));
   }
   r.id = "queued_b1";
   r.workload = "queued identity, batch 1";
@@ -808,6 +847,20 @@ void row_queued_b1(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.note = "mean batch " + fmt(h.stats().execute_batch_size_ema, "") +
            "; baseline: one C++ thread, gil_scoped_acquire + identity([x]) per item, synchronously";
   rows.push_back(r);
+
+  rf.id = "queued_b1_f";
+  rf.workload = "  same via queue_invoke_future (pyscheduler::Future)";
+  rf.unit = "ns/item";
+  rf.ours = median(rf.ours_samples);
+  rf.baseline_name = r.baseline_name;
+  rf.baseline_samples = r.baseline_samples;
+  rf.baseline = r.baseline;
+  rf.ratio = rf.baseline / rf.ours;
+  rf.ratio_label = "x faster";
+  rf.target = "-";
+  rf.original = "-";
+  rf.note = "the same items, one pyscheduler::Future per item instead of std::future";
+  rows.push_back(rf);
 }
 
 void row_latency(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
@@ -984,14 +1037,15 @@ void row_idle8(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   rows.push_back(r);
 }
 
-// The clean process of the RSS row: prints "baseline_kb=... peak_kb=... items=...".
 // The clean process of the RSS rows; `mode` is "held" (queue_invoke while holding the
 // GIL, so all items are queued at once), "free" (queue_invoke without the GIL: the worker
-// runs meanwhile) or "cabi" (as held, through the C ABI without futures). Prints
-// "baseline_kb=... peak_kb=... items=...".
+// runs meanwhile), "future" (as held, through queue_invoke_future) or "cabi" (as held,
+// through the C ABI without futures). Prints "baseline_kb=... peak_kb=... items=...".
 int rss_child(const Config& cfg) {
   const std::string& mode = cfg.rss_mode;
-  if (mode != "held" && mode != "free" && mode != "cabi") throw std::runtime_error("bad --rss-child mode " + mode);
+  if (mode != "held" && mode != "free" && mode != "cabi" && mode != "future") {
+    throw std::runtime_error("bad --rss-child mode " + mode);
+  }
   PyManager mgr(manager_options(cfg));
   mgr.add_path(cfg.python_dir);
   load_py_funcs();
@@ -1015,6 +1069,18 @@ int rss_child(const Config& cfg) {
     }
     check(pysched_handler_drain(h.native_handle(), nullptr) == PYSCHED_OK, "drain");
     check(g_cabi_sum.load() == nn * (nn - 1) / 2, "rss C ABI items returned wrong values");
+  } else if (mode == "future") {
+    std::vector<pyscheduler::Future<long>> futures;
+    futures.reserve(n);
+    {
+      py::gil_scoped_acquire gil;  // as "held": all n stay queued
+      for (std::size_t i = 0; i < n; ++i) {
+        futures.push_back(h.queue_invoke_future(kCommitInt, kCastLong, static_cast<long>(i)));
+      }
+    }
+    long sum = 0;
+    for (auto& f : futures) sum += f.get();
+    check(sum == nn * (nn - 1) / 2, "rss items (pyscheduler::Future) returned wrong values");
   } else {
     std::vector<std::future<long>> futures;
     futures.reserve(n);
@@ -1073,9 +1139,10 @@ std::pair<long, long> spawn_rss_child(const Config& cfg, const char* mode) {
 }
 
 void row_rss(const Config& cfg, std::vector<Row>& rows) {
-  Row held, free_run, cabi;
+  Row held, free_run, future, cabi;
   for (int i = 0; i < cfg.reps; ++i) {
-    for (auto [row, mode] : {std::pair{&held, "held"}, std::pair{&free_run, "free"}, std::pair{&cabi, "cabi"}}) {
+    for (auto [row, mode] : {std::pair{&held, "held"}, std::pair{&free_run, "free"}, std::pair{&future, "future"},
+                             std::pair{&cabi, "cabi"}}) {
       auto [base, peak] = spawn_rss_child(cfg, mode);
       row->baseline_samples.push_back(static_cast<double>(base) / 1024.0);
       row->ours_samples.push_back(static_cast<double>(peak) / 1024.0);
@@ -1084,7 +1151,7 @@ void row_rss(const Config& cfg, std::vector<Row>& rows) {
   auto per_item = [&](const Row& r) {
     return (r.ours - r.baseline) * 1024.0 * 1024.0 / static_cast<double>(cfg.rss_items);
   };
-  for (Row* r : {&held, &free_run, &cabi}) {
+  for (Row* r : {&held, &free_run, &future, &cabi}) {
     r->unit = "MB";
     r->ours = median(r->ours_samples);
     r->baseline_name = "RSS before queueing";
@@ -1108,12 +1175,18 @@ void row_rss(const Config& cfg, std::vector<Row>& rows) {
   std::snprintf(note, sizeof note, "the worker executes while the producer queues: %.0f bytes/item",
                 per_item(free_run));
   free_run.note = note;
+  future.id = "rss_f";
+  future.workload = "  same, all queued, queue_invoke_future";
+  std::snprintf(note, sizeof note, "as the first, one pyscheduler::Future per item: %.0f bytes/item",
+                per_item(future));
+  future.note = note;
   cabi.id = "rss_c";
   cabi.workload = "  same, all queued, C ABI (no std::future)";
   std::snprintf(note, sizeof note, "the core's own share: %.0f bytes/item", per_item(cabi));
   cabi.note = note;
   rows.push_back(held);
   rows.push_back(free_run);
+  rows.push_back(future);
   rows.push_back(cabi);
 }
 
@@ -1449,18 +1522,24 @@ int profile(const Config& cfg, PyManager& mgr) {
   std::string unit = "ns/item";
   std::optional<Handler> h;
   Staging st;
-  if (p == "queued_b256" || p == "queued_b256_c" || p == "queued_b256_l") {
+  if (p == "queued_b256" || p == "queued_b256_f" || p == "queued_b256_c" || p == "queued_b256_l") {
     h = load(mgr, "identity", 256);
     if (p == "queued_b256") {
       once = [&] { return queued_identity_ns(*h, cfg.queued_items); };
+    } else if (p == "queued_b256_f") {
+      once = [&] { return queued_identity_future_ns(*h, cfg.queued_items); };
     } else if (p == "queued_b256_l") {
       once = [&] { return queued_identity_light_ns(*h, cfg.queued_items); };
     } else {
       once = [&] { return queued_identity_cabi_ns(*h, cfg.queued_items); };
     }
-  } else if (p == "queued_b1") {
+  } else if (p == "queued_b1" || p == "queued_b1_f") {
     h = load(mgr, "identity", 1);
-    once = [&] { return queued_identity_ns(*h, cfg.batch1_items); };
+    if (p == "queued_b1") {
+      once = [&] { return queued_identity_ns(*h, cfg.batch1_items); };
+    } else {
+      once = [&] { return queued_identity_future_ns(*h, cfg.batch1_items); };
+    }
   } else if (p == "latency") {
     h = load(mgr, "identity", 1);
     unit = "us (p50)";
