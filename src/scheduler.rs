@@ -127,6 +127,10 @@ impl std::ops::DerefMut for JobSlot {
     }
 }
 
+/// Detached items' finalizers (the C++ wrapper fulfilling a `std::promise`: a system call
+/// each) that make it worth handing the next batch to another worker meanwhile.
+const FINALIZERS_WORTH_A_HELPER: usize = 8;
+
 const QUEUED: u8 = 0;
 const CLAIMED: u8 = 1;
 const FINISHED: u8 = 2;
@@ -418,6 +422,10 @@ impl Drop for Incoming {
 /// See `HandlerCore::flow`.
 #[derive(Default)]
 struct Flow {
+    /// Lock-free submission: producers push here; runners move items to the pipeline.
+    incoming: Incoming,
+    /// Items ever submitted (accepted or refused).
+    enqueued: AtomicU64,
     /// Items accepted and not yet taken into a batch (nor cancelled or expired).
     queued: AtomicUsize,
     /// Items accepted and not yet finished; drain waits for zero.
@@ -442,10 +450,8 @@ pub(crate) struct HandlerCore {
     pub(crate) function: Py<PyAny>,
     pub(crate) options: HandlerOptions,
     pool: Arc<Pool>,
-    /// Lock-free submission: producers push here; runners move items to the pipeline.
-    incoming: Incoming,
-    /// The queue's counters and flags, which producers touch per item and runners per
-    /// batch: one cache line of their own.
+    /// The submission stack, counters and flags, which producers touch per item and
+    /// runners per batch: one cache line of their own, the only one producers share.
     flow: CachePadded<Flow>,
     pipe: Mutex<Pipeline>,
     /// Signalled when queued items are taken or finish (room in a bounded queue).
@@ -457,8 +463,6 @@ pub(crate) struct HandlerCore {
     /// Replica threads waiting for work (they wait on `replica_wake` under `pipe`).
     idle_replicas: AtomicUsize,
     replica_wake: Condvar,
-    /// Written by producers only (one per item): kept off the lines the workers write.
-    enqueued: CachePadded<AtomicU64>,
     /// Written by the workers (per item or per batch).
     counters: CachePadded<Counters>,
     /// Items taken into a batch whose future is not resolved yet; decremented just before
@@ -508,7 +512,6 @@ impl HandlerCore {
             function,
             options,
             pool,
-            incoming: Incoming::default(),
             flow: CachePadded::new(Flow::default()),
             pipe: Mutex::new(Pipeline::default()),
             room: Condvar::new(),
@@ -516,7 +519,6 @@ impl HandlerCore {
             replicas,
             idle_replicas: AtomicUsize::new(0),
             replica_wake: Condvar::new(),
-            enqueued: CachePadded::new(AtomicU64::new(0)),
             counters: CachePadded::new(Counters::default()),
             items_in_batches: CachePadded::new(AtomicU64::new(0)),
             emas: Mutex::new(Emas::default()),
@@ -592,7 +594,7 @@ impl HandlerCore {
         opts: ItemOptions,
         future: Option<bool>,
     ) -> (Option<Arc<Item>>, Option<Error>) {
-        self.enqueued.fetch_add(1, Relaxed);
+        self.flow.enqueued.fetch_add(1, Relaxed);
         let needs_prepare = job.needs_prepare();
         let enqueued_ns = clock::now_ns();
         let item = Arc::new(Item {
@@ -619,11 +621,11 @@ impl HandlerCore {
         // Once pushed, the item may be executed and freed at any moment.
         let item = match future {
             Some(_) => {
-                self.incoming.push(item.clone());
+                self.flow.incoming.push(item.clone());
                 Some(item)
             }
             None => {
-                self.incoming.push(item);
+                self.flow.incoming.push(item);
                 None
             }
         };
@@ -752,7 +754,7 @@ impl HandlerCore {
 
     /// Moves submitted items into the pipeline.
     fn pull_incoming(&self, pipe: &mut Pipeline) {
-        self.incoming.take_all(&mut pipe.pending);
+        self.flow.incoming.take_all(&mut pipe.pending);
     }
 
     /// Oldest still-queued item, after dropping finished entries from the front.
@@ -949,6 +951,12 @@ impl HandlerCore {
                     pipe = self.lock();
                     pipe.executing -= 1;
                     pipe.batches_in_flight -= 1;
+                    if completed.len() >= FINALIZERS_WORTH_A_HELPER && self.work_available_locked(&mut pipe) {
+                        // Another worker executes the next batch while this one finalizes.
+                        if let Some(me) = self.weak_self.upgrade() {
+                            self.pool.submit(me, false);
+                        }
+                    }
                     drop(pipe);
                     // The completed items' finalizers run after the GIL hold, before the
                     // items count as finished (drain waits for them).
@@ -1152,7 +1160,7 @@ impl HandlerCore {
             match job {
                 // A detached C ABI item: its finalizer may run without the GIL (the
                 // documented contract), and no future can observe it before it runs.
-                JobSlot::C(_) if item.completion.is_none() => completed.push(job),
+                JobSlot::C(ref c) if item.completion.is_none() && c.has_finalizer() => completed.push(job),
                 // An item with a future is finalized before its future resolves; a Rust
                 // job may own Python objects: both are dropped while the GIL is held.
                 _ => drop(job),
@@ -1196,7 +1204,7 @@ impl HandlerCore {
         HandlerStats {
             commit_queue_size: self.flow.queued.load(Acquire) as u64,
             execute_queue_size: self.items_in_batches.load(Acquire),
-            total_enqueued: self.enqueued.load(Relaxed),
+            total_enqueued: self.flow.enqueued.load(Relaxed),
             completed: c.completed.load(Relaxed),
             failed: c.failed.load(Relaxed),
             cancelled: c.cancelled.load(Relaxed),
@@ -1227,7 +1235,7 @@ impl Drop for HandlerCore {
         // Nothing can be queued once the last reference is gone, but fail anything that
         // slipped in after the final drain rather than lose it.
         let mut leftovers = VecDeque::new();
-        self.incoming.take_all(&mut leftovers);
+        self.flow.incoming.take_all(&mut leftovers);
         let pending = std::mem::take(&mut self.pipe.get_mut().unwrap_or_else(|p| p.into_inner()).pending);
         for item in leftovers.into_iter().chain(pending) {
             if item.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_ok() {
@@ -1594,7 +1602,7 @@ impl BatchSource for HandlerCore {
             // Announce the wait, then look once more (pairs with the fence in `kick`).
             self.idle_replicas.fetch_add(1, SeqCst);
             fence(SeqCst);
-            if self.incoming.is_empty() {
+            if self.flow.incoming.is_empty() {
                 pipe = self.replica_wake.wait(pipe).unwrap_or_else(|p| p.into_inner());
             }
             self.idle_replicas.fetch_sub(1, SeqCst);
@@ -1637,6 +1645,12 @@ mod tests {
         let arc_inner = std::mem::size_of::<Item>() + 2 * std::mem::size_of::<usize>();
         assert!(arc_inner <= 112, "ArcInner<Item> is {arc_inner} bytes");
         assert!(std::mem::offset_of!(Item, job) + std::mem::size_of::<JobCell>() <= 112 - 16);
+    }
+
+    /// What producers write per item fits one cache line.
+    #[test]
+    fn flow_is_one_cache_line() {
+        assert!(std::mem::size_of::<Flow>() <= 64, "Flow is {} bytes", std::mem::size_of::<Flow>());
     }
 
     struct Noop;

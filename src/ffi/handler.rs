@@ -158,6 +158,11 @@ pub(crate) struct CJob {
 }
 
 impl CJob {
+    /// Whether dropping it calls a `drop` callback (else it is free to drop anywhere).
+    pub(crate) fn has_finalizer(&self) -> bool {
+        self.drop.is_some()
+    }
+
     fn new(item: &pysched_item) -> Self {
         CJob {
             user_data: item.user_data,
