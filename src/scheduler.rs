@@ -127,8 +127,10 @@ impl std::ops::DerefMut for JobSlot {
     }
 }
 
-/// Detached items' finalizers (the C++ wrapper fulfilling a `std::promise`: a system call
-/// each) that make it worth handing the next batch to another worker meanwhile.
+/// Finalizers as slow as the C++ wrapper fulfilling a `std::promise` (a system call each
+/// in glibc, ~250 ns here; publishing a `pyscheduler::Future` takes ~20): a batch with at
+/// least this many such finalizers hands the next batch to another worker while they run.
+const SLOW_FINALIZER_NS: u64 = 100;
 const FINALIZERS_WORTH_A_HELPER: usize = 8;
 
 const QUEUED: u8 = 0;
@@ -465,6 +467,8 @@ pub(crate) struct HandlerCore {
     replica_wake: Condvar,
     /// Written by the workers (per item or per batch).
     counters: CachePadded<Counters>,
+    /// How long each finalizer of the last batch took, on average (ns).
+    finalize_ns_per_item: AtomicU64,
     /// Items taken into a batch whose future is not resolved yet; decremented just before
     /// each resolution so stats read after a future resolves already exclude it.
     items_in_batches: CachePadded<AtomicU64>,
@@ -521,6 +525,7 @@ impl HandlerCore {
             replica_wake: Condvar::new(),
             counters: CachePadded::new(Counters::default()),
             items_in_batches: CachePadded::new(AtomicU64::new(0)),
+            finalize_ns_per_item: AtomicU64::new(0),
             emas: Mutex::new(Emas::default()),
             histograms: Histograms::default(),
             weak_self: weak.clone(),
@@ -951,7 +956,9 @@ impl HandlerCore {
                     pipe = self.lock();
                     pipe.executing -= 1;
                     pipe.batches_in_flight -= 1;
-                    if completed.len() >= FINALIZERS_WORTH_A_HELPER && self.work_available_locked(&mut pipe) {
+                    let slow_finalizers = completed.len() >= FINALIZERS_WORTH_A_HELPER
+                        && self.finalize_ns_per_item.load(Relaxed) >= SLOW_FINALIZER_NS;
+                    if slow_finalizers && self.work_available_locked(&mut pipe) {
                         // Another worker executes the next batch while this one finalizes.
                         if let Some(me) = self.weak_self.upgrade() {
                             self.pool.submit(me, false);
@@ -960,7 +967,13 @@ impl HandlerCore {
                     drop(pipe);
                     // The completed items' finalizers run after the GIL hold, before the
                     // items count as finished (drain waits for them).
-                    self.as_executing_batch(|| drop(completed));
+                    if !completed.is_empty() {
+                        let count = completed.len() as u64;
+                        let start = clock::now_ns();
+                        self.as_executing_batch(|| drop(completed));
+                        let per_item = clock::now_ns().saturating_sub(start) / count;
+                        self.finalize_ns_per_item.store(per_item, Relaxed);
+                    }
                     self.finish_items(n);
                     pipe = self.lock();
                     if primary && self.pool.others_waiting() && self.work_available_locked(&mut pipe) {
