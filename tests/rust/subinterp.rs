@@ -714,6 +714,40 @@ fn c_abi_errors_carry_python_type_and_traceback() {
     assert_eq!(seen[0], seen[1], "the replica's error differs from the shared pool's");
 }
 
+/// A replica-capable job whose object is the int 1 and whose completion (in a replica
+/// or in the main interpreter) runs `on_complete`.
+struct RawOne<F: FnMut() + Send + 'static> {
+    on_complete: F,
+}
+
+impl<F: FnMut() + Send + 'static> RawOne<F> {
+    fn new(on_complete: F) -> Self {
+        RawOne { on_complete }
+    }
+}
+
+impl<F: FnMut() + Send + 'static> Job for RawOne<F> {
+    fn commit(&mut self, py: Python<'_>) -> pyscheduler::Result<Py<PyAny>> {
+        Ok(1i64.into_pyobject(py).unwrap().into_any().unbind())
+    }
+    fn complete(&mut self, _py: Python<'_>, _r: &Bound<'_, PyAny>) -> pyscheduler::Result<()> {
+        (self.on_complete)();
+        Ok(())
+    }
+    fn fail(&mut self, _error: &Error) {}
+    fn supports_raw(&self) -> bool {
+        true
+    }
+    fn commit_raw(&mut self) -> *mut ffi::PyObject {
+        // SAFETY: called in the replica with its GIL held.
+        unsafe { ffi::PyLong_FromLongLong(1) }
+    }
+    fn complete_raw(&mut self, _result: *mut ffi::PyObject) -> pyscheduler::Result<()> {
+        (self.on_complete)();
+        Ok(())
+    }
+}
+
 /// `pysched_handler_drain` called from inside a replica's complete callback on its own
 /// handler behaves as on the shared pool: it marks the handler as draining and returns
 /// (it cannot wait for the batch it is called from) instead of deadlocking, and every
@@ -814,32 +848,6 @@ fn drain_from_inside_a_replica_callback_returns() {
     }
 
     // The Rust API: a job whose completion drains its own handler.
-    struct Draining {
-        handler: Arc<Mutex<Option<Arc<pyscheduler::Handler>>>>,
-        drained: Arc<AtomicUsize>,
-    }
-    impl Job for Draining {
-        fn commit(&mut self, py: Python<'_>) -> pyscheduler::Result<Py<PyAny>> {
-            Ok(1i64.into_pyobject(py).unwrap().into_any().unbind())
-        }
-        fn complete(&mut self, _py: Python<'_>, _r: &Bound<'_, PyAny>) -> pyscheduler::Result<()> {
-            Ok(())
-        }
-        fn fail(&mut self, _error: &Error) {}
-        fn supports_raw(&self) -> bool {
-            true
-        }
-        fn commit_raw(&mut self) -> *mut ffi::PyObject {
-            // SAFETY: called in the replica with its GIL held.
-            unsafe { ffi::PyLong_FromLongLong(1) }
-        }
-        fn complete_raw(&mut self, _result: *mut ffi::PyObject) -> pyscheduler::Result<()> {
-            let handler = self.handler.lock().unwrap().clone().expect("handler set before queueing");
-            handler.drain();
-            self.drained.fetch_add(1, SeqCst);
-            Ok(())
-        }
-    }
     let handler = Arc::new(m.load(MODULE, "double", replicated(2, 1)).unwrap());
     let slot = Arc::new(Mutex::new(Some(handler.clone())));
     let drained = Arc::new(AtomicUsize::new(0));
@@ -847,7 +855,12 @@ fn drain_from_inside_a_replica_callback_returns() {
     within("Handler::drain inside a replica callback", move || {
         let futures: Vec<_> = (0..20)
             .map(|_| {
-                let job = Draining { handler: slot2.clone(), drained: drained2.clone() };
+                let (slot, drained) = (slot2.clone(), drained2.clone());
+                let job = RawOne::new(move || {
+                    let handler = slot.lock().unwrap().clone().expect("handler set before queueing");
+                    handler.drain();
+                    drained.fetch_add(1, SeqCst);
+                });
                 handler2.queue_job(Box::new(job), ItemOptions::default())
             })
             .collect();
@@ -1069,38 +1082,22 @@ fn free_from_inside_a_replica_callback() {
     if !replicas_supported("free_from_inside_a_replica_callback") {
         return;
     }
-    struct Freeing {
-        handler: Arc<Mutex<Option<pyscheduler::Handler>>>,
-    }
-    impl Job for Freeing {
-        fn commit(&mut self, py: Python<'_>) -> pyscheduler::Result<Py<PyAny>> {
-            Ok(1i64.into_pyobject(py).unwrap().into_any().unbind())
-        }
-        fn complete(&mut self, _py: Python<'_>, _r: &Bound<'_, PyAny>) -> pyscheduler::Result<()> {
-            Ok(())
-        }
-        fn fail(&mut self, _error: &Error) {}
-        fn supports_raw(&self) -> bool {
-            true
-        }
-        fn commit_raw(&mut self) -> *mut ffi::PyObject {
-            // SAFETY: called in the replica with its GIL held.
-            unsafe { ffi::PyLong_FromLongLong(1) }
-        }
-        fn complete_raw(&mut self, _result: *mut ffi::PyObject) -> pyscheduler::Result<()> {
-            // The first item to complete drops the handler (the last reference to it),
-            // outside the lock (dropping it joins the other replica, which takes it too).
-            let handler = self.handler.lock().unwrap().take();
-            drop(handler);
-            Ok(())
-        }
-    }
     let slot = Arc::new(Mutex::new(Some(m.load(MODULE, "double", replicated(2, 1)).unwrap())));
     let futures: Vec<_> = {
         let guard = slot.lock().unwrap();
         let handler = guard.as_ref().unwrap();
         (0..40)
-            .map(|_| handler.queue_job(Box::new(Freeing { handler: slot.clone() }), ItemOptions::default()))
+            .map(|_| {
+                let slot = slot.clone();
+                // The first item to complete drops the handler (the last reference to
+                // it), outside the lock (dropping it joins the other replica, which
+                // takes the lock too).
+                let job = RawOne::new(move || {
+                    let handler = slot.lock().unwrap().take();
+                    drop(handler);
+                });
+                handler.queue_job(Box::new(job), ItemOptions::default())
+            })
             .collect()
     };
     for (i, f) in futures.into_iter().enumerate() {
