@@ -93,13 +93,13 @@ impl Handler {
     /// (refusals reach its `fail`). Blocks only on a full bounded queue with the block
     /// policy (releasing the GIL if held).
     pub fn queue_job(&self, job: Box<dyn Job>, options: ItemOptions) -> ItemFuture {
-        ItemFuture::new(self.core.enqueue(job.into(), options, true).0)
+        ItemFuture::new(self.core.enqueue(job.into(), options).0)
     }
 
     /// As [`Handler::queue_job`], telling a refusal (shut down, full queue) apart: then
     /// the job's `fail` has already run and the error is returned.
     pub fn try_queue_job(&self, job: Box<dyn Job>, options: ItemOptions) -> Result<ItemFuture> {
-        self.try_queue_slot(job.into(), options, true)
+        self.try_queue_slot(job.into(), options)
     }
 
     /// Queues a job nobody waits for but through its own callbacks (the C ABI without a
@@ -111,15 +111,8 @@ impl Handler {
         }
     }
 
-    /// `cancellable`: whether the future may cancel the item (a link from the item to its
-    /// handler, which costs producers a contended atomic per item).
-    pub(crate) fn try_queue_slot(
-        &self,
-        job: JobSlot,
-        options: ItemOptions,
-        cancellable: bool,
-    ) -> Result<ItemFuture> {
-        match self.core.enqueue(job, options, cancellable) {
+    pub(crate) fn try_queue_slot(&self, job: JobSlot, options: ItemOptions) -> Result<ItemFuture> {
+        match self.core.enqueue(job, options) {
             (item, None) => Ok(ItemFuture::new(item)),
             (_, Some(error)) => Err(error),
         }

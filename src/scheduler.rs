@@ -572,16 +572,11 @@ impl HandlerCore {
 
     /// Queues one item for a future: the returned item is the future's. The job is always
     /// consumed: on refusal (shutdown, full queue) its `fail` runs before this returns, the
-    /// item is already failed and the refusal is returned beside it. `cancellable`: the
-    /// future may cancel the item (a link from the item to this handler). Lock-free
-    /// unless the bounded queue is full under `FullPolicy::Block`.
-    pub(crate) fn enqueue(
-        &self,
-        job: JobSlot,
-        opts: ItemOptions,
-        cancellable: bool,
-    ) -> (Arc<Item>, Option<Error>) {
-        let (item, refused) = self.submit(job, opts, Some(cancellable));
+    /// item is already failed and the refusal is returned beside it. The future may cancel
+    /// the item (the item links back to this handler). Lock-free unless the bounded queue
+    /// is full under `FullPolicy::Block`.
+    pub(crate) fn enqueue(&self, job: JobSlot, opts: ItemOptions) -> (Arc<Item>, Option<Error>) {
+        let (item, refused) = self.submit(job, opts, true);
         (item.expect("submit returns the item when asked for a future"), refused)
     }
 
@@ -589,15 +584,15 @@ impl HandlerCore {
     /// future handle, and so the C++ wrapper's `std::future`s): its completion slot is
     /// never written, and it is neither linked to this handler nor shared with the caller.
     pub(crate) fn enqueue_detached(&self, job: JobSlot, opts: ItemOptions) -> Option<Error> {
-        self.submit(job, ItemOptions { keep_value: false, ..opts }, None).1
+        self.submit(job, ItemOptions { keep_value: false, ..opts }, false).1
     }
 
-    /// `future`: Some(cancellable) to get the item back for a future.
+    /// `with_future`: the item is returned for a future (which may also cancel it).
     fn submit(
         &self,
         job: JobSlot,
         opts: ItemOptions,
-        future: Option<bool>,
+        with_future: bool,
     ) -> (Option<Arc<Item>>, Option<Error>) {
         self.flow.enqueued.fetch_add(1, Relaxed);
         let needs_prepare = job.needs_prepare();
@@ -607,32 +602,29 @@ impl HandlerCore {
             needs_prepare,
             job: JobCell(UnsafeCell::new(Some(job))),
             next: AtomicPtr::new(std::ptr::null_mut()),
-            completion: future.map(|_| Box::default()),
+            completion: with_future.then(Box::default),
             keep_value: opts.keep_value,
             enqueued_ns,
             deadline_ns: opts.deadline.map(clock::deadline_ns),
-            handler: (future == Some(true) || opts.deadline.is_some()).then(|| self.weak_self.clone()),
+            handler: (with_future || opts.deadline.is_some()).then(|| self.weak_self.clone()),
         });
         if let Err(error) = self.reserve_slot() {
             self.counters.rejected.fetch_add(1, Relaxed);
             item.state.store(FINISHED, Relaxed);
             fail_job(item.take_slot(), &error);
             item.resolve(Err(error.clone()));
-            return (future.map(|_| item), Some(error));
+            return (with_future.then_some(item), Some(error));
         }
         self.flow.outstanding.fetch_add(1, AcqRel);
         let queued = self.flow.queued.load(Acquire);
         let timer_target = opts.deadline.map(|d| (d, Arc::downgrade(&item)));
         // Once pushed, the item may be executed and freed at any moment.
-        let item = match future {
-            Some(_) => {
-                self.flow.incoming.push(item.clone());
-                Some(item)
-            }
-            None => {
-                self.flow.incoming.push(item);
-                None
-            }
+        let item = if with_future {
+            self.flow.incoming.push(item.clone());
+            Some(item)
+        } else {
+            self.flow.incoming.push(item);
+            None
         };
         if let Some((deadline, target)) = timer_target {
             self.pool.timer.add(deadline, TimerTarget::Item(target));
@@ -1103,20 +1095,12 @@ impl HandlerCore {
         if batch.is_empty() {
             return Vec::new();
         }
-        let items = batch.len();
         let gil_asked = clock::now_ns();
-        self.as_executing_batch(|| {
-            crate::runtime::attach(|py| self.execute_locked(py, batch, items, gil_asked))
-        })
+        self.as_executing_batch(|| crate::runtime::attach(|py| self.execute_locked(py, batch, gil_asked)))
     }
 
-    fn execute_locked(
-        &self,
-        py: Python<'_>,
-        batch: Vec<Arc<Item>>,
-        items: usize,
-        gil_asked: u64,
-    ) -> Vec<JobSlot> {
+    fn execute_locked(&self, py: Python<'_>, batch: Vec<Arc<Item>>, gil_asked: u64) -> Vec<JobSlot> {
+        let items = batch.len();
         let start_ns = clock::now_ns();
         self.histograms.gil_wait_ns.record(start_ns.saturating_sub(gil_asked));
         let mut objects = Vec::with_capacity(items);

@@ -1008,12 +1008,7 @@ mod tests {
             .map(|value| {
                 let job = RawJob { value, got: got.clone(), finished: finished.clone() };
                 ItemFuture::new(
-                    core.enqueue(
-                        crate::scheduler::JobSlot::Boxed(Box::new(job)),
-                        ItemOptions::default(),
-                        true,
-                    )
-                    .0,
+                    core.enqueue(crate::scheduler::JobSlot::Boxed(Box::new(job)), ItemOptions::default()).0,
                 )
             })
             .collect();

@@ -317,7 +317,7 @@ pub extern "C" fn pysched_handler_queue(
         if out_future.is_null() {
             return h.inner.queue_detached(JobSlot::C(job), opts);
         }
-        let future = h.inner.try_queue_slot(JobSlot::C(job), opts, true)?;
+        let future = h.inner.try_queue_slot(JobSlot::C(job), opts)?;
         // SAFETY: checked non-NULL; points to writable storage (documented).
         unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
         Ok(())
