@@ -445,38 +445,36 @@ void check(bool ok, const char* what) {
 constexpr auto kCommitInt = [](long v) { return py::int_(v); };
 constexpr auto kCastLong = [](py::object o) { return o.cast<long>(); };
 
-// Queues n identity items from this thread through the drop-in API and waits for all
-// futures. Returns ns per item (enqueue of the first to the last future resolved).
-double queued_identity_ns(Handler& h, std::size_t n, long base = 0) {
-  std::vector<std::future<long>> futures;
+// Queues n identity items from this thread with `queue(value)` (which returns the item's
+// future) and waits for all futures. Returns ns per item (enqueue of the first to the
+// last future resolved); `wrong_values` is the self-check's message.
+template <typename Queue>
+double queued_identity_through(std::size_t n, long base, const char* wrong_values, Queue&& queue) {
+  std::vector<decltype(queue(0L))> futures;
   futures.reserve(n);
   const auto t0 = Clock::now();
   for (std::size_t i = 0; i < n; ++i) {
-    futures.push_back(h.queue_invoke(kCommitInt, kCastLong, base + static_cast<long>(i)));
+    futures.push_back(queue(base + static_cast<long>(i)));
   }
   long sum = 0;
   for (auto& f : futures) sum += f.get();
   const auto t1 = Clock::now();
   const long nn = static_cast<long>(n);
-  check(sum == nn * base + nn * (nn - 1) / 2, "queued identity returned wrong values");
+  check(sum == nn * base + nn * (nn - 1) / 2, wrong_values);
   return elapsed_ns(t0, t1) / static_cast<double>(n);
+}
+
+// Through the drop-in API: one std::promise/std::future pair per item.
+double queued_identity_ns(Handler& h, std::size_t n, long base = 0) {
+  return queued_identity_through(n, base, "queued identity returned wrong values",
+                                 [&](long v) { return h.queue_invoke(kCommitInt, kCastLong, v); });
 }
 
 // The same through queue_invoke_future: one pyscheduler::Future (the item's own context,
 // shared with the core) per item instead of a std::promise/std::future pair.
 double queued_identity_future_ns(Handler& h, std::size_t n, long base = 0) {
-  std::vector<pyscheduler::Future<long>> futures;
-  futures.reserve(n);
-  const auto t0 = Clock::now();
-  for (std::size_t i = 0; i < n; ++i) {
-    futures.push_back(h.queue_invoke_future(kCommitInt, kCastLong, base + static_cast<long>(i)));
-  }
-  long sum = 0;
-  for (auto& f : futures) sum += f.get();
-  const auto t1 = Clock::now();
-  const long nn = static_cast<long>(n);
-  check(sum == nn * base + nn * (nn - 1) / 2, "queued identity (pyscheduler::Future) returned wrong values");
-  return elapsed_ns(t0, t1) / static_cast<double>(n);
+  return queued_identity_through(n, base, "queued identity (pyscheduler::Future) returned wrong values",
+                                 [&](long v) { return h.queue_invoke_future(kCommitInt, kCastLong, v); });
 }
 
 // The same through the C ABI with fire-and-forget callbacks (no std::future, no heap
