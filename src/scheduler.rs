@@ -16,9 +16,9 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use std::cell::UnsafeCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
+    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
     Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
 };
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -71,12 +71,12 @@ pub trait Job: Send + 'static {
 pub(crate) trait BatchSource: Send + Sync {
     /// Blocks (call it with no GIL held) until a batch is available, or returns None once
     /// the handler is closed and nothing is left.
-    fn next_batch(&self) -> Option<Vec<Arc<Item>>>;
+    fn next_batch(&self) -> Option<Vec<Entry>>;
     /// Resolves an item whose completion ran: `outcome` is what `complete_raw` returned.
     /// Drops the job (its finalizer runs here).
-    fn complete_item(&self, item: &Arc<Item>, job: Box<dyn Job>, outcome: Result<()>);
+    fn complete_item(&self, item: &Entry, job: Box<dyn Job>, outcome: Result<()>);
     /// Fails one item of a claimed batch (commit error, Python error, bad result).
-    fn fail_item(&self, item: &Arc<Item>, job: Option<Box<dyn Job>>, error: Error);
+    fn fail_item(&self, item: &Entry, job: Option<Box<dyn Job>>, error: Error);
     /// Records a batch's timings (stats, histograms); call it right after the Python
     /// call returns and before resolving its items.
     fn record_timings(&self, items: usize, commit_ns: u64, execute_ns: u64, executed: usize);
@@ -137,13 +137,11 @@ const QUEUED: u8 = 0;
 const CLAIMED: u8 = 1;
 const FINISHED: u8 = 2;
 
-/// One queued item, shared by its handler's queue, its future and the timer.
-// Laid out in the order a worker reads it (`C`): a detached item's worker touches the
-// first two cache lines only.
+/// An item a future or the timer can reach (queued with a future handle or a
+/// deadline), shared by its handler's queue, its future and the timer.
+// Laid out in the order a worker reads it (`C`).
 #[repr(C)]
 pub(crate) struct Item {
-    /// The next item in `Incoming` (set by the producer that pushes this one).
-    next: AtomicPtr<Item>,
     /// QUEUED -> CLAIMED (a worker took it) or QUEUED -> FINISHED (cancel, deadline,
     /// shutdown): whoever wins the transition from QUEUED owns the job.
     state: AtomicU8,
@@ -153,13 +151,107 @@ pub(crate) struct Item {
     enqueued_ns: u64,
     deadline_ns: Option<std::num::NonZeroU64>,
     job: JobCell,
-    /// Only for items that can be cancelled or expire by the timer (those queued with a
-    /// future handle or a deadline): a weak count per item is a cache line that producers
-    /// and workers would otherwise trade on every item.
-    handler: Option<Weak<HandlerCore>>,
-    /// Where a future reads the outcome; None for detached items (no future: their
-    /// callbacks are all there is), which then take no second allocation.
+    /// For the accounting of a cancel or an expiry.
+    handler: Weak<HandlerCore>,
+    /// Where a future reads the outcome; None for an item queued with a deadline but
+    /// no future handle (its callbacks are all there is).
     completion: Option<Box<Completion>>,
+}
+
+/// A queued item as the queue holds it.
+pub(crate) enum Entry {
+    /// Nothing but the queue can reach it (no future handle, no deadline: the C ABI's
+    /// fire-and-forget items, and so the C++ wrapper's `queue_invoke` and
+    /// `queue_invoke_future` without a timeout): it lives inline in the queue's blocks,
+    /// with no allocation, reference count or state machine of its own, and whoever
+    /// holds the entry owns it.
+    Detached(Detached),
+    /// Queued with a future handle or a deadline.
+    Shared(Arc<Item>),
+}
+
+pub(crate) struct Detached {
+    job: JobCell,
+    enqueued_ns: u64,
+    needs_prepare: bool,
+}
+
+impl Entry {
+    fn enqueued_ns(&self) -> u64 {
+        match self {
+            Entry::Detached(d) => d.enqueued_ns,
+            Entry::Shared(item) => item.enqueued_ns,
+        }
+    }
+
+    fn needs_prepare(&self) -> bool {
+        match self {
+            Entry::Detached(d) => d.needs_prepare,
+            Entry::Shared(item) => item.needs_prepare,
+        }
+    }
+
+    /// False once a shared item was cancelled or expired (it stays in the queue until
+    /// a runner reaches it).
+    fn is_queued(&self) -> bool {
+        match self {
+            Entry::Detached(_) => true,
+            Entry::Shared(item) => item.state.load(Acquire) == QUEUED,
+        }
+    }
+
+    /// Takes the item out of the queue's state machine for a batch; false if a cancel
+    /// or deadline finished it first.
+    fn claim(&self) -> bool {
+        match self {
+            Entry::Detached(_) => true,
+            Entry::Shared(item) => item.state.compare_exchange(QUEUED, CLAIMED, AcqRel, Acquire).is_ok(),
+        }
+    }
+
+    fn job_cell(&self) -> &JobCell {
+        match self {
+            Entry::Detached(d) => &d.job,
+            Entry::Shared(item) => &item.job,
+        }
+    }
+
+    /// Takes the job. The caller owns the entry (see `JobCell`).
+    fn take_slot(&self) -> Option<JobSlot> {
+        self.job_cell().take()
+    }
+
+    /// The job, boxed (for the sub-interpreter replicas).
+    pub(crate) fn take_job(&self) -> Option<Box<dyn Job>> {
+        self.take_slot().map(JobSlot::into_boxed)
+    }
+
+    /// Whether a future reads this item's outcome.
+    fn has_completion(&self) -> bool {
+        matches!(self, Entry::Shared(item) if item.completion.is_some())
+    }
+
+    fn keep_value(&self) -> bool {
+        matches!(self, Entry::Shared(item) if item.keep_value)
+    }
+
+    fn resolve(&self, outcome: crate::future::Outcome) {
+        if let Entry::Shared(item) = self {
+            item.resolve(outcome);
+        }
+    }
+
+    /// Fails an entry refused at submission or left in the queue of a dropped handler
+    /// (unless a shared item finished already).
+    fn fail_unstarted(&self, error: &Error) {
+        if let Entry::Shared(item) = self {
+            if item.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_err() {
+                return;
+            }
+        }
+        fail_job(self.take_slot(), error);
+        self.resolve(Err(error.clone()));
+    }
 }
 
 /// An item's job, without a lock: it has one owner at a time, who alone touches it. The
@@ -172,6 +264,25 @@ struct JobCell(UnsafeCell<Option<JobSlot>>);
 // SAFETY: the cell is only accessed by the item's single owner (above); ownership passes
 // between threads through the acquire/release operations on `Item::state` and the queues.
 unsafe impl Sync for JobCell {}
+
+impl JobCell {
+    fn new(job: JobSlot) -> Self {
+        JobCell(UnsafeCell::new(Some(job)))
+    }
+
+    /// Takes the job. The caller owns the item.
+    fn take(&self) -> Option<JobSlot> {
+        // SAFETY: exclusive access by the owner (the protocol above).
+        unsafe { (*self.0.get()).take() }
+    }
+
+    /// The job, in place. PRECONDITION: the caller owns the item and holds no other
+    /// reference into the cell.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get_mut(&self) -> Option<&mut JobSlot> {
+        (*self.0.get()).as_mut()
+    }
+}
 
 impl Item {
     /// Stores the outcome for the future, if the item has one (a detached item's outcome
@@ -189,20 +300,12 @@ impl Item {
 
     /// Takes the job. The caller owns the item (see `JobCell`).
     fn take_slot(&self) -> Option<JobSlot> {
-        // SAFETY: exclusive access by the owner (JobCell's protocol).
-        unsafe { (*self.job.0.get()).take() }
+        self.job.take()
     }
 
-    /// The job, boxed (for the sub-interpreter replicas).
-    pub(crate) fn take_job(&self) -> Option<Box<dyn Job>> {
-        self.take_slot().map(JobSlot::into_boxed)
-    }
-
-    /// Cancels a queued item; false if it already started or finished, or was queued
-    /// without a link to its handler (no future handle was asked for).
+    /// Cancels a queued item; false if it already started or finished.
     pub(crate) fn cancel(self: &Arc<Self>) -> bool {
-        let Some(link) = &self.handler else { return false };
-        self.finish_unstarted(ErrorKind::Cancelled, link.upgrade().as_deref())
+        self.finish_unstarted(ErrorKind::Cancelled, self.handler.upgrade().as_deref())
     }
 
     /// Fails an item that has not started; `handler` is its handler, for the accounting
@@ -345,13 +448,13 @@ pub struct ItemOptions {
 /// Producers never take it: they push to `HandlerCore::incoming`.
 #[derive(Default)]
 struct Pipeline {
-    /// Items moved from `incoming`, in arrival order; entries no longer QUEUED
-    /// (cancelled, expired) are skipped when they reach the front.
-    pending: VecDeque<Arc<Item>>,
+    /// The oldest entry of `incoming`, taken out to look at it (its age decides the batch
+    /// delay); entries no longer queued (cancelled, expired) are dropped on the way.
+    front: Option<Entry>,
     next_claim_seq: u64,
     next_exec_seq: u64,
     /// Prepared batches waiting for their turn, by sequence number.
-    staged: BTreeMap<u64, Vec<Arc<Item>>>,
+    staged: BTreeMap<u64, Vec<Entry>>,
     /// Batches taken and not yet executed (or, with replicas, not yet finished).
     batches_in_flight: usize,
     /// Batches being executed (at most `concurrency`).
@@ -365,67 +468,35 @@ struct Pipeline {
     drain_waiters: usize,
 }
 
-/// Lock-free submission: producers push items with one CAS on `head` (a stack linked
-/// through `Item::next`); a runner takes the whole stack with one swap and restores the
-/// arrival order. No ABA: nothing but `take_all` ever removes items.
+/// Lock-free submission: an unbounded queue of entries in blocks of 31 (crossbeam's
+/// `SegQueue`). A producer reserves a slot with one CAS and writes its entry in place:
+/// no allocation per item, and a runner reads the entries in arrival order from
+/// consecutive memory (a linked stack of heap items cost a cross-thread free and a
+/// pointer chase per item on both sides). Only runners holding the pipeline lock pop.
+/// A runner that meets a slot reserved but not yet written waits for that producer's
+/// write (a few instructions, unless the producer is preempted right there).
 #[derive(Default)]
 struct Incoming {
-    head: AtomicPtr<Item>,
+    queue: crossbeam_queue::SegQueue<Entry>,
 }
 
 impl Incoming {
-    fn push(&self, item: Arc<Item>) {
-        let node = Arc::into_raw(item).cast_mut();
-        let mut head = self.head.load(Relaxed);
-        loop {
-            // SAFETY: node is ours (from into_raw) until the CAS publishes it.
-            unsafe { (*node).next.store(head, Relaxed) };
-            match self.head.compare_exchange_weak(head, node, Release, Relaxed) {
-                Ok(_) => return,
-                Err(now) => head = now,
-            }
-        }
+    fn push(&self, entry: Entry) {
+        self.queue.push(entry);
     }
 
-    /// Appends every pushed item to `out`, oldest first.
-    fn take_all(&self, out: &mut VecDeque<Arc<Item>>) {
-        // The stack holds the newest first: reverse its links, then walk it.
-        let mut node = self.head.swap(std::ptr::null_mut(), Acquire);
-        let mut oldest_first: *mut Item = std::ptr::null_mut();
-        while !node.is_null() {
-            // SAFETY: every node on the stack came from Arc::into_raw in `push` and is
-            // alive (the stack owns that reference); the swap made this thread its only
-            // user, and the Acquire pairs with the pushes' Release.
-            let next = unsafe { (*node).next.load(Relaxed) };
-            unsafe { (*node).next.store(oldest_first, Relaxed) };
-            oldest_first = node;
-            node = next;
-        }
-        while !oldest_first.is_null() {
-            // SAFETY: as above; from_raw takes the stack's reference back, once per node.
-            let item = unsafe { Arc::from_raw(oldest_first) };
-            oldest_first = item.next.swap(std::ptr::null_mut(), Relaxed);
-            out.push_back(item);
-        }
+    fn pop(&self) -> Option<Entry> {
+        self.queue.pop()
     }
 
     fn is_empty(&self) -> bool {
-        self.head.load(Acquire).is_null()
-    }
-}
-
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        let mut rest = VecDeque::new();
-        self.take_all(&mut rest);
+        self.queue.is_empty()
     }
 }
 
 /// See `HandlerCore::flow`.
 #[derive(Default)]
 struct Flow {
-    /// Lock-free submission: producers push here; runners move items to the pipeline.
-    incoming: Incoming,
     /// Items ever submitted (accepted or refused).
     enqueued: AtomicU64,
     /// Items accepted and not yet taken into a batch (nor cancelled or expired).
@@ -452,8 +523,11 @@ pub(crate) struct HandlerCore {
     pub(crate) function: Py<PyAny>,
     pub(crate) options: HandlerOptions,
     pool: Arc<Pool>,
-    /// The submission stack, counters and flags, which producers touch per item and
-    /// runners per batch: one cache line of their own, the only one producers share.
+    /// Lock-free submission: producers push here; runners take batches from it.
+    incoming: Incoming,
+    /// The counters and flags, which producers touch per item and runners per batch:
+    /// one cache line of their own (besides the queue's ends, the only ones producers
+    /// share).
     flow: CachePadded<Flow>,
     pipe: Mutex<Pipeline>,
     /// Signalled when queued items are taken or finish (room in a bounded queue).
@@ -480,9 +554,10 @@ pub(crate) struct HandlerCore {
 
 /// A batch whose items several workers prepare at once.
 struct PrepareWork {
-    items: Vec<Arc<Item>>,
-    /// Whether each item's preparation succeeded (written by whoever prepared it).
-    ok: Vec<AtomicBool>,
+    /// Each item with whether its preparation succeeded, locked by whoever prepares it
+    /// (the lock is uncontended: each index is taken once) and at the end by the runner
+    /// that collects them, while a helper that started late may still hold the `Arc`.
+    items: Vec<Mutex<(Option<Entry>, bool)>>,
     /// Index of the next item to take.
     next: AtomicUsize,
     /// Items whose preparation has finished.
@@ -490,8 +565,8 @@ struct PrepareWork {
 }
 
 enum Action {
-    Execute(Vec<Arc<Item>>),
-    Prepare(u64, Vec<Arc<Item>>),
+    Execute(Vec<Entry>),
+    Prepare(u64, Vec<Entry>),
     Idle,
 }
 
@@ -516,6 +591,7 @@ impl HandlerCore {
             function,
             options,
             pool,
+            incoming: Incoming::default(),
             flow: CachePadded::new(Flow::default()),
             pipe: Mutex::new(Pipeline::default()),
             room: Condvar::new(),
@@ -597,38 +673,36 @@ impl HandlerCore {
         self.flow.enqueued.fetch_add(1, Relaxed);
         let needs_prepare = job.needs_prepare();
         let enqueued_ns = clock::now_ns();
-        let item = Arc::new(Item {
-            state: AtomicU8::new(QUEUED),
-            needs_prepare,
-            job: JobCell(UnsafeCell::new(Some(job))),
-            next: AtomicPtr::new(std::ptr::null_mut()),
-            completion: with_future.then(Box::default),
-            keep_value: opts.keep_value,
-            enqueued_ns,
-            deadline_ns: opts.deadline.map(clock::deadline_ns),
-            handler: (with_future || opts.deadline.is_some()).then(|| self.weak_self.clone()),
-        });
+        let entry = if with_future || opts.deadline.is_some() {
+            Entry::Shared(Arc::new(Item {
+                state: AtomicU8::new(QUEUED),
+                needs_prepare,
+                job: JobCell::new(job),
+                completion: with_future.then(Box::default),
+                keep_value: opts.keep_value,
+                enqueued_ns,
+                deadline_ns: opts.deadline.map(clock::deadline_ns),
+                handler: self.weak_self.clone(),
+            }))
+        } else {
+            Entry::Detached(Detached { job: JobCell::new(job), enqueued_ns, needs_prepare })
+        };
+        let for_future = match &entry {
+            Entry::Shared(item) if with_future => Some(item.clone()),
+            _ => None,
+        };
         if let Err(error) = self.reserve_slot() {
             self.counters.rejected.fetch_add(1, Relaxed);
-            item.state.store(FINISHED, Relaxed);
-            fail_job(item.take_slot(), &error);
-            item.resolve(Err(error.clone()));
-            return (with_future.then_some(item), Some(error));
+            entry.fail_unstarted(&error);
+            return (for_future, Some(error));
         }
         self.flow.outstanding.fetch_add(1, AcqRel);
         let queued = self.flow.queued.load(Acquire);
-        let timer_target = opts.deadline.map(|d| (d, Arc::downgrade(&item)));
-        // Once pushed, the item may be executed and freed at any moment.
-        let item = if with_future {
-            self.flow.incoming.push(item.clone());
-            Some(item)
-        } else {
-            self.flow.incoming.push(item);
-            None
-        };
-        if let Some((deadline, target)) = timer_target {
-            self.pool.timer.add(deadline, TimerTarget::Item(target));
+        if let (Some(deadline), Entry::Shared(item)) = (opts.deadline, &entry) {
+            self.pool.timer.add(deadline, TimerTarget::Item(Arc::downgrade(item)));
         }
+        // Once pushed, the item may be executed and finished at any moment.
+        self.incoming.push(entry);
         let delay = self.options.max_batch_delay;
         if delay.is_zero() || queued >= self.options.batch_size {
             self.kick();
@@ -639,7 +713,7 @@ impl HandlerCore {
             // The timer wakes a runner when the delay has passed.
             self.arm_delay_timer(clock::instant(enqueued_ns) + delay);
         }
-        (item, None)
+        (for_future, None)
     }
 
     /// Items that need GIL-free preparation may be prepared while a batch executes: make
@@ -749,27 +823,29 @@ impl HandlerCore {
         self.kick();
     }
 
-    /// Moves submitted items into the pipeline.
-    fn pull_incoming(&self, pipe: &mut Pipeline) {
-        self.flow.incoming.take_all(&mut pipe.pending);
+    /// The oldest still-queued entry, after dropping finished ones.
+    fn front<'p>(&self, pipe: &'p mut Pipeline) -> Option<&'p Entry> {
+        loop {
+            match &pipe.front {
+                Some(entry) if entry.is_queued() => break,
+                // Cancelled or expired: its canceller did the rest.
+                Some(_) => pipe.front = None,
+                None => pipe.front = Some(self.incoming.pop()?),
+            }
+        }
+        pipe.front.as_ref()
     }
 
-    /// Oldest still-queued item, after dropping finished entries from the front.
-    fn purge_front(pipe: &mut Pipeline) -> Option<&Arc<Item>> {
-        while let Some(front) = pipe.pending.front() {
-            if front.state.load(Acquire) == QUEUED {
-                break;
-            }
-            pipe.pending.pop_front();
-        }
-        pipe.pending.front()
+    /// The next entry in arrival order (queued or not).
+    fn pop_entry(&self, pipe: &mut Pipeline) -> Option<Entry> {
+        pipe.front.take().or_else(|| self.incoming.pop())
     }
 
     /// Whether a batch may be taken now; arms the delay timer when only the batch delay
     /// holds it back.
     fn claimable_locked(&self, pipe: &mut Pipeline) -> bool {
         let delay = self.options.max_batch_delay;
-        let Some(oldest) = Self::purge_front(pipe).map(|f| clock::instant(f.enqueued_ns)) else {
+        let Some(oldest) = self.front(pipe).map(|f| clock::instant(f.enqueued_ns())) else {
             return false;
         };
         if delay.is_zero() || pipe.draining || self.flow.queued.load(Acquire) >= self.options.batch_size {
@@ -783,16 +859,16 @@ impl HandlerCore {
         false
     }
 
-    fn head_needs_prepare(pipe: &Pipeline) -> bool {
-        pipe.pending.front().is_some_and(|i| i.needs_prepare)
+    fn head_needs_prepare(&self, pipe: &mut Pipeline) -> bool {
+        self.front(pipe).is_some_and(Entry::needs_prepare)
     }
 
     /// Whether a runner could make progress now (used to decide whether to keep or hand
-    /// back a run). Called with the pipeline lock held, after `pull_incoming`.
+    /// back a run). Called with the pipeline lock held.
     fn work_available_locked(&self, pipe: &mut Pipeline) -> bool {
         let exec_ready = self.exec_slot_free(pipe) && pipe.staged.contains_key(&pipe.next_exec_seq);
         let claim_ready = self.can_run_now(pipe)
-            || (self.ahead(pipe) < self.options.prefetch_depth && Self::head_needs_prepare(pipe));
+            || (self.ahead(pipe) < self.options.prefetch_depth && self.head_needs_prepare(pipe));
         exec_ready || (claim_ready && self.claimable_locked(pipe))
     }
 
@@ -814,7 +890,6 @@ impl HandlerCore {
     /// Picks the next step for a runner. Called with the pipeline lock held. Batches
     /// start executing in the order they were taken.
     fn next_action_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Action {
-        self.pull_incoming(pipe);
         if self.exec_slot_free(pipe) {
             let next = pipe.next_exec_seq;
             if let Some(batch) = pipe.staged.remove(&next) {
@@ -828,7 +903,7 @@ impl HandlerCore {
         if !(can_run_now || can_prefetch) || !self.claimable_locked(pipe) {
             return Action::Idle;
         }
-        if !can_run_now && !Self::head_needs_prepare(pipe) {
+        if !can_run_now && !self.head_needs_prepare(pipe) {
             // Taking a GIL-path batch early only makes batches smaller.
             return Action::Idle;
         }
@@ -839,7 +914,7 @@ impl HandlerCore {
         let seq = pipe.next_claim_seq;
         pipe.next_claim_seq += 1;
         pipe.batches_in_flight += 1;
-        if batch.iter().any(|i| i.needs_prepare) {
+        if batch.iter().any(Entry::needs_prepare) {
             Action::Prepare(seq, batch)
         } else if can_run_now {
             debug_assert_eq!(seq, pipe.next_exec_seq);
@@ -853,23 +928,26 @@ impl HandlerCore {
     }
 
     /// Takes up to `batch_size` queued items (expired ones go to `expired`).
-    fn claim_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Vec<Arc<Item>> {
+    fn claim_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Vec<Entry> {
         // Read the clock only if an item has a deadline.
         let mut now = None;
-        let mut batch = Vec::with_capacity(self.options.batch_size.min(pipe.pending.len()));
-        while batch.len() < self.options.batch_size {
-            let Some(item) = pipe.pending.pop_front() else { break };
-            if item
-                .deadline_ns
-                .is_some_and(|d| d.get() <= *now.get_or_insert_with(|| clock::ns(Instant::now())))
-            {
-                if item.state.load(Acquire) == QUEUED {
-                    expired.push(item);
+        let size = self.options.batch_size;
+        let mut batch = Vec::with_capacity(size.min(self.flow.queued.load(Acquire).max(1)));
+        while batch.len() < size {
+            let Some(entry) = self.pop_entry(pipe) else { break };
+            if let Entry::Shared(item) = &entry {
+                if item
+                    .deadline_ns
+                    .is_some_and(|d| d.get() <= *now.get_or_insert_with(|| clock::ns(Instant::now())))
+                {
+                    if item.state.load(Acquire) == QUEUED {
+                        expired.push(item.clone());
+                    }
+                    continue;
                 }
-                continue;
             }
-            if item.state.compare_exchange(QUEUED, CLAIMED, AcqRel, Acquire).is_ok() {
-                batch.push(item);
+            if entry.claim() {
+                batch.push(entry);
             }
         }
         if !batch.is_empty() {
@@ -907,7 +985,6 @@ impl HandlerCore {
                     // (the fences pair with those in `kick`).
                     self.flow.scheduled.store(false, SeqCst);
                     fence(SeqCst);
-                    self.pull_incoming(&mut pipe);
                     if self.work_available_locked(&mut pipe) && !self.flow.scheduled.swap(true, SeqCst) {
                         continue;
                     }
@@ -983,14 +1060,13 @@ impl HandlerCore {
     /// Runs the GIL-free preparation of a batch's items, spread over idle pool workers
     /// (each takes the next unprepared item until none is left), and returns the items
     /// that are ready to commit. A failed preparation finishes its item at once.
-    fn prepare_batch(self: &Arc<Self>, batch: Vec<Arc<Item>>) -> Vec<Arc<Item>> {
-        let needing = batch.iter().filter(|i| i.needs_prepare).count();
+    fn prepare_batch(self: &Arc<Self>, batch: Vec<Entry>) -> Vec<Entry> {
+        let needing = batch.iter().filter(|e| e.needs_prepare()).count();
         if needing <= 1 || self.pool.threads() <= 1 {
             return self.prepare_serial(batch);
         }
         let work = Arc::new(PrepareWork {
-            ok: batch.iter().map(|_| AtomicBool::new(false)).collect(),
-            items: batch,
+            items: batch.into_iter().map(|entry| Mutex::new((Some(entry), false))).collect(),
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
         });
@@ -1004,46 +1080,47 @@ impl HandlerCore {
         while work.done.load(Acquire) < work.items.len() {
             std::thread::yield_now();
         }
-        let work = Arc::try_unwrap(work).unwrap_or_else(|shared| PrepareWork {
-            // A helper still holds the Arc (it has finished its items): copy out.
-            items: shared.items.clone(),
-            ok: shared.ok.iter().map(|o| AtomicBool::new(o.load(Acquire))).collect(),
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-        });
-        work.items.into_iter().zip(work.ok).filter(|(_, ok)| ok.load(Acquire)).map(|(i, _)| i).collect()
+        work.items
+            .iter()
+            .filter_map(|slot| {
+                let (entry, ok) = &mut *slot.lock().unwrap_or_else(|p| p.into_inner());
+                entry.take().filter(|_| *ok)
+            })
+            .collect()
     }
 
     /// Prepares a batch on this thread alone (replicas, single items).
-    fn prepare_serial(&self, batch: Vec<Arc<Item>>) -> Vec<Arc<Item>> {
-        batch.into_iter().filter(|item| self.prepare_one(item)).collect()
+    fn prepare_serial(&self, batch: Vec<Entry>) -> Vec<Entry> {
+        batch.into_iter().filter(|entry| self.prepare_one(entry)).collect()
     }
 
     /// Prepares items of `work` until none is left to take.
     fn prepare_some(&self, work: &PrepareWork) {
         loop {
             let i = work.next.fetch_add(1, AcqRel);
-            let Some(item) = work.items.get(i) else { return };
-            work.ok[i].store(self.prepare_one(item), Release);
+            let Some(slot) = work.items.get(i) else { return };
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            slot.1 = slot.0.as_ref().is_some_and(|entry| self.prepare_one(entry));
+            drop(slot);
             work.done.fetch_add(1, AcqRel);
         }
     }
 
     /// Prepares one item; on failure finishes it and returns false.
-    fn prepare_one(&self, item: &Arc<Item>) -> bool {
-        if !item.needs_prepare {
+    fn prepare_one(&self, entry: &Entry) -> bool {
+        if !entry.needs_prepare() {
             return true;
         }
         // SAFETY: this thread owns the claimed item for its preparation (JobCell).
-        let result = match unsafe { (*item.job.0.get()).as_mut() } {
+        let result = match unsafe { entry.job_cell().get_mut() } {
             Some(job) => guarded("prepare", || job.prepare()),
             None => Err(Error::internal("item has no job")),
         };
         match result {
             Ok(()) => true,
             Err(e) => {
-                let job = item.take_slot();
-                self.fail_started(item, job, e);
+                let job = entry.take_slot();
+                self.fail_started(entry, job, e);
                 self.finish_items(1);
                 false
             }
@@ -1051,7 +1128,7 @@ impl HandlerCore {
     }
 
     /// Fails an item taken into a batch.
-    fn fail_started(&self, item: &Item, job: Option<JobSlot>, error: Error) {
+    fn fail_started(&self, item: &Entry, job: Option<JobSlot>, error: Error) {
         self.leave_batch();
         fail_job(job, &error);
         self.resolve_started(item, Err(error));
@@ -1066,7 +1143,7 @@ impl HandlerCore {
 
     /// Resolves an item taken into a batch (after `leave_batch`), once its callbacks ran
     /// and its job is gone.
-    fn resolve_started(&self, item: &Item, outcome: crate::future::Outcome) {
+    fn resolve_started(&self, item: &Entry, outcome: crate::future::Outcome) {
         let counter = if outcome.is_ok() { &self.counters.completed } else { &self.counters.failed };
         counter.fetch_add(1, Relaxed);
         item.resolve(outcome);
@@ -1091,7 +1168,7 @@ impl HandlerCore {
     /// (no future handle), whose finalizers (`drop` callbacks) the caller runs once the
     /// GIL is released: the C++ wrapper fulfils its `std::promise` there, a futex syscall
     /// per item in glibc.
-    fn execute_batch(&self, batch: Vec<Arc<Item>>) -> Vec<JobSlot> {
+    fn execute_batch(&self, batch: Vec<Entry>) -> Vec<JobSlot> {
         if batch.is_empty() {
             return Vec::new();
         }
@@ -1099,7 +1176,7 @@ impl HandlerCore {
         self.as_executing_batch(|| crate::runtime::attach(|py| self.execute_locked(py, batch, gil_asked)))
     }
 
-    fn execute_locked(&self, py: Python<'_>, batch: Vec<Arc<Item>>, gil_asked: u64) -> Vec<JobSlot> {
+    fn execute_locked(&self, py: Python<'_>, batch: Vec<Entry>, gil_asked: u64) -> Vec<JobSlot> {
         let items = batch.len();
         let start_ns = clock::now_ns();
         self.histograms.gil_wait_ns.record(start_ns.saturating_sub(gil_asked));
@@ -1107,7 +1184,7 @@ impl HandlerCore {
         let mut live = Vec::with_capacity(items);
         let mut waits = LocalHistogram::default();
         for item in batch {
-            waits.record(start_ns.saturating_sub(item.enqueued_ns));
+            waits.record(start_ns.saturating_sub(item.enqueued_ns()));
             let Some(mut job) = item.take_slot() else {
                 self.fail_started(&item, None, Error::internal("item has no job"));
                 continue;
@@ -1149,21 +1226,30 @@ impl HandlerCore {
                 return Vec::new();
             }
         };
+        // The batch's accounting in one step rather than per item (atomics on lines that
+        // stats readers share): all its items leave the queue sizes before the first
+        // callback and count as completed, and an item whose callback fails moves to
+        // `failed` before its future resolves. A stats reader racing the fan-out may see
+        // an item completed a moment before its callback ran, never after its future.
+        self.items_in_batches.fetch_sub(n as u64, AcqRel);
+        self.counters.completed.fetch_add(n as u64, Relaxed);
         let mut completed = Vec::with_capacity(n);
         for (i, (item, mut job)) in live.into_iter().enumerate() {
             let value = seq.get(py, i);
-            self.leave_batch();
             let outcome = guarded("complete", || job.complete(py, &value));
             match job {
                 // A detached C ABI item: its finalizer may run without the GIL (the
                 // documented contract), and no future can observe it before it runs.
-                JobSlot::C(ref c) if item.completion.is_none() && c.has_finalizer() => completed.push(job),
+                JobSlot::C(ref c) if !item.has_completion() && c.has_finalizer() => completed.push(job),
                 // An item with a future is finalized before its future resolves; a Rust
                 // job may own Python objects: both are dropped while the GIL is held.
                 _ => drop(job),
             }
-            let outcome = outcome.map(|()| item.keep_value.then(|| value.unbind()));
-            self.resolve_started(&item, outcome);
+            if outcome.is_err() {
+                self.counters.completed.fetch_sub(1, Relaxed);
+                self.counters.failed.fetch_add(1, Relaxed);
+            }
+            item.resolve(outcome.map(|()| item.keep_value().then(|| value.unbind())));
         }
         completed
     }
@@ -1231,15 +1317,10 @@ impl Drop for HandlerCore {
     fn drop(&mut self) {
         // Nothing can be queued once the last reference is gone, but fail anything that
         // slipped in after the final drain rather than lose it.
-        let mut leftovers = VecDeque::new();
-        self.flow.incoming.take_all(&mut leftovers);
-        let pending = std::mem::take(&mut self.pipe.get_mut().unwrap_or_else(|p| p.into_inner()).pending);
-        for item in leftovers.into_iter().chain(pending) {
-            if item.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_ok() {
-                let error = self.shut_down_error();
-                fail_job(item.take_slot(), &error);
-                item.resolve(Err(error));
-            }
+        let front = self.pipe.get_mut().unwrap_or_else(|p| p.into_inner()).front.take();
+        let error = self.shut_down_error();
+        for entry in front.into_iter().chain(std::iter::from_fn(|| self.incoming.pop())) {
+            entry.fail_unstarted(&error);
         }
     }
 }
@@ -1556,7 +1637,7 @@ impl Timer {
                         }
                         TimerTarget::Item(i) => {
                             if let Some(i) = i.upgrade() {
-                                let handler = i.handler.as_ref().and_then(Weak::upgrade);
+                                let handler = i.handler.upgrade();
                                 i.finish_unstarted(ErrorKind::TimedOut, handler.as_deref());
                             }
                         }
@@ -1569,11 +1650,10 @@ impl Timer {
 }
 
 impl BatchSource for HandlerCore {
-    fn next_batch(&self) -> Option<Vec<Arc<Item>>> {
+    fn next_batch(&self) -> Option<Vec<Entry>> {
         let mut expired = Vec::new();
         let mut pipe = self.lock();
         loop {
-            self.pull_incoming(&mut pipe);
             if pipe.batches_in_flight < self.replicas && self.claimable_locked(&mut pipe) {
                 let batch = self.claim_locked(&mut pipe, &mut expired);
                 if !expired.is_empty() {
@@ -1599,20 +1679,20 @@ impl BatchSource for HandlerCore {
             // Announce the wait, then look once more (pairs with the fence in `kick`).
             self.idle_replicas.fetch_add(1, SeqCst);
             fence(SeqCst);
-            if self.flow.incoming.is_empty() {
+            if self.incoming.is_empty() {
                 pipe = self.replica_wake.wait(pipe).unwrap_or_else(|p| p.into_inner());
             }
             self.idle_replicas.fetch_sub(1, SeqCst);
         }
     }
 
-    fn complete_item(&self, item: &Arc<Item>, job: Box<dyn Job>, outcome: Result<()>) {
+    fn complete_item(&self, item: &Entry, job: Box<dyn Job>, outcome: Result<()>) {
         self.leave_batch();
         drop(job);
         self.resolve_started(item, outcome.map(|()| None));
     }
 
-    fn fail_item(&self, item: &Arc<Item>, job: Option<Box<dyn Job>>, error: Error) {
+    fn fail_item(&self, item: &Entry, job: Option<Box<dyn Job>>, error: Error) {
         self.fail_started(item, job.map(JobSlot::Boxed), error);
     }
 
@@ -1635,16 +1715,17 @@ impl BatchSource for HandlerCore {
 mod tests {
     use super::*;
 
-    /// Every queued item costs its `Arc<Item>` (plus a slot in `pending`): keep it within
-    /// a 112-byte allocator bin (issue 4's peak-RSS row), its worker-side fields in front.
+    /// A queued fire-and-forget item costs one slot of `Incoming`'s blocks (its entry
+    /// plus the slot's state word): keep it within 64 + 8 bytes (issue 4's peak-RSS row);
+    /// an item for a future keeps its `ArcInner<Item>` within the 112-byte allocator bin.
     #[test]
-    fn item_stays_small() {
+    fn entries_stay_small() {
+        assert!(std::mem::size_of::<Entry>() <= 64, "Entry is {} bytes", std::mem::size_of::<Entry>());
         let arc_inner = std::mem::size_of::<Item>() + 2 * std::mem::size_of::<usize>();
         assert!(arc_inner <= 112, "ArcInner<Item> is {arc_inner} bytes");
-        assert!(std::mem::offset_of!(Item, job) + std::mem::size_of::<JobCell>() <= 112 - 16);
     }
 
-    /// What producers write per item fits one cache line.
+    /// What producers write per item besides their entry fits one cache line.
     #[test]
     fn flow_is_one_cache_line() {
         assert!(std::mem::size_of::<Flow>() <= 64, "Flow is {} bytes", std::mem::size_of::<Flow>());
@@ -1662,23 +1743,17 @@ mod tests {
         fn fail(&mut self, _error: &Error) {}
     }
 
-    /// An item whose `enqueued_ns` carries `tag`.
-    fn tagged_item(tag: u64) -> Arc<Item> {
-        Arc::new(Item {
-            state: AtomicU8::new(QUEUED),
-            job: JobCell(UnsafeCell::new(Some(JobSlot::Boxed(Box::new(Noop))))),
-            next: AtomicPtr::new(std::ptr::null_mut()),
-            completion: None,
-            keep_value: false,
-            needs_prepare: false,
+    /// A detached entry whose `enqueued_ns` carries `tag`.
+    fn tagged(tag: u64) -> Entry {
+        Entry::Detached(Detached {
+            job: JobCell::new(JobSlot::Boxed(Box::new(Noop))),
             enqueued_ns: tag,
-            deadline_ns: None,
-            handler: None,
+            needs_prepare: false,
         })
     }
 
     /// Producers racing on `Incoming` lose nothing, and each producer's items come out in
-    /// the order it pushed them, across many partial takes.
+    /// the order it pushed them, while the consumer pops concurrently.
     #[test]
     fn incoming_keeps_each_producers_order() {
         const PRODUCERS: u64 = 4;
@@ -1689,31 +1764,24 @@ mod tests {
                 let incoming = incoming.clone();
                 std::thread::spawn(move || {
                     for i in 0..EACH {
-                        incoming.push(tagged_item(p << 32 | i));
+                        incoming.push(tagged(p << 32 | i));
                     }
                 })
             })
             .collect();
         let mut next = [0u64; PRODUCERS as usize];
         let mut seen = 0;
-        let mut out = VecDeque::new();
         while seen < PRODUCERS * EACH {
-            incoming.take_all(&mut out);
-            for item in out.drain(..) {
-                let (p, i) = (item.enqueued_ns >> 32, item.enqueued_ns & 0xffff_ffff);
-                assert_eq!(i, next[p as usize], "producer {p} out of order");
-                next[p as usize] += 1;
-                seen += 1;
-            }
+            let Some(entry) = incoming.pop() else { continue };
+            let tag = entry.enqueued_ns();
+            let (p, i) = (tag >> 32, tag & 0xffff_ffff);
+            assert_eq!(i, next[p as usize], "producer {p} out of order");
+            next[p as usize] += 1;
+            seen += 1;
         }
         for p in producers {
             p.join().unwrap();
         }
         assert!(incoming.is_empty());
-        // Items left on the stack are released with it.
-        let leftover = tagged_item(7);
-        incoming.push(leftover.clone());
-        drop(incoming);
-        assert_eq!(Arc::strong_count(&leftover), 1);
     }
 }

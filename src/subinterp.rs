@@ -12,7 +12,7 @@
 //! builds against any supported CPython and reports `Unsupported` below 3.12.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::scheduler::{BatchSource, HandlerCore, Item, Job};
+use crate::scheduler::{BatchSource, Entry, HandlerCore, Job};
 use crossbeam_channel::{Receiver, Sender};
 use pyo3::ffi::{self, PyObject};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -257,7 +257,7 @@ fn stop_replicas_at_exit(py: pyo3::Python<'_>) {
 }
 
 /// Fails every item of a batch claimed after the exit hook ran.
-fn shut_down_batch(source: &HandlerCore, batch: Vec<Arc<Item>>) {
+fn shut_down_batch(source: &HandlerCore, batch: Vec<Entry>) {
     let items = batch.len();
     let error = Error::new(
         ErrorKind::ShutDown,
@@ -753,11 +753,11 @@ fn nanos(d: std::time::Duration) -> u64 {
 /// Commits each item of a claimed batch, calls the function once with the list of
 /// committed objects, fans the results out, resolves every item and reports the batch.
 /// PRECONDITION: the replica's thread state is current with its GIL held.
-unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<Arc<Item>>) {
+unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<Entry>) {
     let items = batch.len();
     let start = Instant::now();
     let mut objects: Vec<Owned> = Vec::with_capacity(items);
-    let mut live: Vec<(Arc<Item>, Box<dyn Job>)> = Vec::with_capacity(items);
+    let mut live: Vec<(Entry, Box<dyn Job>)> = Vec::with_capacity(items);
     for item in batch {
         let Some(mut job) = item.take_job() else {
             source.fail_item(&item, None, Error::internal("item has no job"));
