@@ -392,6 +392,47 @@ static void test_deadline(void) {
   pysched_handler_free(h);
 }
 
+/* Fire-and-forget items with a deadline (the timer can reach them: they are kept as
+ * shared items) interleaved with plain ones (inline in the queue): the late ones expire
+ * while the blocker runs, each reported once through `complete`, the others run in
+ * order, and drain returns once all are accounted for. */
+static void test_deadline_without_future(void) {
+  pysched_handler_options o = test_options(8);
+  pysched_handler *h = test_load(manager, "pysched_testmod", "sleep_ms", &o);
+  item_ctx blocker;
+  pysched_future *bf = start_blocker(h, &blocker, 300);
+  enum { N = 40 };
+  static item_ctx ctx[N];
+  for (int i = 0; i < N; i++) {
+    item_reset(&ctx[i], 0);
+    pysched_item item = make_item(&ctx[i]);
+    item.timeout_us = (i % 2) ? 20000 : 0;
+    pysched_error *err = NULL;
+    REQUIRE(CHECK_STATUS(PYSCHED_OK, pysched_handler_queue(h, &item, NULL, &err)) ==
+            PYSCHED_OK);
+  }
+  drain(h);
+  int prev_drop = -1;
+  for (int i = 0; i < N; i++) {
+    CHECK_ONCE(&ctx[i]);
+    if (i % 2) {
+      CHECK(!ctx[i].ok && ctx[i].kind == PYSCHED_TIMED_OUT);
+      CHECK(atomic_load(&ctx[i].commits) == 0);
+    } else {
+      CHECK(ctx[i].ok && ctx[i].result == 0);
+      CHECK(ctx[i].drop_seq > prev_drop); /* the plain ones in queueing order */
+      prev_drop = ctx[i].drop_seq;
+    }
+  }
+  wait_ok(bf);
+  pysched_future_free(bf);
+  pysched_stats s = stats_of(h);
+  CHECK(s.expired == N / 2);
+  CHECK(s.completed == N / 2 + 1);
+  check_counters_add_up(h);
+  pysched_handler_free(h);
+}
+
 static void test_queue_full_reject(void) {
   pysched_handler_options o = pysched_handler_options_default();
   o.max_queue = 2;
@@ -649,6 +690,7 @@ int main(void) {
   test_fire_and_forget();
   test_cancel();
   test_deadline();
+  test_deadline_without_future();
   test_queue_full_reject();
   test_queue_full_block();
   test_null_handler_and_bad_items();
