@@ -475,24 +475,7 @@ struct Pipeline {
 /// pointer chase per item on both sides). Only runners holding the pipeline lock pop.
 /// A runner that meets a slot reserved but not yet written waits for that producer's
 /// write (a few instructions, unless the producer is preempted right there).
-#[derive(Default)]
-struct Incoming {
-    queue: crossbeam_queue::SegQueue<Entry>,
-}
-
-impl Incoming {
-    fn push(&self, entry: Entry) {
-        self.queue.push(entry);
-    }
-
-    fn pop(&self) -> Option<Entry> {
-        self.queue.pop()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-}
+type Incoming = crossbeam_queue::SegQueue<Entry>;
 
 /// See `HandlerCore::flow`.
 #[derive(Default)]
