@@ -244,13 +244,12 @@ impl Entry {
     /// Fails an entry refused at submission or left in the queue of a dropped handler
     /// (unless a shared item finished already).
     fn fail_unstarted(&self, error: &Error) {
-        if let Entry::Shared(item) = self {
-            if item.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_err() {
-                return;
+        match self {
+            Entry::Detached(d) => fail_job(d.job.take(), error),
+            Entry::Shared(item) => {
+                item.fail_if_queued(error.clone(), || ());
             }
         }
-        fail_job(self.take_slot(), error);
-        self.resolve(Err(error.clone()));
     }
 }
 
@@ -311,23 +310,33 @@ impl Item {
     /// Fails an item that has not started; `handler` is its handler, for the accounting
     /// (None once the handler is gone: it then failed every queued item itself).
     fn finish_unstarted(self: &Arc<Self>, kind: ErrorKind, handler: Option<&HandlerCore>) -> bool {
-        if self.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_err() {
-            return false;
-        }
         let error = match kind {
             ErrorKind::Cancelled => Error::new(kind, "the item was cancelled before it started"),
             ErrorKind::TimedOut => Error::new(kind, "the item's deadline passed before it started"),
             _ => Error::new(kind, "the handler shut down before the item started"),
         };
-        fail_job(self.take_slot(), &error);
-        if let Some(h) = handler {
-            h.count_unstarted(kind);
-            h.dequeued(1, None);
-        }
-        self.resolve(Err(error));
-        if let Some(h) = handler {
+        let failed = self.fail_if_queued(error, || {
+            if let Some(h) = handler {
+                h.count_unstarted(kind);
+                h.dequeued(1, None);
+            }
+        });
+        if let (true, Some(h)) = (failed, handler) {
             h.finish_items(1);
         }
+        failed
+    }
+
+    /// Fails the item if it is still queued (whoever moves it out of QUEUED owns it):
+    /// its job's `fail`, then `account` (the stats, before the future can see the
+    /// outcome), then the future. False if it had already started or finished.
+    fn fail_if_queued(&self, error: Error, account: impl FnOnce()) -> bool {
+        if self.state.compare_exchange(QUEUED, FINISHED, AcqRel, Acquire).is_err() {
+            return false;
+        }
+        fail_job(self.take_slot(), &error);
+        account();
+        self.resolve(Err(error));
         true
     }
 }
