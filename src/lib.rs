@@ -11,6 +11,8 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dlpack;
+pub mod dtype;
 pub mod error;
 pub mod ffi;
 pub mod future;

@@ -1,0 +1,209 @@
+//! DLPack's C ABI (the structs of `dlpack.h` v1.x, declared here so that no header or
+//! toolkit is needed) and the Python capsules that carry managed tensors. A leaf: it
+//! knows nothing of who produces a tensor (CUDA device tensors in `cuda`, batch buffers
+//! of tensor handlers in `tensor`).
+//!
+//! The structs are hidden from cbindgen (`cbindgen:ignore`): the C header declares
+//! `DLManagedTensor` opaquely (see `ffi::tensor`) so it never clashes with `dlpack.h`.
+//! Capsule destructors touch no Python object but the capsule, and take the GIL
+//! themselves when the thread that drops the capsule does not hold it.
+use crate::error::{Error, ErrorKind, Result};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use std::ffi::{c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// `DLPackVersion`.
+/// cbindgen:ignore
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DLPackVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// The DLPack version pyscheduler's versioned exports declare.
+pub const DLPACK_VERSION: DLPackVersion = DLPackVersion { major: 1, minor: 0 };
+
+/// `DLDeviceType` values used here.
+pub const KDL_CPU: i32 = 1;
+pub const KDL_CUDA: i32 = 2;
+
+/// `DLDataTypeCode` values used here.
+pub const KDL_INT: u8 = 0;
+pub const KDL_UINT: u8 = 1;
+pub const KDL_FLOAT: u8 = 2;
+pub const KDL_BFLOAT: u8 = 4;
+
+/// `DLDevice`.
+/// cbindgen:ignore
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DLDevice {
+    pub device_type: i32,
+    pub device_id: i32,
+}
+
+/// `DLDataType`.
+/// cbindgen:ignore
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DLDataType {
+    pub code: u8,
+    pub bits: u8,
+    pub lanes: u16,
+}
+
+/// `DLTensor`.
+/// cbindgen:ignore
+#[repr(C)]
+#[derive(Debug)]
+pub struct DLTensor {
+    pub data: *mut c_void,
+    pub device: DLDevice,
+    pub ndim: i32,
+    pub dtype: DLDataType,
+    pub shape: *mut i64,
+    pub strides: *mut i64,
+    pub byte_offset: u64,
+}
+
+/// `DLManagedTensor` (the legacy, unversioned export; capsule name "dltensor").
+/// cbindgen:ignore
+#[repr(C)]
+#[derive(Debug)]
+pub struct DLManagedTensor {
+    pub dl_tensor: DLTensor,
+    pub manager_ctx: *mut c_void,
+    pub deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
+}
+
+/// `DLManagedTensorVersioned` (DLPack >= 1.0; capsule name "dltensor_versioned").
+/// cbindgen:ignore
+#[repr(C)]
+#[derive(Debug)]
+pub struct DLManagedTensorVersioned {
+    pub version: DLPackVersion,
+    pub manager_ctx: *mut c_void,
+    pub deleter: Option<unsafe extern "C" fn(*mut DLManagedTensorVersioned)>,
+    pub flags: u64,
+    pub dl_tensor: DLTensor,
+}
+
+pub const DLTENSOR_NAME: &CStr = c"dltensor";
+pub const DLTENSOR_VERSIONED_NAME: &CStr = c"dltensor_versioned";
+
+/// Runs `f` attached to the interpreter: directly when this thread already is, else
+/// through `PyGILState_Ensure` (capsule destructors may in principle run on a thread
+/// that holds no thread state; nothing here may assume the GIL is held).
+pub(crate) fn with_gil_state(f: impl FnOnce()) {
+    if crate::runtime::is_attached() {
+        f();
+    } else {
+        // SAFETY: the interpreter is running (a capsule exists); Ensure/Release pair.
+        let state = unsafe { ffi::PyGILState_Ensure() };
+        f();
+        // SAFETY: releases what Ensure acquired, on the same thread.
+        unsafe { ffi::PyGILState_Release(state) };
+    }
+}
+
+/// Destructor of "dltensor" capsules: frees the tensor only if no consumer took it (a
+/// consumer renames the capsule "used_dltensor" and calls the deleter itself).
+unsafe extern "C" fn legacy_capsule_destructor(capsule: *mut ffi::PyObject) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        with_gil_state(|| {
+            // SAFETY: `capsule` is the capsule being destroyed; IsValid sets no exception
+            // and GetPointer is called only when the name matches.
+            unsafe {
+                if ffi::PyCapsule_IsValid(capsule, DLTENSOR_NAME.as_ptr()) == 1 {
+                    let managed =
+                        ffi::PyCapsule_GetPointer(capsule, DLTENSOR_NAME.as_ptr()).cast::<DLManagedTensor>();
+                    if let Some(deleter) = managed.as_ref().and_then(|m| m.deleter) {
+                        deleter(managed);
+                    }
+                }
+            }
+        })
+    }));
+}
+
+/// Destructor of "dltensor_versioned" capsules (consumed: "used_dltensor_versioned").
+unsafe extern "C" fn versioned_capsule_destructor(capsule: *mut ffi::PyObject) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        with_gil_state(|| {
+            // SAFETY: as in legacy_capsule_destructor.
+            unsafe {
+                if ffi::PyCapsule_IsValid(capsule, DLTENSOR_VERSIONED_NAME.as_ptr()) == 1 {
+                    let managed = ffi::PyCapsule_GetPointer(capsule, DLTENSOR_VERSIONED_NAME.as_ptr())
+                        .cast::<DLManagedTensorVersioned>();
+                    if let Some(deleter) = managed.as_ref().and_then(|m| m.deleter) {
+                        deleter(managed);
+                    }
+                }
+            }
+        })
+    }));
+}
+
+/// Wraps a legacy managed tensor (from any producer) in a "dltensor" capsule that owns
+/// it: if no consumer takes it, the capsule's destructor calls the deleter. The tensor
+/// is consumed on every path: on failure its deleter has been called.
+///
+/// # Safety
+/// `managed` is NULL or a valid `DLManagedTensor` owned by the caller.
+pub unsafe fn legacy_capsule<'py>(
+    py: Python<'py>,
+    managed: *mut DLManagedTensor,
+) -> Result<Bound<'py, PyAny>> {
+    if managed.is_null() {
+        return Err(Error::invalid_argument("managed tensor is NULL"));
+    }
+    // SAFETY: GIL held (py); the name is a static string; the destructor is ours.
+    let capsule = unsafe {
+        ffi::PyCapsule_New(managed.cast(), DLTENSOR_NAME.as_ptr(), Some(legacy_capsule_destructor))
+    };
+    if capsule.is_null() {
+        // SAFETY: the capsule was not created, so the caller's ownership passes to us.
+        unsafe {
+            if let Some(deleter) = (*managed).deleter {
+                deleter(managed);
+            }
+        }
+        return Err(Error::fetch(py, ErrorKind::Internal, "creating a DLPack capsule"));
+    }
+    // SAFETY: a new reference, owned from here on.
+    Ok(unsafe { Bound::from_owned_ptr(py, capsule) })
+}
+
+/// Like [`legacy_capsule`] for a versioned managed tensor ("dltensor_versioned").
+///
+/// # Safety
+/// `managed` is NULL or a valid `DLManagedTensorVersioned` owned by the caller.
+pub unsafe fn versioned_capsule<'py>(
+    py: Python<'py>,
+    managed: *mut DLManagedTensorVersioned,
+) -> Result<Bound<'py, PyAny>> {
+    if managed.is_null() {
+        return Err(Error::invalid_argument("managed tensor is NULL"));
+    }
+    // SAFETY: as in legacy_capsule.
+    let capsule = unsafe {
+        ffi::PyCapsule_New(
+            managed.cast(),
+            DLTENSOR_VERSIONED_NAME.as_ptr(),
+            Some(versioned_capsule_destructor),
+        )
+    };
+    if capsule.is_null() {
+        // SAFETY: as in legacy_capsule.
+        unsafe {
+            if let Some(deleter) = (*managed).deleter {
+                deleter(managed);
+            }
+        }
+        return Err(Error::fetch(py, ErrorKind::Internal, "creating a DLPack capsule"));
+    }
+    // SAFETY: a new reference, owned from here on.
+    Ok(unsafe { Bound::from_owned_ptr(py, capsule) })
+}
