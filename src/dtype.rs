@@ -55,6 +55,13 @@ impl DType {
         }
     }
 
+    /// The dtype a DLPack data type describes (single lane only).
+    pub fn from_dl(t: DLDataType) -> Option<DType> {
+        [DType::F32, DType::F64, DType::I64, DType::I32, DType::U8, DType::F16, DType::BF16]
+            .into_iter()
+            .find(|d| d.dl_data_type() == t)
+    }
+
     pub fn dl_data_type(self) -> DLDataType {
         let code = match self {
             DType::F32 | DType::F64 | DType::F16 => KDL_FLOAT,
@@ -92,4 +99,3 @@ pub(crate) fn as_bytes<T: Element>(data: &[T]) -> &[u8] {
     // the byte view covers exactly the slice's memory and borrows it.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), std::mem::size_of_val(data)) }
 }
-

@@ -22,7 +22,9 @@ pub mod runtime;
 pub mod scheduler;
 pub mod stats;
 pub mod subinterp;
+pub mod tensor;
 
+pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
 pub use future::{ItemFuture, Outcome};
 pub use handler::{FullPolicy, Handler, HandlerOptions};
@@ -30,6 +32,9 @@ pub use manager::{debug_arc_count, debug_shared_state_address, Manager, ManagerO
 pub use runtime::{RuntimeOptions, StartMode};
 pub use scheduler::{ItemOptions, Job};
 pub use stats::{HandlerStats, LatencySummary};
+pub use tensor::{
+    Placement, TensorFuture, TensorHandler, TensorItemOptions, TensorRows, TensorSignature, TensorSpec,
+};
 
 /// Items are allocated by producer threads and freed by workers; glibc malloc handles
 /// that cross-thread pattern poorly (measured: a sixth of the producer's time), mimalloc

@@ -6,6 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{Handler, HandlerOptions};
 use crate::runtime::{self, RuntimeOptions, StartMode};
 use crate::scheduler::{HandlerCore, Pool};
+use crate::tensor::{TensorHandler, TensorSignature};
 use pyo3::prelude::*;
 use pyo3::types::PyAnyMethods;
 use std::collections::HashMap;
@@ -89,13 +90,34 @@ impl Manager {
         let function = self.function(module, entry_point)?;
         let name = options.name.clone().unwrap_or_else(|| format!("{module}.{entry_point}"));
         let replicas = options.subinterpreters;
-        let core = HandlerCore::new(name, function, options, self.shared.pool.clone(), replicas);
+        let core = HandlerCore::new(name, function, options, self.shared.pool.clone(), replicas, None);
         let threads = if replicas > 0 {
             crate::subinterp::spawn_replicas(module, entry_point, replicas, core.clone())?
         } else {
             Vec::new()
         };
         Ok(Handler::new(core, self.shared.clone(), threads))
+    }
+
+    /// Imports `module` and binds `entry_point` as a tensor handler: the function is
+    /// called once per batch with one batch tensor per input of `signature` and returns
+    /// one array or tensor per output (see [`crate::tensor`]). A bad signature is an
+    /// `InvalidArgument` error; CUDA placement without a driver or device a `Cuda` one.
+    pub fn load_tensor(
+        &self,
+        module: &str,
+        entry_point: &str,
+        signature: TensorSignature,
+        options: HandlerOptions,
+    ) -> Result<TensorHandler> {
+        options.validate()?;
+        validate_dotted("module name", module)?;
+        validate_dotted("entry point", entry_point)?;
+        let exec = crate::tensor::TensorExec::new(signature.clone(), &options)?;
+        let function = self.function(module, entry_point)?;
+        let name = options.name.clone().unwrap_or_else(|| format!("{module}.{entry_point}"));
+        let core = HandlerCore::new(name, function, options, self.shared.pool.clone(), 0, Some(exec));
+        Ok(TensorHandler::new(Handler::new(core, self.shared.clone(), Vec::new()), signature))
     }
 
     fn function(&self, module: &str, entry_point: &str) -> Result<Py<PyAny>> {

@@ -91,6 +91,8 @@ pub(crate) trait BatchSource: Send + Sync {
 pub(crate) enum JobSlot {
     C(crate::ffi::handler::CJob),
     Boxed(Box<dyn Job>),
+    /// A tensor handler's item (see `tensor::execute`).
+    Tensor(Box<crate::tensor::job::TensorJob>),
 }
 
 impl JobSlot {
@@ -98,6 +100,7 @@ impl JobSlot {
         match self {
             JobSlot::C(job) => Box::new(job),
             JobSlot::Boxed(job) => job,
+            JobSlot::Tensor(job) => job,
         }
     }
 }
@@ -114,6 +117,7 @@ impl std::ops::Deref for JobSlot {
         match self {
             JobSlot::C(job) => job,
             JobSlot::Boxed(job) => &**job,
+            JobSlot::Tensor(job) => &**job,
         }
     }
 }
@@ -123,6 +127,7 @@ impl std::ops::DerefMut for JobSlot {
         match self {
             JobSlot::C(job) => job,
             JobSlot::Boxed(job) => &mut **job,
+            JobSlot::Tensor(job) => &mut **job,
         }
     }
 }
@@ -177,7 +182,7 @@ pub(crate) struct Detached {
 }
 
 impl Entry {
-    fn enqueued_ns(&self) -> u64 {
+    pub(crate) fn enqueued_ns(&self) -> u64 {
         match self {
             Entry::Detached(d) => d.enqueued_ns,
             Entry::Shared(item) => item.enqueued_ns,
@@ -209,7 +214,7 @@ impl Entry {
         }
     }
 
-    fn job_cell(&self) -> &JobCell {
+    pub(crate) fn job_cell(&self) -> &JobCell {
         match self {
             Entry::Detached(d) => &d.job,
             Entry::Shared(item) => &item.job,
@@ -217,7 +222,7 @@ impl Entry {
     }
 
     /// Takes the job. The caller owns the entry (see `JobCell`).
-    fn take_slot(&self) -> Option<JobSlot> {
+    pub(crate) fn take_slot(&self) -> Option<JobSlot> {
         self.job_cell().take()
     }
 
@@ -227,7 +232,7 @@ impl Entry {
     }
 
     /// Whether a future reads this item's outcome.
-    fn has_completion(&self) -> bool {
+    pub(crate) fn has_completion(&self) -> bool {
         matches!(self, Entry::Shared(item) if item.completion.is_some())
     }
 
@@ -235,7 +240,7 @@ impl Entry {
         matches!(self, Entry::Shared(item) if item.keep_value)
     }
 
-    fn resolve(&self, outcome: crate::future::Outcome) {
+    pub(crate) fn resolve(&self, outcome: crate::future::Outcome) {
         if let Entry::Shared(item) = self {
             item.resolve(outcome);
         }
@@ -258,7 +263,7 @@ impl Entry {
 /// runner claiming the batch, and the pool threads it hands the batch's preparation to,
 /// each for its own items and ordered by `PrepareWork`'s counters; or the canceller, the
 /// timer, the handler's drop).
-struct JobCell(UnsafeCell<Option<JobSlot>>);
+pub(crate) struct JobCell(UnsafeCell<Option<JobSlot>>);
 
 // SAFETY: the cell is only accessed by the item's single owner (above); ownership passes
 // between threads through the acquire/release operations on `Item::state` and the queues.
@@ -278,7 +283,7 @@ impl JobCell {
     /// The job, in place. PRECONDITION: the caller owns the item and holds no other
     /// reference into the cell.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn get_mut(&self) -> Option<&mut JobSlot> {
+    pub(crate) unsafe fn get_mut(&self) -> Option<&mut JobSlot> {
         (*self.0.get()).as_mut()
     }
 }
@@ -541,6 +546,8 @@ pub(crate) struct HandlerCore {
     /// Written right after each Python call returns, before its results fan out.
     emas: Mutex<Emas>,
     pub(crate) histograms: Histograms,
+    /// A tensor handler's signature, buffers and placement (None: the list path).
+    pub(crate) tensor: Option<crate::tensor::TensorExec>,
     weak_self: Weak<HandlerCore>,
 }
 
@@ -575,6 +582,7 @@ impl HandlerCore {
         options: HandlerOptions,
         pool: Arc<Pool>,
         replicas: usize,
+        tensor: Option<crate::tensor::TensorExec>,
     ) -> Arc<HandlerCore> {
         clock::now_ns(); // calibrates the clock (~1 ms) here rather than in the first enqueue
         Arc::new_cyclic(|weak| HandlerCore {
@@ -596,6 +604,7 @@ impl HandlerCore {
             finalize_ns_per_item: AtomicU64::new(0),
             emas: Mutex::new(Emas::default()),
             histograms: Histograms::default(),
+            tensor,
             weak_self: weak.clone(),
         })
     }
@@ -1053,6 +1062,24 @@ impl HandlerCore {
     /// (each takes the next unprepared item until none is left), and returns the items
     /// that are ready to commit. A failed preparation finishes its item at once.
     fn prepare_batch(self: &Arc<Self>, batch: Vec<Entry>) -> Vec<Entry> {
+        let Some(tensor) = &self.tensor else {
+            return self.prepare_entries(batch);
+        };
+        // A tensor batch's fills write straight into its rows of the batch buffers.
+        if let Err(error) = tensor.assign_rows(&batch) {
+            for entry in batch {
+                let job = entry.take_slot();
+                self.fail_started(&entry, job, error.clone());
+                self.finish_items(1);
+            }
+            return Vec::new();
+        }
+        let batch = self.prepare_entries(batch);
+        tensor.stage_prepared(&batch);
+        batch
+    }
+
+    fn prepare_entries(self: &Arc<Self>, batch: Vec<Entry>) -> Vec<Entry> {
         let needing = batch.iter().filter(|e| e.needs_prepare()).count();
         if needing <= 1 || self.pool.threads() <= 1 {
             return self.prepare_serial(batch);
@@ -1120,7 +1147,7 @@ impl HandlerCore {
     }
 
     /// Fails an item taken into a batch.
-    fn fail_started(&self, item: &Entry, job: Option<JobSlot>, error: Error) {
+    pub(crate) fn fail_started(&self, item: &Entry, job: Option<JobSlot>, error: Error) {
         self.leave_batch();
         fail_job(job, &error);
         self.resolve_started(item, Err(error));
@@ -1139,6 +1166,13 @@ impl HandlerCore {
         let counter = if outcome.is_ok() { &self.counters.completed } else { &self.counters.failed };
         counter.fetch_add(1, Relaxed);
         item.resolve(outcome);
+    }
+
+    /// Accounts for a batch of `n` items whose results fanned out, in one step before any
+    /// of their callbacks run: they leave the queue sizes and count as completed.
+    pub(crate) fn batch_succeeded(&self, n: usize) {
+        self.items_in_batches.fetch_sub(n as u64, AcqRel);
+        self.counters.completed.fetch_add(n as u64, Relaxed);
     }
 
     /// Records one batch's timings; called before its results fan out, so stats read
@@ -1163,6 +1197,9 @@ impl HandlerCore {
     fn execute_batch(&self, batch: Vec<Entry>) -> Vec<JobSlot> {
         if batch.is_empty() {
             return Vec::new();
+        }
+        if let Some(tensor) = &self.tensor {
+            return self.as_executing_batch(|| crate::tensor::execute::run_batch(self, tensor, batch));
         }
         let gil_asked = clock::now_ns();
         self.as_executing_batch(|| crate::runtime::attach(|py| self.execute_locked(py, batch, gil_asked)))
@@ -1223,8 +1260,7 @@ impl HandlerCore {
         // callback and count as completed, and an item whose callback fails moves to
         // `failed` before its future resolves. A stats reader racing the fan-out may see
         // an item completed a moment before its callback ran, never after its future.
-        self.items_in_batches.fetch_sub(n as u64, AcqRel);
-        self.counters.completed.fetch_add(n as u64, Relaxed);
+        self.batch_succeeded(n);
         let mut completed = Vec::with_capacity(n);
         for (i, (item, mut job)) in live.into_iter().enumerate() {
             let value = seq.get(py, i);
@@ -1324,7 +1360,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// Item timestamps: nanoseconds since a process-wide epoch (the first reading).
-mod clock {
+pub(crate) mod clock {
     use std::num::NonZeroU64;
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
@@ -1349,7 +1385,7 @@ mod clock {
     }
 
     /// Now, from the fast clock: queue waits, batch delays, batch timings.
-    pub(super) fn now_ns() -> u64 {
+    pub(crate) fn now_ns() -> u64 {
         let e = epoch();
         e.clock.delta_as_nanos(e.raw, e.clock.raw())
     }

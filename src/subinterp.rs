@@ -955,7 +955,7 @@ mod tests {
     fn core(replicas: usize, batch_size: usize) -> Arc<HandlerCore> {
         let function = crate::runtime::attach(|py| py.None());
         let options = HandlerOptions { batch_size, ..Default::default() };
-        HandlerCore::new("t".into(), function, options, Pool::new(1).unwrap(), replicas)
+        HandlerCore::new("t".into(), function, options, Pool::new(1).unwrap(), replicas, None)
     }
 
     /// Commits `value` as an int; records the int it gets back.

@@ -130,4 +130,3 @@ pub(crate) fn export_versioned(tensor: &DeviceTensor) -> *mut DLManagedTensorVer
     unsafe { (*block).managed.manager_ctx = block.cast() };
     block.cast()
 }
-

@@ -460,7 +460,11 @@ impl Event {
     /// Creates an event and records it on `stream` (it completes when the work queued
     /// there so far has).
     pub(crate) fn record(stream: &Stream) -> Result<Event> {
-        let device = stream.device;
+        Event::record_on(stream.device, stream.handle)
+    }
+
+    /// Records an event on a stream that is not ours (a consumer's, or a default stream).
+    pub(crate) fn record_on(device: &'static Device, stream: CUstream) -> Result<Event> {
         let _ctx = device.enter()?;
         let api = device.api();
         let mut handle: CUevent = std::ptr::null_mut();
@@ -468,7 +472,7 @@ impl Event {
         device.check(unsafe { (api.event_create)(&mut handle, CU_EVENT_DISABLE_TIMING) }, "cuEventCreate")?;
         let event = Event { handle, device };
         // SAFETY: a live event and stream of the same context.
-        device.check(unsafe { (api.event_record)(event.handle, stream.handle) }, "cuEventRecord")?;
+        device.check(unsafe { (api.event_record)(event.handle, stream) }, "cuEventRecord")?;
         Ok(event)
     }
 

@@ -8,7 +8,7 @@
 //! without a GPU "no CUDA device"; nothing here panics or aborts.
 
 pub mod dlpack;
-mod driver;
+pub(crate) mod driver;
 mod pyobject;
 mod stager;
 mod tensor;

@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use pyo3::prelude::*;
 use std::sync::{Arc, OnceLock};
 
-pub use crate::dtype::{DType, Element};
 pub(crate) use crate::dtype::as_bytes;
+pub use crate::dtype::{DType, Element};
 
 /// Most dimensions a tensor may have.
 pub const MAX_NDIM: usize = 64;

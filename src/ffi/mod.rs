@@ -14,6 +14,7 @@ pub mod handler;
 pub mod manager;
 #[cfg(feature = "cuda")]
 pub mod tensor;
+pub mod tensor_handler;
 
 use crate::error::{Error, ErrorKind, Result};
 pub use error::pysched_error;

@@ -1,0 +1,196 @@
+//! One queued item of a tensor handler: where its inputs come from (copied at queueing,
+//! borrowed until its batch is gathered, or filled in place without the GIL), where its
+//! output rows go, and who hears of its outcome. The batch path (`execute`) writes its
+//! rows; the job's `Drop` is its finalizer and reports the outcome exactly once.
+
+use super::buffers::Lease;
+use crate::error::{Error, Result};
+use crate::scheduler::Job;
+use pyo3::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Up to this many pointers (inputs or outputs) live inside the job, more on the heap.
+const INLINE_PTRS: usize = 4;
+
+/// A short list of addresses, inline when short (one allocation per item less).
+#[derive(Clone)]
+pub(crate) enum Ptrs {
+    Inline([usize; INLINE_PTRS], u8),
+    Heap(Box<[usize]>),
+}
+
+impl Ptrs {
+    pub(crate) fn new(ptrs: impl ExactSizeIterator<Item = usize>) -> Ptrs {
+        if ptrs.len() <= INLINE_PTRS {
+            let mut a = [0usize; INLINE_PTRS];
+            let n = ptrs.len();
+            for (slot, p) in a.iter_mut().zip(ptrs) {
+                *slot = p;
+            }
+            Ptrs::Inline(a, n as u8)
+        } else {
+            Ptrs::Heap(ptrs.collect())
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[usize] {
+        match self {
+            Ptrs::Inline(a, n) => &a[..*n as usize],
+            Ptrs::Heap(b) => b,
+        }
+    }
+}
+
+/// Where an item's inputs come from.
+pub(crate) enum Feed {
+    /// Copied when queued: every input's item bytes back to back.
+    Copied(Box<[u8]>),
+    /// The caller's buffers, read when the batch is gathered (the caller promised they
+    /// outlive the item).
+    Borrowed(Ptrs),
+    /// Written in place by the item's fill callback, on a pool thread without the GIL.
+    Fill,
+}
+
+/// Where an item's output rows go.
+pub(crate) enum Sink {
+    /// The caller's memory, one address per output (the caller keeps it valid until the
+    /// item's completion).
+    Pointers(Ptrs),
+    /// Rows kept for the item's future ([`super::TensorFuture`]).
+    Owned(Arc<Mutex<Vec<Vec<u8>>>>),
+    /// The function's outputs are not wanted.
+    Discard,
+}
+
+/// The submitter's side of an item: an optional fill, and the outcome, reported once.
+/// Dropping the hooks is the item's finalizer (the C ABI's `drop(user_data)`).
+pub(crate) trait TensorHooks: Send {
+    /// Writes the item's inputs: `slots[k]` is its row of input `k`, `sizes[k]` bytes.
+    /// On a pool thread, without the GIL.
+    fn fill(&mut self, slots: &[*mut u8], sizes: &[usize]) -> Result<()>;
+    /// The outcome: `None` once the output rows are written, else why the item failed.
+    /// Called at most once, without the GIL unless the item fails on a path that holds it.
+    fn complete(&mut self, error: Option<&Error>);
+}
+
+/// Fills an item's rows: `slots[k]` is its row of input `k`.
+pub type FillFn = Box<dyn FnOnce(&mut [&mut [u8]]) -> Result<()> + Send>;
+/// Hears an item's outcome once: `Ok` after its output rows are written.
+pub type DoneFn = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// Hooks from Rust closures.
+pub(crate) struct RustHooks {
+    pub(crate) fill: Option<FillFn>,
+    pub(crate) done: Option<DoneFn>,
+}
+
+impl TensorHooks for RustHooks {
+    fn fill(&mut self, slots: &[*mut u8], sizes: &[usize]) -> Result<()> {
+        let fill =
+            self.fill.take().ok_or_else(|| Error::internal("the item has no fill (or it ran twice)"))?;
+        let mut rows: Vec<&mut [u8]> = slots
+            .iter()
+            .zip(sizes)
+            // SAFETY: each slot is this item's row of one input, `size` bytes, written by
+            // this thread alone until its batch is called (the lease's protocol).
+            .map(|(&p, &size)| unsafe { std::slice::from_raw_parts_mut(p, size) })
+            .collect();
+        fill(&mut rows)
+    }
+
+    fn complete(&mut self, error: Option<&Error>) {
+        if let Some(done) = self.done.take() {
+            done(error.map_or(Ok(()), |e| Err(e.clone())));
+        }
+    }
+}
+
+/// An item's hooks: the C ABI's callbacks inline, Rust closures boxed.
+pub(crate) enum Hooks {
+    C(crate::ffi::tensor_handler::CTensorHooks),
+    Rust(RustHooks),
+}
+
+impl Hooks {
+    fn get(&mut self) -> &mut dyn TensorHooks {
+        match self {
+            Hooks::C(h) => h,
+            Hooks::Rust(h) => h,
+        }
+    }
+}
+
+/// Where the job stands; its outcome is reported exactly once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Queued,
+    /// Its output rows are written: dropping it reports success.
+    RowsWritten,
+    /// Its outcome was reported (a failure).
+    Reported,
+}
+
+/// A tensor handler's item.
+pub struct TensorJob {
+    pub(crate) feed: Feed,
+    pub(crate) sink: Sink,
+    hooks: Hooks,
+    /// The item's row in its batch's buffers, once its batch is claimed with fills.
+    pub(crate) slot: Option<(Arc<Lease>, usize)>,
+    stage: Stage,
+}
+
+impl TensorJob {
+    pub(crate) fn new(feed: Feed, sink: Sink, hooks: Hooks) -> TensorJob {
+        TensorJob { feed, sink, hooks, slot: None, stage: Stage::Queued }
+    }
+
+    pub(crate) fn rows_written(&mut self) {
+        self.stage = Stage::RowsWritten;
+    }
+}
+
+impl Job for TensorJob {
+    fn needs_prepare(&self) -> bool {
+        matches!(self.feed, Feed::Fill)
+    }
+
+    fn prepare(&mut self) -> Result<()> {
+        let Some((lease, row)) = &self.slot else {
+            return Err(Error::internal("a tensor item was prepared without a batch row"));
+        };
+        let slots = Ptrs::new((0..lease.item_bytes().len()).map(|k| lease.row_ptr(k, *row) as usize));
+        // SAFETY: usize and *mut u8 have the same layout; these are addresses of rows.
+        let slots: &[*mut u8] = unsafe { &*(slots.as_slice() as *const [usize] as *const [*mut u8]) };
+        self.hooks.get().fill(slots, lease.item_bytes())
+    }
+
+    fn commit(&mut self, _py: Python<'_>) -> Result<Py<PyAny>> {
+        Err(Error::internal("tensor items are gathered into batch tensors, not committed one by one"))
+    }
+
+    fn complete(&mut self, _py: Python<'_>, _result: &Bound<'_, PyAny>) -> Result<()> {
+        Ok(())
+    }
+
+    fn fail(&mut self, error: &Error) {
+        if self.stage != Stage::Reported {
+            self.stage = Stage::Reported;
+            self.hooks.get().complete(Some(error));
+        }
+    }
+}
+
+impl Drop for TensorJob {
+    fn drop(&mut self) {
+        match self.stage {
+            Stage::RowsWritten => self.hooks.get().complete(None),
+            Stage::Queued => {
+                self.hooks.get().complete(Some(&Error::internal("the item was dropped without an outcome")))
+            }
+            Stage::Reported => {}
+        }
+        // The hooks' own Drop (the C ABI's `drop(user_data)`) runs after this.
+    }
+}

@@ -1,0 +1,74 @@
+"""Functions the tensor-handler tests of every layer bind: numpy in, numpy out."""
+import numpy as np
+
+W = (np.arange(64 * 16, dtype=np.float32).reshape(64, 16) % 7 - 3) / 8
+
+
+def linear(x):
+    """(B, 64) float32 -> (B, 16) float32: x @ W."""
+    return np.asarray(x) @ W
+
+
+def echo(x):
+    """Returns its input view itself (read back through the buffer protocol)."""
+    return x
+
+
+def add_and_sum(a, b):
+    """(B, 3) f64, (B, 3) f64 -> (B, 3) f64 a+b, (B,) f64 row sums of a."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    return a + b, a.sum(axis=1)
+
+
+def batch_size(x):
+    """Any input -> (B,) int64: each item gets the size of its batch."""
+    n = len(x)
+    return np.full((n,), n, dtype=np.int64)
+
+
+def wrong_rows(x):
+    return np.zeros((len(x) + 1, 16), dtype=np.float32)
+
+
+def wrong_dtype(x):
+    return np.zeros((len(x), 16), dtype=np.float64)
+
+
+def wrong_item_shape(x):
+    return np.zeros((len(x), 15), dtype=np.float32)
+
+
+def not_a_tensor(x):
+    return [0.0] * len(x)
+
+
+def non_contiguous(x):
+    """(B, 64) -> (B, 16) float32 as a strided view: every 4th column of x."""
+    return np.asarray(x)[:, ::4]
+
+
+def raises(x):
+    raise ValueError("bad batch of %d" % len(x))
+
+
+def two_outputs_one_given(a, b):
+    return np.asarray(a)
+
+
+kept = []
+
+
+def keep_input(x):
+    """Keeps a view of every batch; returns x[:, 0] and checks the earlier views."""
+    v = np.asarray(x)
+    for old, copy in kept:
+        if not np.array_equal(old, copy):
+            raise AssertionError("a kept input was overwritten")
+    kept.append((v, v.copy()))
+    return v[:, 0].copy()
+
+
+def via_dlpack(x):
+    """Imports the input through DLPack (np.from_dlpack) rather than the buffer protocol."""
+    return np.from_dlpack(x) * 2

@@ -1,0 +1,242 @@
+//! Tensor handlers through the Rust API: batch tensors in, rows out, and every item
+//! resolved exactly once on every path.
+
+mod common;
+
+use pyscheduler::{DType, ErrorKind, HandlerOptions, TensorItemOptions, TensorSignature, TensorSpec};
+use std::time::{Duration, Instant};
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_ne_bytes()).collect()
+}
+
+fn linear_sig() -> TensorSignature {
+    TensorSignature::new(vec![TensorSpec::new(DType::F32, &[64])], vec![TensorSpec::new(DType::F32, &[16])])
+}
+
+fn reference(x: &[f32]) -> Vec<f32> {
+    (0..16).map(|j| (0..64).map(|i| x[i] * ((((i * 16 + j) % 7) as f32) - 3.0) / 8.0).sum()).collect()
+}
+
+fn opts(batch: usize) -> HandlerOptions {
+    HandlerOptions { batch_size: batch, ..Default::default() }
+}
+
+#[test]
+fn linear_rows_come_back_per_item() {
+    let m = common::manager();
+    let h = m.load_tensor("tensor_testmod", "linear", linear_sig(), opts(32)).unwrap();
+    let inputs: Vec<Vec<f32>> =
+        (0..200).map(|n| (0..64).map(|i| ((n * 7 + i) % 13) as f32).collect()).collect();
+    let futures: Vec<_> =
+        inputs.iter().map(|x| h.queue(&[&f32s(x)], TensorItemOptions::default()).unwrap()).collect();
+    for (x, f) in inputs.iter().zip(futures) {
+        let rows = f.wait().unwrap();
+        let got = rows.get::<f32>(0);
+        let want = reference(x);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-3, "{got:?} vs {want:?}");
+        }
+    }
+    let s = h.stats();
+    assert_eq!(s.completed, 200);
+    assert_eq!(s.total_enqueued, 200);
+}
+
+#[test]
+fn fill_in_place_and_several_inputs_and_outputs() {
+    let m = common::manager();
+    let sig = TensorSignature::new(
+        vec![TensorSpec::new(DType::F64, &[3]), TensorSpec::new(DType::F64, &[3])],
+        vec![TensorSpec::new(DType::F64, &[3]), TensorSpec::new(DType::F64, &[])],
+    );
+    let h = m
+        .load_tensor(
+            "tensor_testmod",
+            "add_and_sum",
+            sig,
+            HandlerOptions { batch_size: 8, prefetch_depth: 2, ..Default::default() },
+        )
+        .unwrap();
+    let futures: Vec<_> = (0..50)
+        .map(|n| {
+            h.queue_fill(
+                move |rows| {
+                    for (k, row) in rows.iter_mut().enumerate() {
+                        for (i, chunk) in row.chunks_mut(8).enumerate() {
+                            chunk.copy_from_slice(&((n * 10 + k * 100 + i) as f64).to_ne_bytes());
+                        }
+                    }
+                    Ok(())
+                },
+                TensorItemOptions::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    for (n, f) in futures.into_iter().enumerate() {
+        let rows = f.wait().unwrap();
+        let a: Vec<f64> = (0..3).map(|i| (n * 10 + i) as f64).collect();
+        let b: Vec<f64> = (0..3).map(|i| (n * 10 + 100 + i) as f64).collect();
+        let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        assert_eq!(rows.get::<f64>(0), sum);
+        assert_eq!(rows.get::<f64>(1), vec![a.iter().sum::<f64>()]);
+    }
+}
+
+#[test]
+fn wrong_results_fail_every_item_with_a_clear_error() {
+    let m = common::manager();
+    let x = f32s(&[1.0; 64]);
+    for (function, needle) in [
+        ("wrong_rows", "has shape (2, 16); expected shape (1, 16) float32"),
+        ("wrong_dtype", "has dtype float64"),
+        ("wrong_item_shape", "has shape (1, 15)"),
+        ("not_a_tensor", "is a list, not an array or tensor"),
+        ("raises", "ValueError: bad batch of 1"),
+    ] {
+        let h = m.load_tensor("tensor_testmod", function, linear_sig(), opts(1)).unwrap();
+        let e = h.queue(&[&x], TensorItemOptions::default()).unwrap().wait().unwrap_err();
+        assert!(e.to_string().contains(needle), "{function}: {e}");
+        assert_eq!(e.kind(), ErrorKind::PythonException, "{function}");
+        // The handler goes on working after a failed batch.
+        assert_eq!(h.stats().failed, 1);
+    }
+}
+
+#[test]
+fn strided_and_dlpack_results_and_returning_the_input() {
+    let m = common::manager();
+    let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let h = m.load_tensor("tensor_testmod", "non_contiguous", linear_sig(), opts(4)).unwrap();
+    let got = h.queue(&[&f32s(&x)], TensorItemOptions::default()).unwrap().wait().unwrap().get::<f32>(0);
+    assert_eq!(got, (0..16).map(|i| (i * 4) as f32).collect::<Vec<_>>());
+
+    let same = TensorSignature::new(
+        vec![TensorSpec::new(DType::F32, &[64])],
+        vec![TensorSpec::new(DType::F32, &[64])],
+    );
+    for function in ["echo", "via_dlpack"] {
+        let h = m.load_tensor("tensor_testmod", function, same.clone(), opts(4)).unwrap();
+        let got = h.queue(&[&f32s(&x)], TensorItemOptions::default()).unwrap().wait().unwrap().get::<f32>(0);
+        let factor = if function == "echo" { 1.0 } else { 2.0 };
+        assert_eq!(got, x.iter().map(|v| v * factor).collect::<Vec<_>>(), "{function}");
+    }
+}
+
+#[test]
+fn bad_input_sizes_are_refused_at_queueing() {
+    let m = common::manager();
+    let h = m.load_tensor("tensor_testmod", "linear", linear_sig(), opts(4)).unwrap();
+    let e = h.queue(&[&[0u8; 12]], TensorItemOptions::default()).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("input 0 has 12 bytes"), "{e}");
+    let e = h.queue(&[], TensorItemOptions::default()).err().unwrap();
+    assert!(e.to_string().contains("0 inputs given"), "{e}");
+}
+
+#[test]
+fn bad_signatures_are_invalid_arguments() {
+    let m = common::manager();
+    let bad = TensorSignature::new(vec![TensorSpec::new(DType::F32, &[0])], vec![]);
+    let e = m.load_tensor("tensor_testmod", "linear", bad, opts(4)).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let e = m
+        .load_tensor(
+            "tensor_testmod",
+            "linear",
+            linear_sig(),
+            HandlerOptions { subinterpreters: 2, ..opts(4) },
+        )
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+}
+
+#[test]
+fn a_kept_input_is_never_overwritten_and_the_pool_stays_bounded() {
+    let m = common::manager();
+    let sig =
+        TensorSignature::new(vec![TensorSpec::new(DType::I64, &[4])], vec![TensorSpec::new(DType::I64, &[])]);
+    let h = m.load_tensor("tensor_testmod", "keep_input", sig, opts(4)).unwrap();
+    for round in 0..20i64 {
+        let fs: Vec<_> = (0..4)
+            .map(|i| {
+                let row: Vec<u8> = (0..4).flat_map(|j| (round * 100 + i * 10 + j).to_ne_bytes()).collect();
+                h.queue(&[&row], TensorItemOptions::default()).unwrap()
+            })
+            .collect();
+        for (i, f) in fs.into_iter().enumerate() {
+            assert_eq!(f.wait().unwrap().get::<i64>(0), vec![round * 100 + i as i64 * 10]);
+        }
+    }
+    assert!(h.free_buffer_sets() <= 3, "pool kept {} sets", h.free_buffer_sets());
+}
+
+#[test]
+fn deadlines_and_cancel_resolve_items_exactly_once() {
+    let m = common::manager();
+    let sig =
+        TensorSignature::new(vec![TensorSpec::new(DType::U8, &[2])], vec![TensorSpec::new(DType::I64, &[])]);
+    let h = m
+        .load_tensor(
+            "tensor_testmod",
+            "batch_size",
+            sig,
+            HandlerOptions {
+                batch_size: 64,
+                max_batch_delay: Duration::from_millis(300),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let past = TensorItemOptions { deadline: Some(Instant::now()) };
+    let expired = h.queue(&[&[1, 2]], past).unwrap();
+    let cancelled = h.queue(&[&[1, 2]], TensorItemOptions::default()).unwrap();
+    assert!(cancelled.cancel());
+    let kept = h.queue(&[&[1, 2]], TensorItemOptions::default()).unwrap();
+    assert_eq!(expired.wait().unwrap_err().kind(), ErrorKind::TimedOut);
+    assert_eq!(cancelled.wait().unwrap_err().kind(), ErrorKind::Cancelled);
+    assert_eq!(kept.wait().unwrap().get::<i64>(0), vec![1]);
+    let s = h.stats();
+    assert_eq!((s.completed, s.cancelled, s.expired), (1, 1, 1));
+}
+
+#[test]
+fn many_producers_every_item_exactly_once() {
+    let m = common::manager();
+    let h = m.load_tensor("tensor_testmod", "linear", linear_sig(), opts(64)).unwrap();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let h = &h;
+            let done = &done;
+            s.spawn(move || {
+                for n in 0..500 {
+                    let x: Vec<f32> = (0..64).map(|i| ((t * 1000 + n + i) % 17) as f32).collect();
+                    let out = std::sync::Arc::new(std::sync::Mutex::new(vec![0f32; 16]));
+                    let dest = out.lock().unwrap().as_mut_ptr() as *mut u8;
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    // SAFETY: `out` outlives the item (we wait for `done` below).
+                    unsafe {
+                        h.queue_into(
+                            &[&f32s(&x)],
+                            &[dest],
+                            move |r| tx.send(r).unwrap(),
+                            TensorItemOptions::default(),
+                        )
+                        .unwrap()
+                    };
+                    rx.recv().unwrap().unwrap();
+                    assert!(rx.try_recv().is_err(), "completion ran twice");
+                    let got = out.lock().unwrap().clone();
+                    let want = reference(&x);
+                    assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-3));
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    assert_eq!(done.into_inner(), 2000);
+    assert_eq!(h.stats().completed, 2000);
+}
