@@ -93,6 +93,10 @@ typedef struct pysched_stager pysched_stager;
 // shared with every export made from it and freed once the last of them is gone.
 typedef struct pysched_tensor pysched_tensor;
 
+// A tensor handler handle. Single owner; free with `pysched_tensor_handler_free`, which
+// drains its queue first.
+typedef struct pysched_tensor_handler pysched_tensor_handler;
+
 // Options for `pysched_manager_load`. Start from `pysched_handler_options_default()`:
 // a zero `batch_size` or `prefetch_depth` is rejected as invalid.
 typedef struct pysched_handler_options {
@@ -258,6 +262,64 @@ typedef struct pysched_tensor_info {
   // The `CUstream` the upload was queued on (0 when it had finished at creation).
   size_t stream;
 } pysched_tensor_info;
+
+// One input or output of a signature: a `pysched_dtype` value and the shape of ONE item
+// (`ndim` sizes, each >= 1; `ndim` 0 is a scalar per item). Read during the load only.
+typedef struct pysched_tensor_spec {
+  uint32_t dtype;
+  uint32_t ndim;
+  // `ndim` sizes (may be NULL when `ndim` is 0).
+  const int64_t *shape;
+} pysched_tensor_spec;
+
+// A tensor handler's signature. Read during the load only.
+typedef struct pysched_tensor_signature {
+  // `n_inputs` (>= 1) input specs.
+  const struct pysched_tensor_spec *inputs;
+  uint32_t n_inputs;
+  // `n_outputs` output specs (may be NULL when `n_outputs` is 0).
+  const struct pysched_tensor_spec *outputs;
+  uint32_t n_outputs;
+  // -1: batch tensors in host memory; >= 0: on that CUDA device (pinned staging, one
+  // upload per input per batch on the handler's own stream).
+  int32_t device;
+} pysched_tensor_signature;
+
+// Writes an item's inputs in place: `slots[k]` is its row of input `k` (the input's item
+// bytes, C order). Called once, on a pool thread WITHOUT the GIL, ahead of execution (up
+// to `prefetch_depth` batches; the items of a batch spread over idle workers). Return 0,
+// or non-zero to fail the item with PYSCHED_COMMIT.
+typedef int (*pysched_tensor_fill_fn)(void *user_data, void *const *slots);
+
+// Hears an item's outcome exactly once: `error` NULL once its rows of every output are
+// in the destinations, else why it failed (borrowed; copy it with
+// `pysched_error_clone`). Called WITHOUT the GIL on the success path (right after the
+// batch's GIL hold) and from any thread on failure, before `drop` and before the
+// item's future (if any) resolves.
+typedef void (*pysched_tensor_complete_fn)(void *user_data, const struct pysched_error *error);
+
+// One item of a tensor handler. Read during the queue call only.
+typedef struct pysched_tensor_item {
+  // Passed to every callback; must be usable from any thread.
+  void *user_data;
+  // One host pointer per input, each to one item's bytes (C order): copied before the
+  // queue call returns (unless PYSCHED_TENSOR_BORROW_INPUTS). NULL when `fill` is set.
+  const void *const *inputs;
+  // Writes the inputs in place instead (NULL: `inputs` are copied).
+  pysched_tensor_fill_fn fill;
+  // One destination per output, each valid for one item's bytes of that output until
+  // `complete` runs. May be NULL when the signature has no output.
+  void *const *outputs;
+  // Optional.
+  pysched_tensor_complete_fn complete;
+  // Optional; called exactly once, after `complete`, on every path.
+  pysched_drop_fn drop;
+  // Fail the item with PYSCHED_TIMED_OUT if it has not started this many microseconds
+  // after queueing; 0 means no deadline.
+  uint64_t timeout_us;
+  // PYSCHED_TENSOR_BORROW_INPUTS or 0.
+  uint32_t flags;
+} pysched_tensor_item;
 
 #ifdef __cplusplus
 extern "C" {
@@ -602,6 +664,48 @@ enum pysched_status pysched_stager_synchronize(const struct pysched_stager *stag
 // valid. NULL is a no-op.
 // Thread-safe. Blocks for the uploads in flight; call it without the GIL.
 void pysched_stager_free(struct pysched_stager *stager);
+
+// Loads `module.entry_point` as a tensor handler: it is called once per batch with one
+// batch tensor per input, shape `(B, *item_shape)`, and returns one array or tensor per
+// output (a tuple for several) of shape `(B, *item_shape)` and the declared dtype.
+//
+// `options` may be NULL (defaults); `subinterpreters` must be 0. A bad signature
+// (unknown dtype, a size < 1, too large, no input) is PYSCHED_INVALID_ARGUMENT; CUDA
+// placement without a driver or device is PYSCHED_CUDA. `out_handler` receives the
+// handle on success only. `out_error` may be NULL.
+// Thread-safe. Blocks while importing the module (takes the GIL).
+enum pysched_status pysched_manager_load_tensor(const struct pysched_manager *manager, const char *module, const char *entry_point, const struct pysched_tensor_signature *signature, const struct pysched_handler_options *options, struct pysched_tensor_handler **out_handler, struct pysched_error **out_error);
+
+// Queues one item: its inputs copied (or borrowed, or filled in place later), then, in
+// a batch, one Python call; its rows of each output are copied to `item->outputs`, then
+// `complete`, then `drop`.
+//
+// Ownership: once `item` is non-NULL, its callbacks are consumed: `complete` and `drop`
+// (if set) are each called exactly once, also when this function returns an error
+// (then before it returns). `item` itself and the `inputs`/`outputs` arrays are read
+// during the call only.
+//
+// `out_future` may be NULL; when not NULL it receives, on success only, a future owned
+// by the caller that resolves (with no Python value) after `complete`, or with the
+// item's error. `out_error` may be NULL.
+// Thread-safe. Never blocks, except on a full bounded queue under PYSCHED_FULL_BLOCK.
+enum pysched_status pysched_tensor_handler_queue(const struct pysched_tensor_handler *handler, const struct pysched_tensor_item *item, struct pysched_future **out_future, struct pysched_error **out_error);
+
+// Writes the handler's stats to `out_stats` (as `pysched_handler_stats`).
+// Thread-safe. Never blocks on Python.
+enum pysched_status pysched_tensor_handler_stats(const struct pysched_tensor_handler *handler, struct pysched_stats *out_stats, struct pysched_error **out_error);
+
+// Writes the handler's latency and batch-size quantiles (as `pysched_handler_latency`).
+// Thread-safe. Never blocks on Python.
+enum pysched_status pysched_tensor_handler_latency(const struct pysched_tensor_handler *handler, struct pysched_latency *out_latency, struct pysched_error **out_error);
+
+// Blocks until every item queued so far has finished (each completion ran).
+// Thread-safe. Blocks; releases the GIL while waiting if the caller holds it.
+enum pysched_status pysched_tensor_handler_drain(const struct pysched_tensor_handler *handler, struct pysched_error **out_error);
+
+// Drains the handler, then releases it. NULL is a no-op.
+// Blocks until drained; releases the GIL while waiting if the caller holds it.
+void pysched_tensor_handler_free(struct pysched_tensor_handler *handler);
 
 #ifdef __cplusplus
 }  // extern "C"
