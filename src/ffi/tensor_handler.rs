@@ -314,13 +314,14 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sin
             if item.flags & PYSCHED_TENSOR_BORROW_INPUTS != 0 {
                 Feed::Borrowed(Ptrs::new(ptrs.iter().map(|&p| p as usize)))
             } else {
-                let slices: Vec<&[u8]> = ptrs
-                    .iter()
-                    .zip(&sig.inputs)
+                let mut bytes = Vec::with_capacity(sig.inputs.iter().map(TensorSpec::item_bytes).sum());
+                for (&p, s) in ptrs.iter().zip(&sig.inputs) {
                     // SAFETY: each input points to one item's bytes of its spec (documented).
-                    .map(|(&p, s)| unsafe { std::slice::from_raw_parts(p.cast::<u8>(), s.item_bytes()) })
-                    .collect();
-                h.copy_inputs(&slices)?
+                    bytes.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(p.cast::<u8>(), s.item_bytes())
+                    });
+                }
+                Feed::Copied(bytes.into_boxed_slice())
             }
         }
     };
@@ -333,8 +334,9 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sin
     } else {
         // SAFETY: one readable destination per output (documented), checked non-NULL.
         let dests = unsafe { std::slice::from_raw_parts(item.outputs, n_out) };
-        let dests: Vec<*mut u8> = dests.iter().map(|&p| p.cast::<u8>()).collect();
-        h.check_outputs(&dests)?;
+        if let Some(k) = dests.iter().position(|p| p.is_null()) {
+            return Err(Error::invalid_argument(format!("item->outputs[{k}] is NULL")));
+        }
         Sink::Pointers(Ptrs::new(dests.iter().map(|&p| p as usize)))
     };
     Ok((feed, sink))

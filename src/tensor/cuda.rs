@@ -164,6 +164,13 @@ impl DeviceSet {
     }
 }
 
+impl Drop for DeviceSet {
+    fn drop(&mut self) {
+        // Freed memory must not be freed under a copy or kernel still reading it.
+        let _ = self.before_reuse();
+    }
+}
+
 /// An event recorded on another party's stream (a consumer's).
 fn record_on(device: &'static Device, stream: usize) -> Result<Event> {
     Event::record_on(device, stream as driver::CUstream)

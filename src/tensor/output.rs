@@ -174,22 +174,23 @@ pub(crate) fn read_output(
 ) -> Result<OutputRows> {
     let expect = Expect { name, k, spec, rows, placement };
     // SAFETY: GIL held; only inspects the type.
-    if unsafe { ffi::PyObject_CheckBuffer(obj.as_ptr()) } != 0 && !is_dlpack_only(obj) {
-        return read_buffer(py, obj, &expect);
+    let has_buffer = unsafe { ffi::PyObject_CheckBuffer(obj.as_ptr()) } != 0;
+    let has_dlpack = obj.hasattr("__dlpack__").unwrap_or(false);
+    if has_buffer {
+        // The buffer protocol is the cheaper read; an exporter that refuses it (a CUDA
+        // batch tensor returned as is) may still speak DLPack.
+        match read_buffer(py, obj, &expect) {
+            Err(_) if has_dlpack => {}
+            read => return read,
+        }
     }
-    if obj.hasattr("__dlpack__").unwrap_or(false) {
+    if has_dlpack {
         return read_dlpack(py, obj, &expect, device);
     }
     Err(expect.fail(format!(
         "is a {}, not an array or tensor (it needs __dlpack__ or the buffer protocol)",
         type_name(obj)
     )))
-}
-
-/// Objects that export a buffer but are better read through DLPack (none today; the
-/// buffer protocol is cheaper where it exists).
-fn is_dlpack_only(_obj: &Bound<'_, PyAny>) -> bool {
-    false
 }
 
 /// The dtype a `struct` format describes (native byte order only).
