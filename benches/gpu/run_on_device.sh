@@ -29,8 +29,10 @@ FAILED=()
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 step() {  # step NAME COMMAND...: runs, logs to $OUT/NAME.txt, records failure
   local name=$1; shift
+  local file=$name
+  case $name in build_* | compile_*) file=build ;; esac  # $OUT brings back 8 files at most
   log "$name: $*"
-  "$@" > >(tee "$OUT/$name.txt") 2>&1
+  "$@" > >(tee -a "$OUT/$file.txt") 2>&1
   local rc=$?
   if [ $rc -ne 0 ]; then FAILED+=("$name (rc $rc)"); log "$name FAILED (rc $rc)"; else log "$name ok"; fi
   return 0

@@ -84,6 +84,11 @@ impl Placement {
         lease.device_set().map_or(std::ptr::null_mut(), |s| s.inputs[k].ptr as *mut u8)
     }
 
+    /// Makes the device's primary context current on this thread until the guard drops.
+    pub(crate) fn enter(&self) -> Result<driver::ContextGuard> {
+        self.device.enter()
+    }
+
     pub(crate) fn dl_device(&self) -> DLDevice {
         DLDevice { device_type: KDL_CUDA, device_id: self.device.ordinal }
     }

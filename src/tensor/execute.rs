@@ -92,6 +92,8 @@ fn call_and_split(
     }
     let args = PyTuple::new(py, views)
         .map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::Internal, "building the arguments"))?;
+    // The handler's device current on this thread during the call (as torch expects).
+    let _context = exec.device.as_ref().map(|d| d.enter()).transpose()?;
     let committed = clock::now_ns();
     let called = core.function.bind(py).call1(args);
     core.record_timings(n, committed.saturating_sub(start_ns), clock::now_ns().saturating_sub(committed), n);

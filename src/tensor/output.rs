@@ -304,7 +304,13 @@ fn read_dlpack(
     device: Option<&Arc<super::cuda::Placement>>,
 ) -> Result<OutputRows> {
     let kwargs = PyDict::new(py);
-    if let Some(d) = device {
+    // A stream is passed only to a CUDA producer (CPU producers refuse one): it orders
+    // the producer's work before our copy of the result.
+    let on_cuda = obj
+        .call_method0("__dlpack_device__")
+        .and_then(|d| d.extract::<(i32, i32)>())
+        .is_ok_and(|(kind, _)| kind == KDL_CUDA);
+    if let (Some(d), true) = (device, on_cuda) {
         kwargs.set_item("stream", d.stream_handle()).map_err(py_internal)?;
     }
     kwargs.set_item("max_version", (1, 0)).map_err(py_internal)?;
