@@ -211,6 +211,26 @@ int main(int argc, char** argv) {
     pysched_tensor_handler_free(h);
   }
 
+  // A long run: the batch buffers come from the handler's pool, so device memory does not
+  // grow once warm (torch's caching allocator keeps its own blocks: allow it 64 MiB).
+  if (pysched_tensor_handler* h = load(m, "bmm_sum", 64, 4)) {
+    run_once(h, 4000, run);
+    size_t free_before = 0, free_after = 0, total = 0;
+    pysched_cuda_mem_info(0, &free_before, &total, nullptr);
+    int wrong = 0;
+    for (int round = 0; round < 5; round++) {
+      run_once(h, 4000, run);
+      wrong += wrong_items(run, 4000);
+    }
+    pysched_cuda_mem_info(0, &free_after, &total, nullptr);
+    const double grew_mib = (static_cast<double>(free_before) - static_cast<double>(free_after)) / (1 << 20);
+    check(wrong == 0 && grew_mib <= 64.0, "20000 more items: device memory in use grew by " + std::to_string(grew_mib) +
+                                              " MiB (<= 64), " + std::to_string(wrong) + " wrong");
+    pysched_tensor_handler_free(h);
+  } else {
+    check(false, "load bmm_sum for the long run");
+  }
+
   // A CPU result from a CUDA handler is accepted; a wrong dtype fails every item clearly.
   for (const char* fn : {"bmm_sum_on_host", "wrong_dtype", "bmm_sum_keeping_inputs"}) {
     pysched_tensor_handler* h = load(m, fn, 16, 2);
