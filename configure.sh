@@ -371,13 +371,21 @@ demo() {
 
 # --- --test --------------------------------------------------------------------------------
 
-# Counts for the closing line, per layer.
+# Counts for the closing line, per layer and in all. A skipped test (a Rust test marked
+# #[ignore] for this build, a C++ test that called GTEST_SKIP) is counted as skipped,
+# never as passed.
 RESULTS=()
 FAILED_LAYERS=0
+TOTAL_PASSED=0
+TOTAL_FAILED=0
+TOTAL_SKIPPED=0
 
-record() { # record <layer> <exit status> <passed> <failed>
-  RESULTS+=("$(printf '%-22s %s passed, %s failed%s' "$1:" "$3" "$4" "$( (($2 == 0)) || echo "  (exit status $2)")")")
+record() { # record <layer> <exit status> <passed> <failed> <skipped>
+  RESULTS+=("$(printf '%-22s %s passed, %s failed, %s skipped%s' "$1:" "$3" "$4" "$5" "$( (($2 == 0)) || echo "  (exit status $2)")")")
   (($2 == 0)) || FAILED_LAYERS=$((FAILED_LAYERS + 1))
+  TOTAL_PASSED=$((TOTAL_PASSED + $3))
+  TOTAL_FAILED=$((TOTAL_FAILED + $4))
+  TOTAL_SKIPPED=$((TOTAL_SKIPPED + $5))
 }
 
 rust_tests() {
@@ -387,20 +395,28 @@ rust_tests() {
   # cdylib into a Python process (tests/rust/adopt.rs) need <target>/debug/libpyscheduler.so.
   (cd "$ROOT" && export PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)" PYTHONDONTWRITEBYTECODE=1 &&
     cargo build --lib 2>&1 && cargo test --no-fail-fast 2>&1) | tee "$log" || status=$?
-  local passed failed
+  local passed failed ignored
   passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{ s += $1 } END { print s + 0 }')
   failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{ s += $1 } END { print s + 0 }')
-  record "Rust (cargo test)" "$status" "$passed" "$failed"
+  ignored=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) ignored.*/\1/' | awk '{ s += $1 } END { print s + 0 }')
+  if ((ignored)); then
+    note "ignored (skipped) here:"
+    grep -E '^test .* \.\.\. ignored' "$log" | sed -E 's/^test (.*) \.\.\. ignored(, )?(.*)$/      \1 (\3)/' || true
+  fi
+  record "Rust (cargo test)" "$status" "$passed" "$failed" "$ignored"
 }
 
 ctest_tests() {
   step "C and C++ tests: ctest${SANITIZE:+ (instrumented with -fsanitize=$SANITIZE)}"
   local log="$BUILD_DIR/ctest.log" status=0
   ctest --test-dir "$BUILD_DIR" --output-on-failure --no-tests=error 2>&1 | tee "$log" || status=$?
-  local total failed
+  local total failed skipped
   total=$(sed -nE 's/.*tests passed, ([0-9]+) tests? failed out of ([0-9]+).*/\2/p' "$log" | tail -n1)
   failed=$(sed -nE 's/.*tests passed, ([0-9]+) tests? failed out of ([0-9]+).*/\1/p' "$log" | tail -n1)
-  record "C/C++ (ctest)" "$status" "$((${total:-0} - ${failed:-0}))" "${failed:-0}"
+  # CTest lists skipped tests under "The following tests did not run:" and counts them
+  # in its total without failing them.
+  skipped=$(grep -cE '^[[:space:]]*[0-9]+ - .* \(Skipped\)$' "$log" || true)
+  record "C/C++ (ctest)" "$status" "$((${total:-0} - ${failed:-0} - ${skipped:-0}))" "${failed:-0}" "${skipped:-0}"
 }
 
 run_tests() {
@@ -413,18 +429,19 @@ run_tests() {
   local build_status=0
   build || build_status=$?
   if ((build_status != 0)); then
-    record "build" "$build_status" 0 1
+    record "build" "$build_status" 0 1 0
   else
     rust_tests
     ctest_tests
   fi
   step "Summary (mode $MODE${SANITIZE:+, -fsanitize=$SANITIZE}, Python $PYTHON_VERSION)"
   printf '  %s\n' "${RESULTS[@]}"
+  local totals="$TOTAL_PASSED passed, $TOTAL_FAILED failed, $TOTAL_SKIPPED skipped"
   if ((FAILED_LAYERS)); then
-    printf 'configure.sh --test: FAILED (%d layer(s))\n' "$FAILED_LAYERS"
+    printf 'configure.sh --test: FAILED (%d layer(s)): %s\n' "$FAILED_LAYERS" "$totals"
     exit 1
   fi
-  printf 'configure.sh --test: all layers passed\n'
+  printf 'configure.sh --test: all layers passed: %s\n' "$totals"
 }
 
 # --- --bench -------------------------------------------------------------------------------

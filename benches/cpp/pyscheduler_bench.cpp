@@ -266,7 +266,6 @@ struct Row {
   double ratio = NAN;
   std::string ratio_label;  // e.g. "x floor", "x serial"
   std::string target;
-  std::string original;
   std::optional<bool> pass;  // nullopt: reference row, no target
   std::string note;
 };
@@ -340,9 +339,8 @@ void print_plain(const Environment& env, const std::vector<Row>& rows) {
   for (const auto& [k, v] : env.fields) std::printf("  %-21s %s\n", (k + ":").c_str(), v.c_str());
   std::printf("\n");
   // Cells first, then widths from the widest cell of each column.
-  std::vector<std::array<std::string, 8>> cells;
-  cells.push_back({"workload", "ours (median)", "spread", "in-run baseline", "baseline (median)", "ratio", "target",
-                   "original (issue 4)"});
+  std::vector<std::array<std::string, 7>> cells;
+  cells.push_back({"workload", "ours (median)", "spread", "in-run baseline", "baseline (median)", "ratio", "target"});
   std::vector<std::string> results = {"result"};
   for (const auto& r : rows) {
     const double sp = spread_pct(r.ours_samples);
@@ -350,15 +348,15 @@ void print_plain(const Environment& env, const std::vector<Row>& rows) {
     std::snprintf(spread, sizeof spread, std::isnan(sp) ? "-" : "%.0f%%", sp);
     cells.push_back({r.workload, fmt(r.ours, r.unit), spread, r.baseline_name.empty() ? "-" : r.baseline_name,
                      fmt(r.baseline, r.baseline_unit.empty() ? r.unit : r.baseline_unit),
-                     std::isnan(r.ratio) ? "-" : fmt(r.ratio, "") + r.ratio_label, r.target, r.original});
+                     std::isnan(r.ratio) ? "-" : fmt(r.ratio, "") + r.ratio_label, r.target});
     results.push_back(!r.pass.has_value() ? "ref" : (*r.pass ? "PASS" : "FAIL"));
   }
-  std::array<std::size_t, 8> w{};
+  std::array<std::size_t, 7> w{};
   for (const auto& c : cells) {
     for (std::size_t i = 0; i < c.size(); ++i) w[i] = std::max(w[i], c[i].size());
   }
   // Left-aligned text columns, right-aligned numbers.
-  constexpr std::array<bool, 8> right = {false, true, true, false, true, true, false, false};
+  constexpr std::array<bool, 7> right = {false, true, true, false, true, true, false};
   std::size_t total = 0;
   for (std::size_t i = 0; i < cells.size(); ++i) {
     std::string line;
@@ -383,9 +381,11 @@ void print_plain(const Environment& env, const std::vector<Row>& rows) {
     std::printf("  %-14s %s\n", (r.id + ":").c_str(), r.note.c_str());
   }
   std::printf(
-      "\nours/baseline: medians of the repetitions, baseline and ours interleaved; spread = (max-min)/median of\n"
-      "ours. 'ref' rows compare with a plain pybind11 embedding or the C ABI and have no target. The machine\n"
-      "is a shared VM: expect run-to-run variation of tens of percent on the throughput rows.\n");
+      "\nours/baseline: medians of the repetitions, baseline and ours interleaved; ratio = median(ours) /\n"
+      "median(baseline), not the median of the per-repetition ratios (--json has every sample for that);\n"
+      "spread = (max-min)/median of ours. 'ref' rows compare with a plain pybind11 embedding or the C ABI and\n"
+      "have no target. The machine is a shared VM: expect run-to-run variation of tens of percent on the\n"
+      "throughput rows.\n");
 }
 
 void print_json(std::FILE* out, const Environment& env, const std::vector<Row>& rows) {
@@ -399,12 +399,12 @@ void print_json(std::FILE* out, const Environment& env, const std::vector<Row>& 
     const Row& r = rows[i];
     std::fprintf(out, "%s\n    {\"id\": \"%s\", \"workload\": \"%s\", \"unit\": \"%s\", \"ours\": %s, \"ours_samples\": %s, "
                 "\"baseline_name\": \"%s\", \"baseline\": %s, \"baseline_samples\": %s, \"ratio\": %s, "
-                "\"ratio_label\": \"%s\", \"target\": \"%s\", \"original\": \"%s\", \"result\": \"%s\", "
+                "\"ratio_label\": \"%s\", \"target\": \"%s\", \"result\": \"%s\", "
                 "\"note\": \"%s\"}",
                 i ? "," : "", json_escape(r.id).c_str(), json_escape(r.workload).c_str(), json_escape(r.unit).c_str(),
                 json_num(r.ours).c_str(), json_array(r.ours_samples).c_str(), json_escape(r.baseline_name).c_str(),
                 json_num(r.baseline).c_str(), json_array(r.baseline_samples).c_str(), json_num(r.ratio).c_str(),
-                json_escape(r.ratio_label).c_str(), json_escape(r.target).c_str(), json_escape(r.original).c_str(),
+                json_escape(r.ratio_label).c_str(), json_escape(r.target).c_str(),
                 !r.pass.has_value() ? "ref" : (*r.pass ? "PASS" : "FAIL"), json_escape(r.note).c_str());
   }
   std::fprintf(out, "\n  ]\n}\n");
@@ -721,7 +721,6 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   r.ratio = r.ours / r.baseline;
   r.ratio_label = "x floor";
   r.target = "<= 3x floor";
-  r.original = "1100-1500 ns (~26x)";
   r.pass = r.ratio <= 3.0;
   const auto st = h.stats();
   char note[256];
@@ -742,7 +741,6 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   rf.ratio = rf.ours / rf.baseline;
   rf.ratio_label = "x floor";
   rf.target = "<= 3x floor";
-  rf.original = "-";
   rf.pass = rf.ratio <= 3.0;
   rf.note = "the same items through queue_invoke_future: one heap context per item shared by the core and the "
             "Future (atomic state word, C++20 atomic wait), no std::promise";
@@ -758,7 +756,6 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   rc.ratio = rc.ours / rc.baseline;
   rc.ratio_label = "x floor";
   rc.target = "-";
-  rc.original = "-";
   rc.note = "pysched_handler_queue with C callbacks and pysched_handler_drain: the core alone";
   rows.push_back(rc);
 
@@ -772,7 +769,6 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   rl.ratio = rl.ours / rl.baseline;
   rl.ratio_label = "x floor";
   rl.target = "-";
-  rl.original = "-";
   rl.note = "a heap context per item with std::atomic<int> + wait/notify instead of std::promise/std::future "
             "(whose set_value makes a futex syscall per item in glibc's pthread_once)";
   rows.push_back(rl);
@@ -798,7 +794,6 @@ void row_producers4(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.ours / r.baseline;
   r.ratio_label = "x 1 prod.";
   r.target = "<= 1.5x 1 prod.";
-  r.original = "~4500 ns";
   r.pass = r.ratio <= 1.5;
   r.note = "mean batch " + fmt(h.stats().execute_batch_size_ema, "") + " (EMA after the last repetition)";
   rows.push_back(r);
@@ -813,7 +808,6 @@ void row_producers4(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   rp.ratio = rp.baseline / rp.ours;
   rp.ratio_label = "x faster";
   rp.target = "-";
-  rp.original = "-";
   rp.note = "4 C++ threads each take the GIL per item and call identity([x]) (" +
             std::to_string(cfg.plain_items) + " items/rep)";
   rows.push_back(rp);
@@ -840,7 +834,6 @@ void row_queued_b1(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.baseline / r.ours;
   r.ratio_label = "x faster";
   r.target = "<= 2000 ns";
-  r.original = "~27000 ns";
   r.pass = r.ours <= 2000.0;
   r.note = "mean batch " + fmt(h.stats().execute_batch_size_ema, "") +
            "; baseline: one C++ thread, gil_scoped_acquire + identity([x]) per item, synchronously";
@@ -856,7 +849,6 @@ void row_queued_b1(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   rf.ratio = rf.baseline / rf.ours;
   rf.ratio_label = "x faster";
   rf.target = "-";
-  rf.original = "-";
   rf.note = "the same items, one pyscheduler::Future per item instead of std::future";
   rows.push_back(rf);
 }
@@ -905,7 +897,6 @@ void row_latency(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
     r->ratio = r->ours / r->baseline;
     r->ratio_label = "x floor";
     r->target = is50 ? "<= 20 us" : "<= 100 us";
-    r->original = is50 ? "2600 us" : "5200 us";
     r->pass = r->ours <= (is50 ? 20.0 : 100.0);
   }
   p50.note = "queue_invoke + future.get(), 300 us pause between requests, " + std::to_string(cfg.latency_samples) +
@@ -921,7 +912,6 @@ void row_latency(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   plain.ratio = plain.baseline / plain.ours;
   plain.ratio_label = "x faster";
   plain.target = "-";
-  plain.original = "-";
   rows.push_back(p50);
   rows.push_back(p99);
   rows.push_back(plain);
@@ -988,7 +978,6 @@ void row_sync(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.ours / r.baseline;
   r.ratio_label = "x floor";
   r.target = "<= 2x floor";
-  r.original = "11000-14000 ns (~78x)";
   r.pass = r.ratio <= 2.0;
   r.note = "add(3000, -1234) with int arguments converted by pybind11, result cast<int>";
   rows.push_back(r);
@@ -1003,7 +992,6 @@ void row_sync(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   rp.ratio = rp.baseline / rp.ours;
   rp.ratio_label = "x faster";
   rp.target = "-";
-  rp.original = "-";
   rows.push_back(rp);
 }
 
@@ -1028,7 +1016,6 @@ void row_idle8(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ours = median(r.ours_samples);
   r.baseline_name = "-";
   r.target = "< 2 ms";
-  r.original = "~40 ms";
   r.pass = r.ours < 2.0;
   r.note = "getrusage(RUSAGE_SELF) over a 2 s window, all threads, process otherwise idle; " +
            std::to_string(mgr.worker_threads()) + " pool workers + timer";
@@ -1155,12 +1142,10 @@ void row_rss(const Config& cfg, std::vector<Row>& rows) {
     r->baseline_name = "RSS before queueing";
     r->baseline = median(r->baseline_samples);
     r->target = "-";
-    r->original = "-";
   }
   held.id = "rss";
   held.workload = "peak RSS, 120k queued items, batch 256";
   held.target = "<= 35 MB";
-  held.original = "~42 MB";
   held.pass = held.ours <= 35.0;
   char note[320];
   std::snprintf(note, sizeof note,
@@ -1220,7 +1205,6 @@ void row_sleep2(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.ours;
   r.ratio_label = "x serial";
   r.target = ">= 1.9x serial";
-  r.original = "1.94x";
   r.pass = r.ours >= 1.9;
   r.note = "ours = serial time / time with two handlers (" + std::to_string(2 * n) +
            " items of 10 ms either way)";
@@ -1370,7 +1354,6 @@ void row_staging(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.baseline / r.ours;
   r.ratio_label = "x faster";
   r.target = ">= 1.5x (ideal 2)";
-  r.original = "n/a (new)";
   r.pass = r.ratio >= 1.5;
   char note[400];
   std::snprintf(note, sizeof note,
@@ -1426,7 +1409,6 @@ void row_batch_delay(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   r.ratio = r.ours / r.baseline;
   r.ratio_label = "x larger";
   r.target = ">= 4x larger";
-  r.original = "n/a (new)";
   r.pass = r.ratio >= 4.0;
   const auto lw = with_delay.latency();
   const auto ln = no_delay.latency();

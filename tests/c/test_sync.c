@@ -7,6 +7,7 @@
 #include "test_util.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 static pysched_manager *manager;
 
@@ -186,12 +187,20 @@ static void test_many_threads(void) {
   pysched_handler_free(h);
 }
 
+typedef struct {
+  pysched_handler *h;
+  call_started started;
+  atomic_int returned;
+} sleeper_arg;
+
 static void *sleeper(void *p) {
+  sleeper_arg *a = (sleeper_arg *)p;
   PyGILState_STATE g = PyGILState_Ensure();
-  PyObject *args = Py_BuildValue("(d)", 0.4);
+  PyObject *args = Py_BuildValue("(id)", a->started.write_fd, 0.4);
   PyGILState_Release(g);
   PyObject *out = NULL;
-  pysched_status st = pysched_handler_call((pysched_handler *)p, args, NULL, &out, NULL);
+  pysched_status st = pysched_handler_call(a->h, args, NULL, &out, NULL);
+  atomic_store(&a->returned, 1);
   g = PyGILState_Ensure();
   Py_XDECREF(out);
   Py_DECREF(args);
@@ -201,11 +210,15 @@ static void *sleeper(void *p) {
 
 /* A synchronous call that releases the GIL (time.sleep) does not block other calls. */
 static void test_sleeping_call_does_not_block_others(void) {
-  pysched_handler *sleep = test_load(manager, "pysched_testmod", "sync_sleep", NULL);
+  sleeper_arg a;
+  atomic_init(&a.returned, 0);
+  a.h = test_load(manager, "pysched_testmod", "signal_then_sleep", NULL);
+  call_started_init(&a.started);
   pysched_handler *add = test_load(manager, "pysched_testmod", "add", NULL);
   pthread_t t;
-  REQUIRE(pthread_create(&t, NULL, sleeper, sleep) == 0);
-  sleep_us(50000);
+  REQUIRE(pthread_create(&t, NULL, sleeper, &a) == 0);
+  /* The 0.4 s call is inside Python (it wrote its byte) before the others are timed. */
+  REQUIRE(call_started_wait(&a.started, 10000));
   PyGILState_STATE g = PyGILState_Ensure();
   PyObject *args = Py_BuildValue("(ii)", 1, 1);
   PyGILState_Release(g);
@@ -216,14 +229,17 @@ static void test_sleeping_call_does_not_block_others(void) {
     CHECK_STATUS(PYSCHED_OK, call_long(add, args, NULL, &v, &err));
   }
   CHECK(now_us() - t0 < 300000);
+  CHECK(!atomic_load(&a.returned)); /* the calls above ran during the sleeping one */
   void *rc = NULL;
   pthread_join(t, &rc);
   CHECK((intptr_t)rc == PYSCHED_OK);
   g = PyGILState_Ensure();
   Py_DECREF(args);
   PyGILState_Release(g);
-  pysched_handler_free(sleep);
+  pysched_handler_free(a.h);
   pysched_handler_free(add);
+  close(a.started.read_fd);
+  close(a.started.write_fd);
 }
 
 typedef struct {

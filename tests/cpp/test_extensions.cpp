@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <limits>
@@ -129,14 +130,37 @@ TEST_F(Extensions, BoundedQueueBlockPolicyGivesUpAfterTheBlockTimeout) {
 
 TEST_F(Extensions, BoundedQueueBlockPolicyWaitsForRoom) {
   HandlerOptions o = batch_of(1);
-  o.max_queue = 1;
-  auto h = manager.loadPythonModule("pysched_cpp_testmod", "sleep_ms_each", o);
-  std::vector<std::future<int>> futures;
-  for (int i = 0; i < 6; ++i) {
-    futures.push_back(h.queue_invoke(commit_int, to_int, 5));  // blocks while one waits
+  o.max_queue = 1;  // FullPolicy::Block, no timeout: the default
+  auto gated = manager.loadPythonModule("pysched_cpp_testmod", "gated", o);
+  Gate gate(manager);
+  auto occupant = gate.hold(gated);
+  auto first = gated.queue_invoke(commit_int, to_tagged, 1);  // the queue is full now
+  constexpr int kMore = 4;
+  std::vector<std::future<Tagged>> more(kMore);
+  std::atomic<int> returned{0};
+  std::thread producer([&] {
+    for (int i = 0; i < kMore; ++i) {
+      more[i] = gated.queue_invoke(commit_int, to_tagged, 2 + i);
+      returned.fetch_add(1);
+    }
+  });
+  // Nothing leaves the queue while the gate is closed: the producer must stay inside
+  // queue_invoke, and the queue must never hold more than its bound.
+  size_t most_queued = 0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  while (std::chrono::steady_clock::now() < until) {
+    most_queued = std::max(most_queued, gated.get_queue_stats().commit_queue_size);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  for (auto& f : futures) {
-    EXPECT_EQ(f.get(), 5);
+  EXPECT_EQ(returned.load(), 0) << "queue_invoke returned although the queue was full";
+  EXPECT_LE(most_queued, 1u);
+  gate.open();
+  producer.join();
+  EXPECT_EQ(returned.load(), kMore);
+  EXPECT_EQ(occupant.get(), Tagged(1000, 1));
+  EXPECT_EQ(first.get(), Tagged(1, 1));
+  for (int i = 0; i < kMore; ++i) {
+    EXPECT_EQ(more[i].get(), Tagged(2 + i, 1));
   }
 }
 
