@@ -1604,8 +1604,10 @@ impl PoolShared {
         }
     }
 
-    /// The next task for worker `me`; parks while there is none.
-    fn next(&self, me: usize) -> Task {
+    /// The next task for worker `me`; parks while there is none. `ran`: whether this
+    /// worker has run a task since it last returned its free memory (a worker that has
+    /// not has nothing to return and sleeps without a timeout).
+    fn next(&self, me: usize, ran: &mut bool) -> Task {
         loop {
             for _ in 0..IDLE_SPINS {
                 if self.pending.load(Relaxed) > 0 {
@@ -1616,6 +1618,7 @@ impl PoolShared {
             let mut ready = self.lock();
             if let Some(task) = ready.tasks.pop_front() {
                 self.pending.store(ready.tasks.len(), Relaxed);
+                *ran = true;
                 return task;
             }
             self.workers[me].woken.store(false, Relaxed);
@@ -1623,15 +1626,14 @@ impl PoolShared {
             drop(ready);
             // A submitter takes us off `idle` and sets `woken` before it unparks us
             // (unpark before park makes park return at once).
-            let mut collected = !cfg!(feature = "mimalloc");
             while !self.workers[me].woken.load(Acquire) {
-                if collected {
+                if !*ran || !cfg!(feature = "mimalloc") {
                     std::thread::park();
                 } else {
                     std::thread::park_timeout(IDLE_BEFORE_COLLECT);
                     if !self.workers[me].woken.load(Acquire) {
                         release_idle_memory();
-                        collected = true;
+                        *ran = false;
                     }
                 }
             }
@@ -1668,8 +1670,9 @@ fn release_idle_memory() {
 fn worker_main(shared: &PoolShared, me: usize) {
     let _ = shared.workers[me].thread.set(std::thread::current());
     crate::runtime::persist_current_thread_state();
+    let mut ran = false;
     loop {
-        match shared.next(me) {
+        match shared.next(me, &mut ran) {
             Task::Run(handler, primary) => handler.run(primary),
             Task::Prepare(handler, work) => handler.prepare_some(&work),
             Task::Stop => return,
