@@ -220,6 +220,27 @@ long proc_status_kb(const char* field) {
   return -1;
 }
 
+// CPU time (ns, from /proc/self/task/*/schedstat) of each pool worker thread, by tid.
+std::vector<std::pair<long, long long>> worker_cpu_ns() {
+  std::vector<std::pair<long, long long>> out;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const std::string dir = std::string("/proc/self/task/") + e->d_name;
+    std::ifstream comm(dir + "/comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name.rfind("pysched-worker", 0) != 0) continue;
+    std::ifstream st(dir + "/schedstat");
+    long long ns = 0;
+    st >> ns;
+    out.emplace_back(std::atol(e->d_name), ns);
+  }
+  closedir(d);
+  return out;
+}
+
 std::string read_first_line(const char* path) {
   std::ifstream in(path);
   std::string line;
@@ -1038,6 +1059,8 @@ int rss_child(const Config& cfg) {
   check(h.queue_invoke(kCommitInt, kCastLong, 1L).get() == 1, "rss warm-up");
   queued_identity_cabi_ns(h, 1);
   const long baseline_kb = proc_status_kb("VmRSS");
+  const auto cpu_before = worker_cpu_ns();
+  long queued_kb = -1;  // VmRSS once all items are queued (held, future, cabi)
   const std::size_t n = cfg.rss_items;
   const long nn = static_cast<long>(n);
   if (mode == "cabi") {
@@ -1051,6 +1074,7 @@ int rss_child(const Config& cfg) {
         item.complete = &cabi_complete;
         pysched_handler_queue(h.native_handle(), &item, nullptr, nullptr);
       }
+      queued_kb = proc_status_kb("VmRSS");
     }
     check(pysched_handler_drain(h.native_handle(), nullptr) == PYSCHED_OK, "drain");
     check(g_cabi_sum.load() == nn * (nn - 1) / 2, "rss C ABI items returned wrong values");
@@ -1062,6 +1086,7 @@ int rss_child(const Config& cfg) {
       for (std::size_t i = 0; i < n; ++i) {
         futures.push_back(h.queue_invoke_future(kCommitInt, kCastLong, static_cast<long>(i)));
       }
+      queued_kb = proc_status_kb("VmRSS");
     }
     long sum = 0;
     for (auto& f : futures) sum += f.get();
@@ -1075,13 +1100,27 @@ int rss_child(const Config& cfg) {
       for (std::size_t i = 0; i < n; ++i) {
         futures.push_back(h.queue_invoke(kCommitInt, kCastLong, static_cast<long>(i)));
       }
+      if (mode == "held") queued_kb = proc_status_kb("VmRSS");
     }
     long sum = 0;
     for (auto& f : futures) sum += f.get();
     check(sum == nn * (nn - 1) / 2, "rss items returned wrong values");
   }
-  std::printf("baseline_kb=%ld peak_kb=%ld items=%zu\n", baseline_kb, proc_status_kb("VmHWM"), n);
+  // Pool workers that ran while the items executed (each brings its own allocator heap,
+  // thread state and stack pages into the peak).
+  int workers_ran = 0;
+  for (const auto& [tid, ns] : worker_cpu_ns()) {
+    for (const auto& [tid0, ns0] : cpu_before) {
+      if (tid0 == tid && ns > ns0) ++workers_ran;
+    }
+  }
+  std::printf("baseline_kb=%ld peak_kb=%ld items=%zu queued_kb=%ld workers_ran=%d\n", baseline_kb,
+              proc_status_kb("VmHWM"), n, queued_kb, workers_ran);
   std::fflush(stdout);
+  if (const char* path = std::getenv("PYSCHED_BENCH_SMAPS")) {  // for a look at where the memory is
+    std::ifstream in("/proc/self/smaps");
+    std::ofstream(path) << in.rdbuf();
+  }
   free_py_funcs();
   return 0;
 }
