@@ -62,6 +62,13 @@ typedef enum pysched_full_policy {
   PYSCHED_FULL_REJECT = 1,
 } pysched_full_policy;
 
+// Bits of `pysched_tensor_item.flags`.
+typedef enum pysched_tensor_flags {
+  // The input pointers stay valid until the item completes, so they are read when
+  // the batch is gathered instead of copied at queueing.
+  PYSCHED_TENSOR_BORROW_INPUTS = 1,
+} pysched_tensor_flags;
+
 // DLPack's legacy managed tensor. Declared opaquely here so this header needs no
 // `dlpack.h`; the typedef is identical to dlpack.h's (and to the one in
 // `pyscheduler/tensor.hpp`), so including both, in either order, is fine.
