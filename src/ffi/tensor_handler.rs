@@ -254,8 +254,9 @@ impl Drop for CTensorHooks {
 /// during the call only.
 ///
 /// `out_future` may be NULL; when not NULL it receives, on success only, a future owned
-/// by the caller that resolves (with no Python value) after `complete`, or with the
-/// item's error. `out_error` may be NULL.
+/// by the caller that resolves after `complete` and `drop`: `pysched_future_take` then
+/// gives PYSCHED_OK with a NULL result (no Python value), or the item's error.
+/// `out_error` may be NULL.
 /// Thread-safe. Never blocks, except on a full bounded queue under PYSCHED_FULL_BLOCK.
 #[no_mangle]
 pub extern "C" fn pysched_tensor_handler_queue(
@@ -294,7 +295,7 @@ pub extern "C" fn pysched_tensor_handler_queue(
         let future = h.inner.submit(job, options, !out_future.is_null())?;
         if let Some(future) = future {
             // SAFETY: non-NULL (a future was asked for); writable (documented).
-            unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
+            unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future, tensor: true })) };
         }
         Ok(())
     })
