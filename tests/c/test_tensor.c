@@ -765,7 +765,8 @@ static void test_python_errors_and_wrong_results(void) {
 }
 
 /* A bounded queue with the reject policy refuses the item: its callbacks ran before
- * the queue call returned, the future is untouched, and it counts as rejected. */
+ * the queue call returned, the future is untouched, and it counts as rejected. The
+ * block policy with a timeout refuses likewise, after waiting. */
 static void test_refusal_at_queueing(void) {
   pysched_handler_options o = test_options(4);
   o.max_queue = 1;
@@ -792,6 +793,33 @@ static void test_refusal_at_queueing(void) {
   pysched_future_free(bf);
   pysched_stats s = stats_of(h);
   CHECK(s.rejected == 1 && s.total_enqueued == 3 && s.completed == 2);
+  check_counters_add_up(h);
+  pysched_tensor_handler_free(h);
+
+  /* Under the block policy the queue call waits for room, up to block_timeout_us,
+   * then refuses the same way. */
+  o.full_policy = PYSCHED_FULL_BLOCK;
+  o.block_timeout_us = 100000;
+  h = load_sleep_echo(&o);
+  bf = start_blocker(h, &blocker, 500);
+  tctx_reset(&a, 1);
+  tctx_reset(&b, 2);
+  fa = NULL;
+  fb = SENTINEL;
+  CHECK(queue_echo(h, &a, 0, 0, &fa) == PYSCHED_OK);
+  uint64_t t0 = now_us();
+  CHECK(queue_echo(h, &b, 0, 0, &fb) == PYSCHED_QUEUE_FULL);
+  uint64_t blocked = now_us() - t0;
+  CHECK(blocked >= 90000 && blocked < 450000);
+  CHECK(fb == SENTINEL && b.kind == PYSCHED_QUEUE_FULL);
+  CHECK_ONCE(&b);
+  wait_ok(fa);
+  CHECK(take_status(fa) == PYSCHED_OK && a.echoed == 1);
+  CHECK_ONCE(&a);
+  wait_ok(bf);
+  CHECK_ONCE(&blocker);
+  pysched_future_free(fa);
+  pysched_future_free(bf);
   check_counters_add_up(h);
   pysched_tensor_handler_free(h);
 }
