@@ -363,9 +363,12 @@ demo() {
   run_example "C++ quickstart (examples/cpp/quickstart.cpp)" "$examples_dir/quickstart"
   run_example "C++ multithreaded (examples/cpp/multithreaded.cpp)" "$examples_dir/multithreaded"
   run_example "C (examples/c/basic.c)" "$examples_dir/basic_c"
-  step "Building and running the Rust example (examples/rust)"
+  run_example "C tensor model (examples/c/tensor_model.c)" "$examples_dir/tensor_model_c"
+  step "Building and running the Rust examples (examples/rust)"
   (cd "$ROOT/examples/rust" &&
-    PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)" cargo run --release --quiet)
+    export PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)" &&
+    cargo run --release --quiet --bin pyscheduler-example &&
+    cargo run --release --quiet --bin tensor_model)
   step "Demo done: pyscheduler is installed in $PREFIX; the examples are in $examples_dir"
 }
 

@@ -62,6 +62,13 @@ typedef enum pysched_full_policy {
   PYSCHED_FULL_REJECT = 1,
 } pysched_full_policy;
 
+// Bits of `pysched_tensor_item.flags`.
+typedef enum pysched_tensor_flags {
+  // The input pointers stay valid until the item completes, so they are read when
+  // the batch is gathered instead of copied at queueing.
+  PYSCHED_TENSOR_BORROW_INPUTS = 1,
+} pysched_tensor_flags;
+
 // DLPack's legacy managed tensor. Declared opaquely here so this header needs no
 // `dlpack.h`; the typedef is identical to dlpack.h's (and to the one in
 // `pyscheduler/tensor.hpp`), so including both, in either order, is fine.
@@ -400,9 +407,10 @@ enum pysched_status pysched_future_wait_for(const struct pysched_future *future,
 
 // Takes the outcome of a finished item. On success `out_result` receives a new
 // reference to the item's Python result (the caller owns it; no GIL needed to receive
-// it, but it is needed to use or release it). Otherwise the item's error kind is
-// returned with details in `out_error`; `PYSCHED_NOT_READY` if it has not finished;
-// `PYSCHED_INVALID_ARGUMENT` if the outcome was already taken.
+// it, but it is needed to use or release it), or NULL for an item of a tensor handler
+// (it has no Python result: its rows went to its destinations). Otherwise the item's
+// error kind is returned with details in `out_error`; `PYSCHED_NOT_READY` if it has
+// not finished; `PYSCHED_INVALID_ARGUMENT` if the outcome was already taken.
 //
 // `future` and `out_result` must not be NULL; `out_error` may be NULL.
 // Thread-safe. Never blocks.
@@ -686,8 +694,9 @@ enum pysched_status pysched_manager_load_tensor(const struct pysched_manager *ma
 // during the call only.
 //
 // `out_future` may be NULL; when not NULL it receives, on success only, a future owned
-// by the caller that resolves (with no Python value) after `complete`, or with the
-// item's error. `out_error` may be NULL.
+// by the caller that resolves after `complete` and `drop`: `pysched_future_take` then
+// gives PYSCHED_OK with a NULL result (no Python value), or the item's error.
+// `out_error` may be NULL.
 // Thread-safe. Never blocks, except on a full bounded queue under PYSCHED_FULL_BLOCK.
 enum pysched_status pysched_tensor_handler_queue(const struct pysched_tensor_handler *handler, const struct pysched_tensor_item *item, struct pysched_future **out_future, struct pysched_error **out_error);
 

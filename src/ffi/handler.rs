@@ -319,7 +319,7 @@ pub extern "C" fn pysched_handler_queue(
         }
         let future = h.inner.try_queue_slot(JobSlot::C(job), opts)?;
         // SAFETY: checked non-NULL; points to writable storage (documented).
-        unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
+        unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future, tensor: false })) };
         Ok(())
     })
 }
