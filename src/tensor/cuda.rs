@@ -206,7 +206,7 @@ pub(crate) fn order_consumer(lease: &Lease, stream: Option<i64>) -> PyResult<()>
         ready.make_wait(consumer).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     }
     let mut consumers = set.consumers.lock().unwrap_or_else(|p| p.into_inner());
-    if !consumers.contains(&(consumer as usize)) && consumer as usize != set.stream.handle as usize {
+    if !consumers.contains(&(consumer as usize)) && !std::ptr::eq(consumer, set.stream.handle) {
         consumers.push(consumer as usize);
     }
     Ok(())
