@@ -23,7 +23,7 @@
 #include <type_traits>
 #include <utility>
 
-namespace pyscheduler::detail {
+namespace pyscheduler::pysched_detail {
 
 /// Holds the continuation's value until the C call returns: R by value, a pointer for
 /// references, nothing for void.
@@ -103,6 +103,6 @@ class sync_call {
   std::exception_ptr user_error_;
 };
 
-}  // namespace pyscheduler::detail
+}  // namespace pyscheduler::pysched_detail
 
 #endif  // PYSCHEDULER_DETAIL_SYNC_CALL_HPP
