@@ -457,12 +457,30 @@ enum pysched_status pysched_handler_call(const struct pysched_handler *handler, 
 
 // Runs `fn(user_data, function)` on this thread attached to the interpreter (GIL held),
 // through a persistent per-thread thread state: the building block of synchronous
-// invoke for wrappers that convert arguments and results themselves.
+// invoke for wrappers that convert arguments and results themselves. A Python error
+// left set before `fn` runs (by the caller's own code) or when it returns is reported
+// through `sys.unraisablehook` and cleared (pysched_handler_report_stray_error), never
+// taken for the call's error.
 //
 // `handler` and `fn` must not be NULL; `out_error` may be NULL. `fn` must not let a
 // C++ exception or longjmp escape.
 // Thread-safe. Blocks until the GIL is available and `fn` returns.
 enum pysched_status pysched_handler_with_function(const struct pysched_handler *handler, pysched_with_function_fn fn, void *user_data, struct pysched_error **out_error);
+
+// Reports a Python error that code which returned normally left set on this thread
+// through `sys.unraisablehook` (`PyErr_WriteUnraisable`, printed to stderr by default),
+// with a context naming the handler and `left_by` (e.g. "a destructor run as the
+// arguments were released"; NULL: "code run inside pysched_handler_with_function"),
+// and clears it; does nothing when no error is set. For the `fn` of
+// pysched_handler_with_function between the call and the conversion of its result:
+// the core itself does this before `fn` runs and after it returns, after every commit
+// and completion callback, and wherever it releases Python references.
+//
+// `handler` must not be NULL; `left_by` may be NULL (else UTF-8, borrowed);
+// `out_error` may be NULL. The calling thread must hold the GIL (PYSCHED_INVALID_ARGUMENT
+// otherwise).
+// Thread-safe. Never blocks (runs sys.unraisablehook when an error is set).
+enum pysched_status pysched_handler_report_stray_error(const struct pysched_handler *handler, const char *left_by, struct pysched_error **out_error);
 
 // Writes the handler's stats to `out_stats`. Both must not be NULL.
 // Thread-safe. Never blocks on Python.

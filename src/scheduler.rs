@@ -9,6 +9,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::future::Completion;
+use crate::python_err::report_stray;
 use crate::stats::{Counters, Emas, HandlerStats, Histograms, LocalHistogram};
 use crossbeam_utils::CachePadded;
 use pyo3::ffi;
@@ -1225,7 +1226,17 @@ impl HandlerCore {
             return self.as_executing_batch(|| crate::tensor::execute::run_batch(self, tensor, batch));
         }
         let gil_asked = clock::now_ns();
-        self.as_executing_batch(|| crate::runtime::attach(|py| self.execute_locked(py, batch, gil_asked)))
+        self.as_executing_batch(|| {
+            crate::runtime::attach(|py| {
+                // A stage that attached on this worker without the GIL held may have
+                // left its error in the worker's thread state.
+                report_stray(py, &self.name, "code run earlier on this worker (a GIL-free stage)");
+                let finalized = self.execute_locked(py, batch, gil_asked);
+                // Destructors of the batch's results and of failed items' jobs ran last.
+                report_stray(py, &self.name, "a destructor run as the batch's references were released");
+                finalized
+            })
+        })
     }
 
     fn execute_locked(&self, py: Python<'_>, batch: Vec<Entry>, gil_asked: u64) -> Vec<JobSlot> {
@@ -1248,6 +1259,7 @@ impl HandlerCore {
                 }
                 Err(e) => self.fail_started(&item, Some(job), e),
             }
+            report_stray(py, &self.name, "the commit callback");
         }
         self.histograms.queue_wait_ns.merge(&waits);
         let committed = clock::now_ns();
@@ -1258,6 +1270,8 @@ impl HandlerCore {
         }
         let n = live.len();
         let called = self.function.bind(py).call1((new_list(py, objects),));
+        // The list of committed objects is released by now (a capsule's destructor).
+        report_stray(py, &self.name, "a destructor run as the batch's arguments were released");
         self.record_timings(items, commit_ns, clock::now_ns().saturating_sub(committed), n);
         let results = called
             .map_err(|e| {
@@ -1296,6 +1310,7 @@ impl HandlerCore {
                 // job may own Python objects: both are dropped while the GIL is held.
                 _ => drop(job),
             }
+            report_stray(py, &self.name, "the completion callback or the item's finalizer");
             if outcome.is_err() {
                 self.counters.completed.fetch_sub(1, Relaxed);
                 self.counters.failed.fetch_add(1, Relaxed);

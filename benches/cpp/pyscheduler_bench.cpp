@@ -50,7 +50,7 @@
 extern char** environ;
 
 namespace py = pybind11;
-using pyscheduler::HandlerOptions;
+using pyscheduler::ext::HandlerOptions;
 using pyscheduler::PyManager;
 using Handler = PyManager::InvokeHandler;
 using Clock = std::chrono::steady_clock;
@@ -451,8 +451,8 @@ void free_py_funcs() {
   g_py = nullptr;
 }
 
-pyscheduler::ManagerOptions manager_options(const Config& cfg) {
-  pyscheduler::ManagerOptions o;
+pyscheduler::ext::ManagerOptions manager_options(const Config& cfg) {
+  pyscheduler::ext::ManagerOptions o;
   o.worker_threads = cfg.workers;
   return o;
 }
@@ -491,10 +491,10 @@ double queued_identity_ns(Handler& h, std::size_t n, long base = 0) {
                                  [&](long v) { return h.queue_invoke(kCommitInt, kCastLong, v); });
 }
 
-// The same through queue_invoke_future: one pyscheduler::Future (the item's own context,
+// The same through queue_invoke_future: one pyscheduler::ext::Future (the item's own context,
 // shared with the core) per item instead of a std::promise/std::future pair.
 double queued_identity_future_ns(Handler& h, std::size_t n, long base = 0) {
-  return queued_identity_through(n, base, "queued identity (pyscheduler::Future) returned wrong values",
+  return queued_identity_through(n, base, "queued identity (pyscheduler::ext::Future) returned wrong values",
                                  [&](long v) { return h.queue_invoke_future(kCommitInt, kCastLong, v); });
 }
 
@@ -753,7 +753,7 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   rows.push_back(r);
 
   rf.id = "queued_b256_f";
-  rf.workload = "queued identity, batch 256 via queue_invoke_future (pyscheduler::Future)";
+  rf.workload = "queued identity, batch 256 via queue_invoke_future (pyscheduler::ext::Future)";
   rf.unit = "ns/item";
   rf.ours = median(rf.ours_samples);
   rf.baseline_name = "inline floor (GIL held)";
@@ -861,7 +861,7 @@ void row_queued_b1(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   rows.push_back(r);
 
   rf.id = "queued_b1_f";
-  rf.workload = "  same via queue_invoke_future (pyscheduler::Future)";
+  rf.workload = "  same via queue_invoke_future (pyscheduler::ext::Future)";
   rf.unit = "ns/item";
   rf.ours = median(rf.ours_samples);
   rf.baseline_name = r.baseline_name;
@@ -870,7 +870,7 @@ void row_queued_b1(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   rf.ratio = rf.baseline / rf.ours;
   rf.ratio_label = "x faster";
   rf.target = "-";
-  rf.note = "the same items, one pyscheduler::Future per item instead of std::future";
+  rf.note = "the same items, one pyscheduler::ext::Future per item instead of std::future";
   rows.push_back(rf);
 }
 
@@ -1079,7 +1079,7 @@ int rss_child(const Config& cfg) {
     check(pysched_handler_drain(h.native_handle(), nullptr) == PYSCHED_OK, "drain");
     check(g_cabi_sum.load() == nn * (nn - 1) / 2, "rss C ABI items returned wrong values");
   } else if (mode == "future") {
-    std::vector<pyscheduler::Future<long>> futures;
+    std::vector<pyscheduler::ext::Future<long>> futures;
     futures.reserve(n);
     {
       py::gil_scoped_acquire gil;  // as "held": all n stay queued
@@ -1090,7 +1090,7 @@ int rss_child(const Config& cfg) {
     }
     long sum = 0;
     for (auto& f : futures) sum += f.get();
-    check(sum == nn * (nn - 1) / 2, "rss items (pyscheduler::Future) returned wrong values");
+    check(sum == nn * (nn - 1) / 2, "rss items (pyscheduler::ext::Future) returned wrong values");
   } else {
     std::vector<std::future<long>> futures;
     futures.reserve(n);
@@ -1199,7 +1199,7 @@ void row_rss(const Config& cfg, std::vector<Row>& rows) {
   free_run.note = note;
   future.id = "rss_f";
   future.workload = "  same, all queued, queue_invoke_future";
-  std::snprintf(note, sizeof note, "as the first, one pyscheduler::Future per item: %.0f bytes/item",
+  std::snprintf(note, sizeof note, "as the first, one pyscheduler::ext::Future per item: %.0f bytes/item",
                 per_item(future));
   future.note = note;
   cabi.id = "rss_c";
@@ -1487,7 +1487,7 @@ std::string parallelism_text() {
 
 Environment describe(const Config& cfg, PyManager& mgr) {
   Environment env;
-  env.add("pyscheduler", std::string(pyscheduler::version()) + " (source " PYSCHED_BENCH_REVISION " at configure time)");
+  env.add("pyscheduler", std::string(pyscheduler::ext::version()) + " (source " PYSCHED_BENCH_REVISION " at configure time)");
   {
     py::gil_scoped_acquire gil;
     std::string v = Py_GetVersion();

@@ -288,8 +288,56 @@ static void test_with_function(void) {
   pysched_handler_free(h);
 }
 
+/* Runs `code` in __main__ (GIL held by the caller). */
+static void run_main(const char *code) { CHECK(PyRun_SimpleString(code) == 0); }
+
+static long unraisable_count(void) {
+  PyObject *main_dict = PyModule_GetDict(PyImport_AddModule("__main__"));
+  PyObject *seen = PyDict_GetItemString(main_dict, "stray_seen");
+  return seen != NULL ? (long)PyList_Size(seen) : -1;
+}
+
+/* A Python error that the caller's own code left set before a synchronous call (it
+ * returned normally) is not the call's error: the call returns its value, the error goes
+ * to sys.unraisablehook once, naming the handler, and nothing is left set afterwards. The
+ * same inside pysched_handler_with_function, through pysched_handler_report_stray_error. */
+static void test_stray_error_is_not_the_calls(void) {
+  pysched_handler *add = test_load(manager, "pysched_testmod", "add", NULL);
+  pysched_error *err = NULL;
+  PyGILState_STATE g = PyGILState_Ensure();
+  run_main("import sys\n"
+           "stray_seen = []\n"
+           "stray_previous_hook = sys.unraisablehook\n"
+           "sys.unraisablehook = lambda u: stray_seen.append((u.exc_type.__name__, str(u.exc_value), str(u.object)))\n");
+  PyObject *args = Py_BuildValue("(ii)", 2, 3);
+  PyErr_SetString(PyExc_ValueError, "left set by the caller");
+  PyObject *result = NULL;
+  CHECK_STATUS(PYSCHED_OK, pysched_handler_call(add, args, NULL, &result, &err));
+  CHECK(result != NULL && PyLong_AsLong(result) == 5);
+  Py_XDECREF(result);
+  CHECK(PyErr_Occurred() == NULL);
+  CHECK(unraisable_count() == 1);
+  run_main("assert stray_seen[0][0] == 'ValueError', stray_seen\n"
+           "assert stray_seen[0][1] == 'left set by the caller', stray_seen\n"
+           "assert 'pysched_testmod.add' in stray_seen[0][2], stray_seen\n");
+
+  /* Reported where the wrapper asks, with its words; a no-op when nothing is set. */
+  PyErr_SetString(PyExc_KeyError, "left by a destructor");
+  CHECK_STATUS(PYSCHED_OK, pysched_handler_report_stray_error(add, "a destructor", &err));
+  CHECK(PyErr_Occurred() == NULL);
+  CHECK_STATUS(PYSCHED_OK, pysched_handler_report_stray_error(add, NULL, &err));
+  CHECK(unraisable_count() == 2);
+  run_main("assert stray_seen[1][0] == 'KeyError', stray_seen\n"
+           "assert 'a destructor' in stray_seen[1][2], stray_seen\n"
+           "sys.unraisablehook = stray_previous_hook\n");
+  Py_DECREF(args);
+  PyGILState_Release(g);
+  pysched_handler_free(add);
+}
+
 int main(void) {
   manager = test_manager();
+  test_stray_error_is_not_the_calls();
   test_call();
   test_python_errors();
   test_dotted_entry_point();

@@ -20,7 +20,7 @@
 namespace {
 
 using namespace pysched_test;
-using pyscheduler::HandlerOptions;
+using pyscheduler::ext::HandlerOptions;
 
 class Extensions : public WithManager {};
 
@@ -87,7 +87,7 @@ TEST_F(Extensions, MaxBatchDelayWaitsForAFullerBatch) {
 TEST_F(Extensions, BoundedQueueRejectPolicy) {
   HandlerOptions o = batch_of(8);
   o.max_queue = 2;
-  o.full_policy = pyscheduler::FullPolicy::Reject;
+  o.full_policy = pyscheduler::ext::FullPolicy::Reject;
   auto gated = manager.loadPythonModule("pysched_cpp_testmod", "gated", o);
   Gate gate(manager);
   auto occupant = gate.hold(gated);
@@ -98,8 +98,8 @@ TEST_F(Extensions, BoundedQueueRejectPolicy) {
   try {
     rejected.get();
     FAIL() << "no exception";
-  } catch (const pyscheduler::QueueFullError& e) {
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::QueueFull);
+  } catch (const pyscheduler::ext::QueueFullError& e) {
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::QueueFull);
   }
   gate.open();
   occupant.get();
@@ -113,7 +113,7 @@ TEST_F(Extensions, BoundedQueueRejectPolicy) {
 TEST_F(Extensions, BoundedQueueBlockPolicyGivesUpAfterTheBlockTimeout) {
   HandlerOptions o = batch_of(8);
   o.max_queue = 1;
-  o.full_policy = pyscheduler::FullPolicy::Block;
+  o.full_policy = pyscheduler::ext::FullPolicy::Block;
   o.block_timeout = std::chrono::milliseconds(50);
   auto gated = manager.loadPythonModule("pysched_cpp_testmod", "gated", o);
   Gate gate(manager);
@@ -122,7 +122,7 @@ TEST_F(Extensions, BoundedQueueBlockPolicyGivesUpAfterTheBlockTimeout) {
   const auto start = std::chrono::steady_clock::now();
   auto blocked = gated.queue_invoke(commit_int, to_tagged, 2);
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(45)) << "queue_invoke waited for room";
-  EXPECT_THROW(blocked.get(), pyscheduler::QueueFullError);
+  EXPECT_THROW(blocked.get(), pyscheduler::ext::QueueFullError);
   gate.open();
   occupant.get();
   EXPECT_EQ(a.get(), Tagged(1, 1));
@@ -196,7 +196,7 @@ TEST_F(Extensions, PerItemTimeoutFailsAnItemThatDidNotStartInTime) {
       to_tagged, 5);
   auto in_time = gated.queue_invoke_with_timeout(std::chrono::seconds(60), commit_int, to_tagged, 6);
   ASSERT_EQ(late.wait_for(10s), std::future_status::ready) << "the deadline fires while the worker is busy";
-  EXPECT_THROW(late.get(), pyscheduler::TimedOutError);
+  EXPECT_THROW(late.get(), pyscheduler::ext::TimedOutError);
   gate.open();
   occupant.get();
   EXPECT_EQ(in_time.get(), Tagged(6, 1));
@@ -224,8 +224,8 @@ TEST_F(Extensions, CancelAnItemThatHasNotStarted) {
   try {
     victim.get();
     FAIL() << "no exception";
-  } catch (const pyscheduler::CancelledError& e) {
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Cancelled);
+  } catch (const pyscheduler::ext::CancelledError& e) {
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Cancelled);
   }
   gate.open();
   occupant.get();
@@ -324,10 +324,10 @@ TEST_F(Extensions, LatencyAndMetricsText) {
 }
 
 TEST_F(Extensions, ErrorKindsHaveNames) {
-  EXPECT_STREQ(pyscheduler::to_string(pyscheduler::ErrorKind::QueueFull), "queue_full");
-  EXPECT_STREQ(pyscheduler::to_string(pyscheduler::ErrorKind::PythonException), "python_exception");
-  const pyscheduler::Error e(pyscheduler::ErrorKind::Internal, "x");
-  EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Internal);
+  EXPECT_STREQ(pyscheduler::ext::to_string(pyscheduler::ext::ErrorKind::QueueFull), "queue_full");
+  EXPECT_STREQ(pyscheduler::ext::to_string(pyscheduler::ext::ErrorKind::PythonException), "python_exception");
+  const pyscheduler::ext::Error e(pyscheduler::ext::ErrorKind::Internal, "x");
+  EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Internal);
 }
 
 }  // namespace
