@@ -7,6 +7,7 @@
 //! `PYO3_PYTHON=$HOME/.pyenv/versions/3.12.1/bin/python3 cargo test --target-dir target/py312 --test subinterp`.
 //! Built against an older CPython, they check the Unsupported error instead.
 
+mod cdylib;
 mod common;
 
 use pyo3::ffi;
@@ -912,9 +913,7 @@ fn python_program_exits_with_a_live_replica_handler() {
         eprintln!("python_program_exits_with_a_live_replica_handler: skipped, CPython 3.{minor}");
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().unwrap().parent().unwrap().join("libpyscheduler.so");
-    assert!(lib.exists(), "{lib:?} not built");
+    let lib = cdylib::path();
     let python = std::env::var("PYO3_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/subinterp_exit.py"))
