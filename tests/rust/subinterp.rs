@@ -9,6 +9,7 @@
 //! so `cargo test` reports them as ignored rather than passed; `load_errors_name_their_cause`
 //! checks the Unsupported error there instead.
 
+mod cdylib;
 mod common;
 
 use pyo3::ffi;
@@ -857,9 +858,7 @@ fn finalizing_with_a_live_replica_handler_is_clean() {
 fn python_program_exits_with_a_live_replica_handler() {
     let _serial = serial();
     let _m = common::manager();
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().unwrap().parent().unwrap().join("libpyscheduler.so");
-    assert!(lib.exists(), "{lib:?} not built");
+    let lib = cdylib::path();
     let python = std::env::var("PYO3_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/subinterp_exit.py"))
