@@ -142,7 +142,9 @@ struct TensorItemOptions {
 
 /// One host pointer per input, each to ONE item's bytes of that input (C order, the
 /// input's dtype). A non-owning view: a braced list `{a.data(), b.data()}`, a std::span,
-/// std::vector or std::array of pointers. Read during the queue call only.
+/// std::vector or std::array of pointers. Read during the queue call only. Like
+/// std::span, it does not keep a braced list alive: pass it as an argument, don't keep
+/// one made from a braced list in a variable.
 class TensorInputs {
  public:
   TensorInputs() noexcept = default;
