@@ -535,7 +535,7 @@ static void test_queue_and_handler_arguments(void) {
   item = make_titem(&c);
   item.inputs = inputs;
   item.outputs = null_outputs;
-  expect_refused(h, &item, &c, PYSCHED_INVALID_ARGUMENT, "output destination 0 is NULL");
+  expect_refused(h, &item, &c, PYSCHED_INVALID_ARGUMENT, "item->outputs[0] is NULL");
 
   tctx_reset(&c, 7);
   item = make_titem(&c);
