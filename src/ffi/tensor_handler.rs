@@ -314,13 +314,16 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sin
             if item.flags & PYSCHED_TENSOR_BORROW_INPUTS != 0 {
                 Feed::Borrowed(Ptrs::new(ptrs.iter().map(|&p| p as usize)))
             } else {
-                let slices: Vec<&[u8]> = ptrs
-                    .iter()
-                    .zip(&sig.inputs)
+                // Straight into the item's one buffer: no list of slices per item (the
+                // sizes come from the signature, so copy_inputs' length checks hold).
+                let mut bytes = Vec::with_capacity(sig.inputs.iter().map(TensorSpec::item_bytes).sum());
+                for (&p, s) in ptrs.iter().zip(&sig.inputs) {
                     // SAFETY: each input points to one item's bytes of its spec (documented).
-                    .map(|(&p, s)| unsafe { std::slice::from_raw_parts(p.cast::<u8>(), s.item_bytes()) })
-                    .collect();
-                h.copy_inputs(&slices)?
+                    bytes.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(p.cast::<u8>(), s.item_bytes())
+                    });
+                }
+                Feed::Copied(bytes.into_boxed_slice())
             }
         }
     };
@@ -333,8 +336,10 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sin
     } else {
         // SAFETY: one readable destination per output (documented), checked non-NULL.
         let dests = unsafe { std::slice::from_raw_parts(item.outputs, n_out) };
-        let dests: Vec<*mut u8> = dests.iter().map(|&p| p.cast::<u8>()).collect();
-        h.check_outputs(&dests)?;
+        // As check_outputs (the count is the signature's here), without a list per item.
+        if let Some(k) = dests.iter().position(|p| p.is_null()) {
+            return Err(Error::invalid_argument(format!("{}: output destination {k} is NULL", h.name())));
+        }
         Sink::Pointers(Ptrs::new(dests.iter().map(|&p| p as usize)))
     };
     Ok((feed, sink))
