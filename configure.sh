@@ -362,6 +362,7 @@ demo() {
 
   run_example "C++ quickstart (examples/cpp/quickstart.cpp)" "$examples_dir/quickstart"
   run_example "C++ multithreaded (examples/cpp/multithreaded.cpp)" "$examples_dir/multithreaded"
+  run_example "C++ tensor model (examples/cpp/tensor_model.cpp)" "$examples_dir/tensor_model"
   run_example "C (examples/c/basic.c)" "$examples_dir/basic_c"
   step "Building and running the Rust example (examples/rust)"
   (cd "$ROOT/examples/rust" &&

@@ -72,3 +72,61 @@ def keep_input(x):
 def via_dlpack(x):
     """Imports the input through DLPack (np.from_dlpack) rather than the buffer protocol."""
     return np.from_dlpack(x) * 2
+
+
+# ---- used by the C++ tests (tests/cpp/test_tensor.cpp) ------------------------------
+
+
+def twice(x):
+    """Any dtype and item shape -> the same: 2 * x, in x's dtype (uint8 wraps)."""
+    a = np.asarray(x)
+    return (a * 2).astype(a.dtype)
+
+
+def twice_f16(x):
+    """(B, n) float16 -> (B, n) float16: 2 * x, read through DLPack."""
+    a = np.from_dlpack(x)
+    assert a.dtype == np.float16, a.dtype
+    return a * np.float16(2)
+
+
+def item_sums(x):
+    """(B, *item) any dtype -> (B,) float64: the sum of each item."""
+    a = np.asarray(x)
+    return a.reshape(len(a), -1).sum(axis=1, dtype=np.float64)
+
+
+def mixed(a, b, c):
+    """(B, 2, 3) f32, (B,) i64, (B, 4) u8 -> (B, 2, 3) f32 a * b, (B,) f64 sum of c,
+    (B, 4) i32 c + b."""
+    a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)
+    return (
+        (a * b[:, None, None]).astype(np.float32),
+        c.sum(axis=1, dtype=np.float64),
+        c.astype(np.int32) + b[:, None].astype(np.int32),
+    )
+
+
+def no_outputs(x):
+    """A function whose signature has no outputs: counts the items it saw."""
+    seen.append(len(x))
+
+
+seen = []
+
+
+def scalar_to_tuple_of_one(x):
+    """One output returned as a 1-tuple (allowed)."""
+    return (np.asarray(x) * 2,)
+
+
+def too_few_outputs(a, b, c):
+    return np.asarray(a), np.asarray(b).astype(np.float64)
+
+
+def slow_twice(x):
+    """twice, after 20 ms: keeps the worker busy so that a bounded queue fills."""
+    import time
+
+    time.sleep(0.02)
+    return twice(x)

@@ -17,6 +17,10 @@
 
 namespace pyscheduler {
 
+// Defined in <pyscheduler/tensor_handler.hpp>.
+class TensorHandler;
+struct TensorSignature;
+
 namespace detail {
 /// C strings cannot carry NUL bytes: refuse them instead of silently truncating.
 inline const char* c_str_arg(const std::string& s, const char* what) {
@@ -70,6 +74,14 @@ class PyManager {
   InvokeHandler loadPythonModule(const std::string& module_name, const std::string& entry_point,
                                  const HandlerOptions& options);
 
+  /// Imports `module_name` and binds `entry_point` as a tensor handler: called once per
+  /// batch with one batch tensor per input of `signature` (shape (B, *item_shape)),
+  /// returning one array per output. Throws LoadError as loadPythonModule,
+  /// std::invalid_argument for a bad signature or options, pyscheduler::Error (kind
+  /// Cuda) for a CUDA placement without a usable device. See tensor_handler.hpp.
+  TensorHandler loadTensorFunction(const std::string& module_name, const std::string& entry_point,
+                                   const TensorSignature& signature, const HandlerOptions& options = {});
+
   /// Appends `directory` to sys.path unless already there. Empty: std::invalid_argument.
   void add_path(const std::string& directory) {
     if (directory.empty()) {
@@ -102,5 +114,7 @@ class PyManager {
 
 // InvokeHandler and the definitions of loadPythonModule.
 #include <pyscheduler/handler.hpp>
+// TensorHandler and the definition of loadTensorFunction.
+#include <pyscheduler/tensor_handler.hpp>
 
 #endif  // PYSCHEDULER_MANAGER_HPP

@@ -1,6 +1,7 @@
 // pyscheduler: batched, multi-threaded calls into one embedded CPython interpreter.
 // The C++20 drop-in API (pyscheduler::PyManager, PyManager::InvokeHandler) over the C
-// ABI in <pyscheduler.h>; conversions use pybind11 (>= 3.0). The CUDA helpers are in
+// ABI in <pyscheduler.h>; conversions use pybind11 (>= 3.0); tensor handlers
+// (PyManager::loadTensorFunction) in <pyscheduler/tensor_handler.hpp>. The CUDA helpers are in
 // <pyscheduler/tensor.hpp>, included separately.
 #ifndef PYSCHEDULER_PYSCHEDULER_HPP
 #define PYSCHEDULER_PYSCHEDULER_HPP
@@ -14,6 +15,7 @@
 #include <pyscheduler/manager.hpp>
 #include <pyscheduler/options.hpp>
 #include <pyscheduler/stats.hpp>
+#include <pyscheduler/tensor_handler.hpp>
 
 namespace pyscheduler {
 
