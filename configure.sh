@@ -40,8 +40,16 @@ Added by this project:
                       Release, install to ./install (or --prefix), build examples/ as a
                       separate project against that install (find_package), run them.
       --test          Install what is missing, build with tests and examples, run every
-                      test layer: cargo test (Rust), then ctest (C, C++ and examples).
-                      Combine with --asan/--tsan to run the instrumented C/C++ tests.
+                      test layer: cargo test --release (Rust), then ctest (C, C++ and
+                      examples). Combine with --asan/--tsan to run the instrumented
+                      C/C++ tests.
+      --subset        With --test: build and run only the version-coverage subset (what
+                      .ci/run runs against its second CPython): the Rust core, adoption,
+                      exit and sub-interpreter suites, and the C/C++ tests labelled
+                      'subset' (cmake/PyschedulerTesting.cmake lists them, and why).
+      --no-rust-tests With --test: skip cargo test. For --asan/--tsan after a plain
+                      --test with the same Python: the core is never instrumented, so
+                      cargo test would run the same binaries again.
       --bench         Build and run the benchmarks (benches/).
 
 Missing tools are installed, each with a message: cmake, ninja-build, pkg-config, g++
@@ -81,6 +89,8 @@ PYTHON="${PYSCHEDULER_PYTHON:-}"
 PYTHON_CHOSEN=0
 [[ -n "$PYTHON" ]] && PYTHON_CHOSEN=1
 ACTION="" # demo | test | bench | deps
+SUBSET=0
+RUST_TESTS=1
 
 set_action() {
   [[ -z "$ACTION" || "$ACTION" == "$1" ]] || die "--$ACTION and --$1 cannot be combined"
@@ -125,6 +135,8 @@ parse_args() {
       --test) set_action test ;;
       --bench) set_action bench ;;
       --deps) set_action deps ;;
+      --subset) SUBSET=1 ;;
+      --no-rust-tests) RUST_TESTS=0 ;;
       -h | --help) usage; exit 0 ;;
       *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -134,6 +146,7 @@ parse_args() {
     JOBS=$(nproc 2>/dev/null || echo 2)
   fi
   [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "--jobs needs a positive number, not '$JOBS'"
+  [[ "$ACTION" == test ]] || ((!SUBSET && RUST_TESTS)) || die "--subset and --no-rust-tests go with --test"
   if [[ -z "$MODE" ]]; then
     case "$ACTION" in
       demo | test | bench) MODE=Release ;;
@@ -285,12 +298,15 @@ build_dir() {
 # builds use the system malloc, which ASan/LSan see; CMakeLists.txt picks the features),
 # and the Rust tests reuse its dependencies. Keyed by the interpreter so that switching
 # Pythons does not rebuild pyo3 back and forth. `cargo_dir plain` is the directory of
-# the default features, whatever the sanitizer (the Rust tests run normally).
+# the default features, whatever the sanitizer (the Rust tests run normally, and share
+# the release build of the plain tree); `cargo_dir sysalloc` the one of the sanitizer
+# builds' flavour (the system allocator), whatever the sanitizer: ASan, TSan and the
+# plain tree's valgrind tests share one build of it.
 cargo_dir() {
   local key
   key=$(printf '%s' "$PYTHON_EXE" | cksum | cut -d' ' -f1)
   local dir="$ROOT/target/cmake-py$PYTHON_VERSION-$key"
-  if [[ "${1:-}" != plain && -n "$SANITIZE" ]]; then
+  if [[ "${1:-}" == sysalloc || ("${1:-}" != plain && -n "$SANITIZE") ]]; then
     dir+="-sysalloc"
   fi
   if ((FLAME)); then
@@ -317,6 +333,11 @@ configure() {
     -DPYSCHEDULER_CARGO_TARGET_DIR="$CARGO_DIR"
   )
   [[ -n "$PREFIX" ]] && args+=(-DCMAKE_INSTALL_PREFIX="$PREFIX")
+  # The valgrind tests' build of the core (system allocator) is the sanitizer builds' one.
+  # (Not with --flame: that directory's builds use other RUSTFLAGS.)
+  if [[ -z "$SANITIZE" ]] && ((!FLAME)); then
+    args+=(-DPYSCHEDULER_VALGRIND_CARGO_TARGET_DIR="$(cargo_dir sysalloc)")
+  fi
   # A directory configured by another generator cannot be reused as it is.
   local cache="$BUILD_DIR/CMakeCache.txt"
   if [[ -f "$cache" ]] && ! grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja$' "$cache"; then
@@ -364,68 +385,106 @@ demo() {
   run_example "C++ multithreaded (examples/cpp/multithreaded.cpp)" "$examples_dir/multithreaded"
   run_example "C++ tensor model (examples/cpp/tensor_model.cpp)" "$examples_dir/tensor_model"
   run_example "C (examples/c/basic.c)" "$examples_dir/basic_c"
-  step "Building and running the Rust example (examples/rust)"
+  run_example "C tensor model (examples/c/tensor_model.c)" "$examples_dir/tensor_model_c"
+  step "Building and running the Rust examples (examples/rust)"
   (cd "$ROOT/examples/rust" &&
-    PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)" cargo run --release --quiet)
+    export PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)" &&
+    cargo run --release --quiet --bin pyscheduler-example &&
+    cargo run --release --quiet --bin tensor_model)
   step "Demo done: pyscheduler is installed in $PREFIX; the examples are in $examples_dir"
 }
 
 # --- --test --------------------------------------------------------------------------------
 
-# Counts for the closing line, per layer.
+# Counts for the closing line, per layer and in all. A skipped test (a Rust test marked
+# #[ignore] for this build, a C++ test that called GTEST_SKIP) is counted as skipped,
+# never as passed.
 RESULTS=()
 FAILED_LAYERS=0
+TOTAL_PASSED=0
+TOTAL_FAILED=0
+TOTAL_SKIPPED=0
 
-record() { # record <layer> <exit status> <passed> <failed>
-  RESULTS+=("$(printf '%-22s %s passed, %s failed%s' "$1:" "$3" "$4" "$( (($2 == 0)) || echo "  (exit status $2)")")")
+record() { # record <layer> <exit status> <passed> <failed> <skipped>
+  RESULTS+=("$(printf '%-22s %s passed, %s failed, %s skipped%s' "$1:" "$3" "$4" "$5" "$( (($2 == 0)) || echo "  (exit status $2)")")")
   (($2 == 0)) || FAILED_LAYERS=$((FAILED_LAYERS + 1))
+  TOTAL_PASSED=$((TOTAL_PASSED + $3))
+  TOTAL_FAILED=$((TOTAL_FAILED + $4))
+  TOTAL_SKIPPED=$((TOTAL_SKIPPED + $5))
 }
 
 rust_tests() {
-  step "Rust tests: cargo test (PYO3_PYTHON=$PYTHON_EXE; the Rust core is never instrumented)"
+  # Release, in the cargo directory of the plain tree's core: the tests reuse its
+  # dependencies (and, Release trees, its build of the core: Cargo.toml says why the
+  # features agree) instead of building everything a second time in debug. The tests
+  # that load the cdylib into a Python process find it themselves (tests/rust/cdylib.rs).
+  local what=()
+  if ((SUBSET)); then
+    what=(--test core --test adopt --test exit --test subinterp)
+  fi
+  step "Rust tests: cargo test --release ${what[*]} (PYO3_PYTHON=$PYTHON_EXE; the Rust core is never instrumented)"
   local log="$BUILD_DIR/cargo-test.log" status=0
-  # `cargo test` alone builds the library as an rlib only; the tests that load the
-  # cdylib into a Python process (tests/rust/adopt.rs) need <target>/debug/libpyscheduler.so.
   (cd "$ROOT" && export PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)" PYTHONDONTWRITEBYTECODE=1 &&
-    cargo build --lib 2>&1 && cargo test --no-fail-fast 2>&1) | tee "$log" || status=$?
-  local passed failed
+    cargo test --release --no-fail-fast "${what[@]}" 2>&1) | tee "$log" || status=$?
+  local passed failed ignored
   passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{ s += $1 } END { print s + 0 }')
   failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{ s += $1 } END { print s + 0 }')
-  record "Rust (cargo test)" "$status" "$passed" "$failed"
+  ignored=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) ignored.*/\1/' | awk '{ s += $1 } END { print s + 0 }')
+  if ((ignored)); then
+    note "ignored (skipped) here:"
+    grep -E '^test .* \.\.\. ignored' "$log" | sed -E 's/^test (.*) \.\.\. ignored(, )?(.*)$/      \1 (\3)/' || true
+  fi
+  record "Rust (cargo test)" "$status" "$passed" "$failed" "$ignored"
 }
 
 ctest_tests() {
   step "C and C++ tests: ctest${SANITIZE:+ (instrumented with -fsanitize=$SANITIZE)}"
-  local log="$BUILD_DIR/ctest.log" status=0
-  ctest --test-dir "$BUILD_DIR" --output-on-failure --no-tests=error 2>&1 | tee "$log" || status=$?
-  local total failed
+  local log="$BUILD_DIR/ctest.log" status=0 only=()
+  ((SUBSET)) && only=(-L subset)
+  ctest --test-dir "$BUILD_DIR" --output-on-failure --no-tests=error "${only[@]}" 2>&1 | tee "$log" || status=$?
+  local total failed skipped
   total=$(sed -nE 's/.*tests passed, ([0-9]+) tests? failed out of ([0-9]+).*/\2/p' "$log" | tail -n1)
   failed=$(sed -nE 's/.*tests passed, ([0-9]+) tests? failed out of ([0-9]+).*/\1/p' "$log" | tail -n1)
-  record "C/C++ (ctest)" "$status" "$((${total:-0} - ${failed:-0}))" "${failed:-0}"
+  # CTest lists skipped tests under "The following tests did not run:" and counts them
+  # in its total without failing them.
+  skipped=$(grep -cE '^[[:space:]]*[0-9]+ - .* \(Skipped\)$' "$log" || true)
+  record "C/C++ (ctest)" "$status" "$((${total:-0} - ${failed:-0} - ${skipped:-0}))" "${failed:-0}" "${skipped:-0}"
 }
 
 run_tests() {
   TESTS=1
   EXAMPLES=1
   # The quick benchmark table runs as a test too, but timing a sanitized build is pointless.
-  [[ -z "$SANITIZE" ]] && BENCHES=1
+  [[ -z "$SANITIZE" ]] && ((!SUBSET)) && BENCHES=1
   ensure_tools
   configure
   local build_status=0
-  build || build_status=$?
-  if ((build_status != 0)); then
-    record "build" "$build_status" 0 1
+  if ((SUBSET)); then
+    step "Building the version-coverage subset in $BUILD_DIR (-j$JOBS)"
+    cmake --build "$BUILD_DIR" -j "$JOBS" --target pyscheduler_subset || build_status=$?
   else
-    rust_tests
+    build || build_status=$?
+  fi
+  if ((build_status != 0)); then
+    record "build" "$build_status" 0 1 0
+  else
+    if ((RUST_TESTS)); then
+      rust_tests
+    else
+      note "cargo test skipped (--no-rust-tests)"
+    fi
     ctest_tests
   fi
-  step "Summary (mode $MODE${SANITIZE:+, -fsanitize=$SANITIZE}, Python $PYTHON_VERSION)"
+  local scope=""
+  ((SUBSET)) && scope=", version-coverage subset"
+  step "Summary (mode $MODE${SANITIZE:+, -fsanitize=$SANITIZE}, Python $PYTHON_VERSION$scope)"
   printf '  %s\n' "${RESULTS[@]}"
+  local totals="$TOTAL_PASSED passed, $TOTAL_FAILED failed, $TOTAL_SKIPPED skipped"
   if ((FAILED_LAYERS)); then
-    printf 'configure.sh --test: FAILED (%d layer(s))\n' "$FAILED_LAYERS"
+    printf 'configure.sh --test: FAILED (%d layer(s)): %s\n' "$FAILED_LAYERS" "$totals"
     exit 1
   fi
-  printf 'configure.sh --test: all layers passed\n'
+  printf 'configure.sh --test: all layers passed: %s\n' "$totals"
 }
 
 # --- --bench -------------------------------------------------------------------------------

@@ -33,6 +33,25 @@ else()
   set(PYSCHEDULER_TEST_TIMEOUT_DEFAULT 300)
 endif()
 
+# The version-coverage subset: what `./configure.sh --test --subset` builds (the target
+# pyscheduler_subset) and runs (ctest -L subset), and .ci/run runs against its second
+# CPython instead of the whole suite a second time. The tests whose behaviour depends on
+# the CPython version, rather than on our own code alone: the sub-interpreter replicas
+# (3.12+), interpreter start, adoption and exit with work in flight (finalization changes
+# between versions), numpy loaded from a host without libpython, pybind11 against that
+# version's headers, and one user program. Left out: the header and compile-time checks,
+# the argument and metrics tests, valgrind and the bench (the same on every version).
+set(PYSCHEDULER_SUBSET_TESTS
+  c_test_lifecycle c_test_first_start c_test_queue c_test_future
+  c_dlopen_numpy c_dlopen_numpy_control
+  c_exit_queued c_exit_long_call c_exit_spin c_exit_sync_thread c_exit_gil_main
+  c_exit_manager_freed c_exit_deadlines c_exit_exit_thread
+  cpp_queue cpp_future cpp_manager cpp_exit_in_flight cpp_subinterp_pybind
+  example_quickstart example_basic_c)
+if(NOT TARGET pyscheduler_subset)
+  add_custom_target(pyscheduler_subset COMMENT "the programs of the version-coverage test subset")
+endif()
+
 # pyscheduler_add_test(<name> <target> [ARGS <arg>...] [TIMEOUT <seconds>]
 #                      [ENVIRONMENT <NAME=VALUE>...] [NO_PYTHON_DIR] [NO_LEAK_CHECK])
 # Registers <target> (an executable built here) as the CTest test <name> with
@@ -59,6 +78,10 @@ function(pyscheduler_add_test name target)
   set_tests_properties(${name} PROPERTIES
     ENVIRONMENT "${_env}"
     TIMEOUT ${ARG_TIMEOUT})
+  if(name IN_LIST PYSCHEDULER_SUBSET_TESTS)
+    set_property(TEST ${name} APPEND PROPERTY LABELS subset)
+    add_dependencies(pyscheduler_subset ${target})
+  endif()
   if(NOT ARG_NO_PYTHON_DIR)
     get_target_property(_defs ${target} COMPILE_DEFINITIONS)
     if(NOT _defs MATCHES "PYSCHED_TEST_PYTHON_DIR")

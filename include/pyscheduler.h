@@ -62,6 +62,13 @@ typedef enum pysched_full_policy {
   PYSCHED_FULL_REJECT = 1,
 } pysched_full_policy;
 
+// Bits of `pysched_tensor_item.flags`.
+typedef enum pysched_tensor_flags {
+  // The input pointers stay valid until the item completes, so they are read when
+  // the batch is gathered instead of copied at queueing.
+  PYSCHED_TENSOR_BORROW_INPUTS = 1,
+} pysched_tensor_flags;
+
 // DLPack's legacy managed tensor. Declared opaquely here so this header needs no
 // `dlpack.h`; the typedef is identical to dlpack.h's (and to the one in
 // `pyscheduler/tensor.hpp`), so including both, in either order, is fine.
@@ -400,9 +407,10 @@ enum pysched_status pysched_future_wait_for(const struct pysched_future *future,
 
 // Takes the outcome of a finished item. On success `out_result` receives a new
 // reference to the item's Python result (the caller owns it; no GIL needed to receive
-// it, but it is needed to use or release it). Otherwise the item's error kind is
-// returned with details in `out_error`; `PYSCHED_NOT_READY` if it has not finished;
-// `PYSCHED_INVALID_ARGUMENT` if the outcome was already taken.
+// it, but it is needed to use or release it), or NULL for an item of a tensor handler
+// (it has no Python result: its rows went to its destinations). Otherwise the item's
+// error kind is returned with details in `out_error`; `PYSCHED_NOT_READY` if it has
+// not finished; `PYSCHED_INVALID_ARGUMENT` if the outcome was already taken.
 //
 // `future` and `out_result` must not be NULL; `out_error` may be NULL.
 // Thread-safe. Never blocks.
@@ -449,12 +457,30 @@ enum pysched_status pysched_handler_call(const struct pysched_handler *handler, 
 
 // Runs `fn(user_data, function)` on this thread attached to the interpreter (GIL held),
 // through a persistent per-thread thread state: the building block of synchronous
-// invoke for wrappers that convert arguments and results themselves.
+// invoke for wrappers that convert arguments and results themselves. A Python error
+// left set before `fn` runs (by the caller's own code) or when it returns is reported
+// through `sys.unraisablehook` and cleared (pysched_handler_report_stray_error), never
+// taken for the call's error.
 //
 // `handler` and `fn` must not be NULL; `out_error` may be NULL. `fn` must not let a
 // C++ exception or longjmp escape.
 // Thread-safe. Blocks until the GIL is available and `fn` returns.
 enum pysched_status pysched_handler_with_function(const struct pysched_handler *handler, pysched_with_function_fn fn, void *user_data, struct pysched_error **out_error);
+
+// Reports a Python error that code which returned normally left set on this thread
+// through `sys.unraisablehook` (`PyErr_WriteUnraisable`, printed to stderr by default),
+// with a context naming the handler and `left_by` (e.g. "a destructor run as the
+// arguments were released"; NULL: "code run inside pysched_handler_with_function"),
+// and clears it; does nothing when no error is set. For the `fn` of
+// pysched_handler_with_function between the call and the conversion of its result:
+// the core itself does this before `fn` runs and after it returns, after every commit
+// and completion callback, and wherever it releases Python references.
+//
+// `handler` must not be NULL; `left_by` may be NULL (else UTF-8, borrowed);
+// `out_error` may be NULL. The calling thread must hold the GIL (PYSCHED_INVALID_ARGUMENT
+// otherwise).
+// Thread-safe. Never blocks (runs sys.unraisablehook when an error is set).
+enum pysched_status pysched_handler_report_stray_error(const struct pysched_handler *handler, const char *left_by, struct pysched_error **out_error);
 
 // Writes the handler's stats to `out_stats`. Both must not be NULL.
 // Thread-safe. Never blocks on Python.
@@ -686,8 +712,9 @@ enum pysched_status pysched_manager_load_tensor(const struct pysched_manager *ma
 // during the call only.
 //
 // `out_future` may be NULL; when not NULL it receives, on success only, a future owned
-// by the caller that resolves (with no Python value) after `complete`, or with the
-// item's error. `out_error` may be NULL.
+// by the caller that resolves after `complete` and `drop`: `pysched_future_take` then
+// gives PYSCHED_OK with a NULL result (no Python value), or the item's error.
+// `out_error` may be NULL.
 // Thread-safe. Never blocks, except on a full bounded queue under PYSCHED_FULL_BLOCK.
 enum pysched_status pysched_tensor_handler_queue(const struct pysched_tensor_handler *handler, const struct pysched_tensor_item *item, struct pysched_future **out_future, struct pysched_error **out_error);
 

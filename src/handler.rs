@@ -4,6 +4,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::future::ItemFuture;
 use crate::manager::Shared;
+use crate::python_err::report_stray;
 use crate::scheduler::{HandlerCore, ItemOptions, Job, JobSlot};
 use crate::stats::{HandlerStats, LatencySummary};
 use pyo3::prelude::*;
@@ -55,16 +56,26 @@ impl Handler {
     }
 
     /// Calls the function directly on this thread with `args`. Blocks for the call;
-    /// attaches through a persistent thread state (no per-call allocation).
+    /// attaches through a persistent thread state (no per-call allocation). A Python
+    /// error that the caller's own code left set before the call, or that a destructor
+    /// left set when the arguments were released, is not this call's error: it goes to
+    /// `sys.unraisablehook` and is cleared (see `python_err`).
     pub fn call(
         &self,
         args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyTuple>>,
     ) -> Result<Py<PyAny>> {
         crate::runtime::attach(|py| {
+            report_stray(py, &self.core.name, "code run on this thread before a synchronous call");
             let args = args(py).map_err(|e| {
                 Error::from_pyerr_context(py, &e, ErrorKind::InvalidArgument, "building the arguments")
             })?;
-            self.core.function.bind(py).call1(args).map(Bound::unbind).map_err(|e| {
+            let called = self.core.function.bind(py).call1(args);
+            report_stray(
+                py,
+                &self.core.name,
+                "a destructor run as a synchronous call's arguments were released",
+            );
+            called.map(Bound::unbind).map_err(|e| {
                 Error::from_pyerr_context(
                     py,
                     &e,
@@ -77,8 +88,24 @@ impl Handler {
 
     /// Runs `f` attached to the interpreter with the bound function; for callers that
     /// convert arguments and results themselves (the C++ wrapper's synchronous invoke).
+    /// An error left set before `f` (by the caller's code) or by `f` when it returns is
+    /// reported through `sys.unraisablehook` and cleared; inside `f`, between the call
+    /// and the conversion of its result, [`Handler::report_stray_error`] does the same.
     pub fn with_function<R>(&self, f: impl for<'py> FnOnce(Python<'py>, &Bound<'py, PyAny>) -> R) -> R {
-        crate::runtime::attach(|py| f(py, self.core.function.bind(py)))
+        crate::runtime::attach(|py| {
+            report_stray(py, &self.core.name, "code run on this thread before a synchronous call");
+            let r = f(py, self.core.function.bind(py));
+            report_stray(py, &self.core.name, "a synchronous call's code, which returned normally");
+            r
+        })
+    }
+
+    /// Reports a Python error left set by code that returned normally (`left_by` says
+    /// which) through `sys.unraisablehook`, naming this handler, and clears it; no-op when
+    /// none is set. For wrappers that call the function themselves: between the call (whose
+    /// argument destructors may leave an error) and the conversion of its result.
+    pub fn report_stray_error(&self, py: Python<'_>, left_by: &str) {
+        report_stray(py, &self.core.name, left_by);
     }
 
     /// Queues one item whose Python object is built by `commit` (GIL held, on a worker).

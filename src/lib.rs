@@ -18,6 +18,7 @@ pub mod ffi;
 pub mod future;
 pub mod handler;
 pub mod manager;
+mod python_err;
 pub mod runtime;
 pub mod scheduler;
 pub mod stats;

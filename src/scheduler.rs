@@ -2,15 +2,15 @@
 //! (optionally prepared without the GIL, ahead of execution), committed and passed to
 //! Python as one list under a single GIL hold, and fanned out to their completions.
 //!
-//! Workers block on a channel of handlers that have work (no polling); a handler is in
-//! that channel at most once, and a worker that finishes a batch while other handlers
+//! Workers block on the pool's queue of handlers that have work (no polling); a handler
+//! is in that queue at most once, and a worker that finishes a batch while other handlers
 //! wait puts its handler back at the end (round-robin). A timer thread fires batch-delay
 //! and per-item deadline events.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::future::Completion;
+use crate::python_err::report_stray;
 use crate::stats::{Counters, Emas, HandlerStats, Histograms, LocalHistogram};
-use crossbeam_channel::{Receiver, Sender};
 use crossbeam_utils::CachePadded;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -177,21 +177,45 @@ pub(crate) enum Entry {
 
 pub(crate) struct Detached {
     job: JobCell,
-    enqueued_ns: u64,
-    needs_prepare: bool,
+    /// `enqueued_ns` in the low 62 bits (146 years), `needs_prepare` in the top one,
+    /// and bit 62 always set: never zero, so `Entry` keeps its discriminant in this
+    /// word's niche (the job's cell hides the job's), and the entry is 56 bytes instead
+    /// of 64. A queue block (31 entries with their state words, 1992 bytes) then takes
+    /// mimalloc's 2048-byte size class instead of 2560: 66 bytes per queued item
+    /// instead of 83.
+    stamp: std::num::NonZeroU64,
+}
+
+const NEEDS_PREPARE_BIT: u64 = 1 << 63;
+const STAMP_BIT: u64 = 1 << 62;
+
+impl Detached {
+    fn new(job: JobSlot, enqueued_ns: u64, needs_prepare: bool) -> Self {
+        let flag = if needs_prepare { NEEDS_PREPARE_BIT } else { 0 };
+        let stamp = (enqueued_ns & (STAMP_BIT - 1)) | STAMP_BIT | flag;
+        Detached { job: JobCell::new(job), stamp: std::num::NonZeroU64::new(stamp).expect("bit 62 is set") }
+    }
+
+    fn enqueued_ns(&self) -> u64 {
+        self.stamp.get() & (STAMP_BIT - 1)
+    }
+
+    fn needs_prepare(&self) -> bool {
+        self.stamp.get() & NEEDS_PREPARE_BIT != 0
+    }
 }
 
 impl Entry {
     pub(crate) fn enqueued_ns(&self) -> u64 {
         match self {
-            Entry::Detached(d) => d.enqueued_ns,
+            Entry::Detached(d) => d.enqueued_ns(),
             Entry::Shared(item) => item.enqueued_ns,
         }
     }
 
     fn needs_prepare(&self) -> bool {
         match self {
-            Entry::Detached(d) => d.needs_prepare,
+            Entry::Detached(d) => d.needs_prepare(),
             Entry::Shared(item) => item.needs_prepare,
         }
     }
@@ -500,7 +524,7 @@ struct Flow {
     queued: AtomicUsize,
     /// Items accepted and not yet finished; drain waits for zero.
     outstanding: AtomicUsize,
-    /// A primary run of this handler is on the ready channel or running. Producers set
+    /// A primary run of this handler is in the pool's ready queue or running. Producers set
     /// it (and submit) when they find it clear; the primary runner clears it when idle.
     scheduled: AtomicBool,
     /// A batch-delay timer is armed.
@@ -686,7 +710,7 @@ impl HandlerCore {
                 handler: self.weak_self.clone(),
             }))
         } else {
-            Entry::Detached(Detached { job: JobCell::new(job), enqueued_ns, needs_prepare })
+            Entry::Detached(Detached::new(job, enqueued_ns, needs_prepare))
         };
         let for_future = match &entry {
             Entry::Shared(item) if with_future => Some(item.clone()),
@@ -1047,7 +1071,7 @@ impl HandlerCore {
                     self.finish_items(n);
                     pipe = self.lock();
                     if primary && self.pool.others_waiting() && self.work_available_locked(&mut pipe) {
-                        // Round-robin: go to the back of the ready channel, still scheduled.
+                        // Round-robin: go to the back of the ready queue, still scheduled.
                         if let Some(me) = self.weak_self.upgrade() {
                             self.pool.submit(me, true);
                             return;
@@ -1202,7 +1226,17 @@ impl HandlerCore {
             return self.as_executing_batch(|| crate::tensor::execute::run_batch(self, tensor, batch));
         }
         let gil_asked = clock::now_ns();
-        self.as_executing_batch(|| crate::runtime::attach(|py| self.execute_locked(py, batch, gil_asked)))
+        self.as_executing_batch(|| {
+            crate::runtime::attach(|py| {
+                // A stage that attached on this worker without the GIL held may have
+                // left its error in the worker's thread state.
+                report_stray(py, &self.name, "code run earlier on this worker (a GIL-free stage)");
+                let finalized = self.execute_locked(py, batch, gil_asked);
+                // Destructors of the batch's results and of failed items' jobs ran last.
+                report_stray(py, &self.name, "a destructor run as the batch's references were released");
+                finalized
+            })
+        })
     }
 
     fn execute_locked(&self, py: Python<'_>, batch: Vec<Entry>, gil_asked: u64) -> Vec<JobSlot> {
@@ -1225,6 +1259,7 @@ impl HandlerCore {
                 }
                 Err(e) => self.fail_started(&item, Some(job), e),
             }
+            report_stray(py, &self.name, "the commit callback");
         }
         self.histograms.queue_wait_ns.merge(&waits);
         let committed = clock::now_ns();
@@ -1235,6 +1270,8 @@ impl HandlerCore {
         }
         let n = live.len();
         let called = self.function.bind(py).call1((new_list(py, objects),));
+        // The list of committed objects is released by now (a capsule's destructor).
+        report_stray(py, &self.name, "a destructor run as the batch's arguments were released");
         self.record_timings(items, commit_ns, clock::now_ns().saturating_sub(committed), n);
         let results = called
             .map_err(|e| {
@@ -1273,6 +1310,7 @@ impl HandlerCore {
                 // job may own Python objects: both are dropped while the GIL is held.
                 _ => drop(job),
             }
+            report_stray(py, &self.name, "the completion callback or the item's finalizer");
             if outcome.is_err() {
                 self.counters.completed.fetch_sub(1, Relaxed);
                 self.counters.failed.fetch_add(1, Relaxed);
@@ -1511,25 +1549,70 @@ enum Task {
 }
 
 /// The worker threads shared by every handler of the interpreter, and the timer.
+///
+/// Tasks are taken in submission order (FIFO); idle workers are woken in the opposite
+/// order, the most recently idle first (LIFO). A worker that has just finished is the
+/// one whose caches, allocator pages and Python thread state are warm, and the workers
+/// the load does not need stay asleep and never touch memory: with a FIFO wake-up (the
+/// crossbeam channel this replaced wakes the longest-waiting receiver) every batch went
+/// to a different, cold worker in turn, and a pool of 16 kept 16 allocator heaps busy for
+/// a load that needs two or three threads at a time (measured: +140 KB of peak RSS per
+/// extra worker, `--rss-child held --workers N`).
 pub(crate) struct Pool {
-    ready_tx: Sender<Task>,
-    ready_rx: Receiver<Task>,
+    shared: Arc<PoolShared>,
     threads: usize,
     pub(crate) timer: Arc<Timer>,
 }
 
+struct PoolShared {
+    ready: Mutex<Ready>,
+    /// `ready.tasks.len()`, readable without the lock.
+    pending: AtomicUsize,
+    workers: Box<[WorkerSlot]>,
+}
+
+#[derive(Default)]
+struct Ready {
+    tasks: std::collections::VecDeque<Task>,
+    /// Idle workers (indices into `workers`), the most recently idle last.
+    idle: Vec<usize>,
+}
+
+#[derive(Default)]
+struct WorkerSlot {
+    /// Set (with `ready` locked) by the submitter that took this worker off `idle`.
+    woken: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// How many times an idle worker looks at `pending` before it parks (a few hundred
+/// nanoseconds): a batch handed over right after it finished needs no wake-up.
+const IDLE_SPINS: u32 = 64;
+
+/// How long a worker sleeps without work before it returns its allocator's free pages
+/// (`release_idle_memory`).
+const IDLE_BEFORE_COLLECT: Duration = Duration::from_millis(5);
+
 impl Pool {
     pub(crate) fn new(threads: usize) -> Result<Arc<Pool>> {
-        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let timer = Timer::start()?;
+        let shared = Arc::new(PoolShared {
+            ready: Mutex::new(Ready { tasks: Default::default(), idle: Vec::with_capacity(threads) }),
+            pending: AtomicUsize::new(0),
+            workers: (0..threads).map(|_| WorkerSlot::default()).collect(),
+        });
+        // Dropped on a failed start: stops the workers started so far and the timer.
+        let mut pool = Pool { shared: shared.clone(), threads: 0, timer };
         for i in 0..threads {
-            let rx = ready_rx.clone();
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("pysched-worker-{i}"))
-                .spawn(move || worker_main(rx))
+                .spawn(move || worker_main(&shared, i))
                 .map_err(|e| Error::internal(format!("cannot start worker thread: {e}")))?;
+            // Counted as started, so that dropping the pool stops exactly these.
+            pool.threads = i + 1;
         }
-        Ok(Arc::new(Pool { ready_tx, ready_rx, threads, timer }))
+        Ok(Arc::new(pool))
     }
 
     pub(crate) fn threads(&self) -> usize {
@@ -1537,35 +1620,113 @@ impl Pool {
     }
 
     fn submit(&self, handler: Arc<HandlerCore>, primary: bool) {
-        // The receiver lives in this pool, so the channel cannot be disconnected.
-        let _ = self.ready_tx.send(Task::Run(handler, primary));
+        self.shared.push(Task::Run(handler, primary));
     }
 
     fn submit_prepare(&self, handler: Arc<HandlerCore>, work: Arc<PrepareWork>) {
-        let _ = self.ready_tx.send(Task::Prepare(handler, work));
+        self.shared.push(Task::Prepare(handler, work));
     }
 
     fn others_waiting(&self) -> bool {
-        !self.ready_rx.is_empty()
+        self.shared.pending.load(Relaxed) > 0
+    }
+}
+
+impl PoolShared {
+    fn lock(&self) -> MutexGuard<'_, Ready> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a task and wakes the most recently idle worker, if any is idle (a busy
+    /// worker takes the task when it finishes).
+    fn push(&self, task: Task) {
+        let mut ready = self.lock();
+        ready.tasks.push_back(task);
+        self.pending.store(ready.tasks.len(), Relaxed);
+        let worker = ready.idle.pop();
+        if let Some(w) = worker {
+            self.workers[w].woken.store(true, Release);
+        }
+        drop(ready);
+        if let Some(w) = worker {
+            if let Some(thread) = self.workers[w].thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+
+    /// The next task for worker `me`; parks while there is none. `ran`: whether this
+    /// worker has run a task since it last returned its free memory (a worker that has
+    /// not has nothing to return and sleeps without a timeout).
+    fn next(&self, me: usize, ran: &mut bool) -> Task {
+        loop {
+            for _ in 0..IDLE_SPINS {
+                if self.pending.load(Relaxed) > 0 {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            let mut ready = self.lock();
+            if let Some(task) = ready.tasks.pop_front() {
+                self.pending.store(ready.tasks.len(), Relaxed);
+                *ran = true;
+                return task;
+            }
+            self.workers[me].woken.store(false, Relaxed);
+            ready.idle.push(me);
+            drop(ready);
+            // A submitter takes us off `idle` and sets `woken` before it unparks us
+            // (unpark before park makes park return at once).
+            while !self.workers[me].woken.load(Acquire) {
+                if !*ran || !cfg!(feature = "mimalloc") {
+                    std::thread::park();
+                } else {
+                    std::thread::park_timeout(IDLE_BEFORE_COLLECT);
+                    if !self.workers[me].woken.load(Acquire) {
+                        release_idle_memory();
+                        *ran = false;
+                    }
+                }
+            }
+        }
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
         for _ in 0..self.threads {
-            let _ = self.ready_tx.send(Task::Stop);
+            self.shared.push(Task::Stop);
         }
         self.timer.stop();
     }
 }
 
-fn worker_main(rx: Receiver<Task>) {
+/// Returns the free memory this thread's allocator heap keeps (pages its batches used)
+/// to the OS. mimalloc keeps freed pages per thread and purges them only when that
+/// thread allocates again later, so each worker that ran once held on to its pages while
+/// it slept: ~150 KB per worker, which a pool of 16 multiplied (`--rss-child free
+/// --workers 16`: 141-157 bytes per item without this, 123-131 with it, against 134-149
+/// with 2 workers). Called only after `IDLE_BEFORE_COLLECT` without work, so a busy pool
+/// pays nothing (collecting at every park looked slower in the noisy runs here, as the
+/// next batch faults the pages in again, and did little more for the peak).
+fn release_idle_memory() {
+    #[cfg(feature = "mimalloc")]
+    // SAFETY: mi_collect only touches this thread's heap and the allocator's own locked
+    // structures; it may be called at any time.
+    unsafe {
+        libmimalloc_sys::mi_collect(true)
+    };
+}
+
+fn worker_main(shared: &PoolShared, me: usize) {
+    let _ = shared.workers[me].thread.set(std::thread::current());
     crate::runtime::persist_current_thread_state();
+    let mut ran = false;
     loop {
-        match rx.recv() {
-            Ok(Task::Run(handler, primary)) => handler.run(primary),
-            Ok(Task::Prepare(handler, work)) => handler.prepare_some(&work),
-            Ok(Task::Stop) | Err(_) => return,
+        match shared.next(me, &mut ran) {
+            Task::Run(handler, primary) => handler.run(primary),
+            Task::Prepare(handler, work) => handler.prepare_some(&work),
+            Task::Stop => return,
         }
     }
 }
@@ -1744,11 +1905,13 @@ mod tests {
     use super::*;
 
     /// A queued fire-and-forget item costs one slot of `Incoming`'s blocks (its entry
-    /// plus the slot's state word): keep it within 64 + 8 bytes (issue 4's peak-RSS row);
-    /// an item for a future keeps its `ArcInner<Item>` within the 112-byte allocator bin.
+    /// plus the slot's state word): keep it within 56 + 8 bytes, so that a block of 31
+    /// slots and its next pointer (1992 bytes) stays in mimalloc's 2048-byte size class
+    /// (issue 16's peak-RSS row); an item for a future keeps its `ArcInner<Item>` within
+    /// the 112-byte allocator bin.
     #[test]
     fn entries_stay_small() {
-        assert!(std::mem::size_of::<Entry>() <= 64, "Entry is {} bytes", std::mem::size_of::<Entry>());
+        assert!(std::mem::size_of::<Entry>() <= 56, "Entry is {} bytes", std::mem::size_of::<Entry>());
         let arc_inner = std::mem::size_of::<Item>() + 2 * std::mem::size_of::<usize>();
         assert!(arc_inner <= 112, "ArcInner<Item> is {arc_inner} bytes");
     }
@@ -1773,11 +1936,7 @@ mod tests {
 
     /// A detached entry whose `enqueued_ns` carries `tag`.
     fn tagged(tag: u64) -> Entry {
-        Entry::Detached(Detached {
-            job: JobCell::new(JobSlot::Boxed(Box::new(Noop))),
-            enqueued_ns: tag,
-            needs_prepare: false,
-        })
+        Entry::Detached(Detached::new(JobSlot::Boxed(Box::new(Noop)), tag, false))
     }
 
     /// Producers racing on `Incoming` lose nothing, and each producer's items come out in

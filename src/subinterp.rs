@@ -12,6 +12,7 @@
 //! builds against any supported CPython and reports `Unsupported` below 3.12.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::python_err::report_stray_attached;
 use crate::scheduler::{BatchSource, Entry, HandlerCore, Job};
 use crossbeam_channel::{Receiver, Sender};
 use pyo3::ffi::{self, PyObject};
@@ -756,6 +757,7 @@ fn nanos(d: std::time::Duration) -> u64 {
 unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<Entry>) {
     let items = batch.len();
     let start = Instant::now();
+    report_stray_attached(source.name(), "code run earlier on this replica's thread");
     let mut objects: Vec<Owned> = Vec::with_capacity(items);
     let mut live: Vec<(Entry, Box<dyn Job>)> = Vec::with_capacity(items);
     for item in batch {
@@ -773,19 +775,11 @@ unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<En
             continue;
         }
         match guarded("commit callback", || job.commit_raw()) {
+            // As in the shared interpreter's pipeline: the item proceeds with the object
+            // it returned; an error left set beside it is reported below.
             Ok(ptr) if !ptr.is_null() => {
-                let obj = Owned(NonNull::new_unchecked(ptr));
-                if ffi::PyErr_Occurred().is_null() {
-                    objects.push(obj);
-                    live.push((item, job));
-                } else {
-                    drop(obj);
-                    let error = fetch_error(
-                        ErrorKind::Commit,
-                        "commit callback returned an object with an exception set",
-                    );
-                    source.fail_item(&item, Some(job), error);
-                }
+                objects.push(Owned(NonNull::new_unchecked(ptr)));
+                live.push((item, job));
             }
             Ok(_) => {
                 let error = fetch_error(ErrorKind::Commit, "commit callback failed");
@@ -796,6 +790,7 @@ unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<En
                 source.fail_item(&item, Some(job), panic);
             }
         }
+        report_stray_attached(source.name(), "the commit callback");
     }
     let committed = Instant::now();
     let commit_ns = nanos(committed - start);
@@ -806,7 +801,10 @@ unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<En
     }
     let n = live.len();
     let name = source.name();
-    let results = call_with_list(function, objects, name).map(|result| {
+    let results = call_with_list(function, objects, name);
+    // The list of committed objects is released by now (a capsule's destructor).
+    report_stray_attached(name, "a destructor run as the batch's arguments were released");
+    let results = results.map(|result| {
         let exec_ns = nanos(committed.elapsed());
         (result, exec_ns)
     });
@@ -831,20 +829,16 @@ unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<En
                 let value = seq.get(i);
                 let outcome =
                     guarded("completion callback", || job.complete_raw(value.as_ptr())).and_then(|r| r);
-                let outcome = match fetch() {
-                    // A callback that leaves an exception set must not poison the next call.
-                    Some(f) if outcome.is_ok() => Err(python_error(
-                        ErrorKind::Callback,
-                        "completion callback left a Python exception set",
-                        f,
-                    )),
-                    _ => outcome,
-                };
                 drop(value);
                 source.complete_item(&item, job, outcome);
+                // As in the shared interpreter's pipeline: the item keeps its outcome; an
+                // error left set by its callback or finalizer must not reach the next one.
+                report_stray_attached(name, "the completion callback or the item's finalizer");
             }
         }
     }
+    // Destructors of the batch's results and of failed items' jobs ran last.
+    report_stray_attached(name, "a destructor run as the batch's references were released");
     source.finish_batch(items);
 }
 

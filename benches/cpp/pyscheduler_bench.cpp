@@ -60,7 +60,7 @@
 extern char** environ;
 
 namespace py = pybind11;
-using pyscheduler::HandlerOptions;
+using pyscheduler::ext::HandlerOptions;
 using pyscheduler::PyManager;
 using Handler = PyManager::InvokeHandler;
 using Clock = std::chrono::steady_clock;
@@ -238,6 +238,27 @@ long proc_status_kb(const char* field) {
   return -1;
 }
 
+// CPU time (ns, from /proc/self/task/*/schedstat) of each pool worker thread, by tid.
+std::vector<std::pair<long, long long>> worker_cpu_ns() {
+  std::vector<std::pair<long, long long>> out;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const std::string dir = std::string("/proc/self/task/") + e->d_name;
+    std::ifstream comm(dir + "/comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name.rfind("pysched-worker", 0) != 0) continue;
+    std::ifstream st(dir + "/schedstat");
+    long long ns = 0;
+    st >> ns;
+    out.emplace_back(std::atol(e->d_name), ns);
+  }
+  closedir(d);
+  return out;
+}
+
 std::string read_first_line(const char* path) {
   std::ifstream in(path);
   std::string line;
@@ -287,7 +308,6 @@ struct Row {
   std::vector<double> ratio_samples;
   std::string ratio_label;  // e.g. "x floor", "x serial"
   std::string target;
-  std::string original;
   std::optional<bool> pass;  // nullopt: reference row, no target
   std::string note;
 };
@@ -361,9 +381,8 @@ void print_plain(const Environment& env, const std::vector<Row>& rows) {
   for (const auto& [k, v] : env.fields) std::printf("  %-21s %s\n", (k + ":").c_str(), v.c_str());
   std::printf("\n");
   // Cells first, then widths from the widest cell of each column.
-  std::vector<std::array<std::string, 8>> cells;
-  cells.push_back({"workload", "ours (median)", "spread", "in-run baseline", "baseline (median)", "ratio", "target",
-                   "original (issue 4)"});
+  std::vector<std::array<std::string, 7>> cells;
+  cells.push_back({"workload", "ours (median)", "spread", "in-run baseline", "baseline (median)", "ratio", "target"});
   std::vector<std::string> results = {"result"};
   for (const auto& r : rows) {
     const double sp = spread_pct(r.ours_samples);
@@ -371,15 +390,15 @@ void print_plain(const Environment& env, const std::vector<Row>& rows) {
     std::snprintf(spread, sizeof spread, std::isnan(sp) ? "-" : "%.0f%%", sp);
     cells.push_back({r.workload, fmt(r.ours, r.unit), spread, r.baseline_name.empty() ? "-" : r.baseline_name,
                      fmt(r.baseline, r.baseline_unit.empty() ? r.unit : r.baseline_unit),
-                     std::isnan(r.ratio) ? "-" : fmt(r.ratio, "") + r.ratio_label, r.target, r.original});
+                     std::isnan(r.ratio) ? "-" : fmt(r.ratio, "") + r.ratio_label, r.target});
     results.push_back(!r.pass.has_value() ? "ref" : (*r.pass ? "PASS" : "FAIL"));
   }
-  std::array<std::size_t, 8> w{};
+  std::array<std::size_t, 7> w{};
   for (const auto& c : cells) {
     for (std::size_t i = 0; i < c.size(); ++i) w[i] = std::max(w[i], c[i].size());
   }
   // Left-aligned text columns, right-aligned numbers.
-  constexpr std::array<bool, 8> right = {false, true, true, false, true, true, false, false};
+  constexpr std::array<bool, 7> right = {false, true, true, false, true, true, false};
   std::size_t total = 0;
   for (std::size_t i = 0; i < cells.size(); ++i) {
     std::string line;
@@ -404,9 +423,11 @@ void print_plain(const Environment& env, const std::vector<Row>& rows) {
     std::printf("  %-14s %s\n", (r.id + ":").c_str(), r.note.c_str());
   }
   std::printf(
-      "\nours/baseline: medians of the repetitions, baseline and ours interleaved; spread = (max-min)/median of\n"
-      "ours. 'ref' rows compare with a plain pybind11 embedding or the C ABI and have no target. The machine\n"
-      "is a shared VM: expect run-to-run variation of tens of percent on the throughput rows.\n");
+      "\nours/baseline: medians of the repetitions, baseline and ours interleaved; ratio = median(ours) /\n"
+      "median(baseline), not the median of the per-repetition ratios (--json has every sample for that);\n"
+      "spread = (max-min)/median of ours. 'ref' rows compare with a plain pybind11 embedding or the C ABI and\n"
+      "have no target. The machine is a shared VM: expect run-to-run variation of tens of percent on the\n"
+      "throughput rows.\n");
 }
 
 void print_json(std::FILE* out, const Environment& env, const std::vector<Row>& rows) {
@@ -420,13 +441,12 @@ void print_json(std::FILE* out, const Environment& env, const std::vector<Row>& 
     const Row& r = rows[i];
     std::fprintf(out, "%s\n    {\"id\": \"%s\", \"workload\": \"%s\", \"unit\": \"%s\", \"ours\": %s, \"ours_samples\": %s, "
                 "\"baseline_name\": \"%s\", \"baseline\": %s, \"baseline_samples\": %s, \"ratio\": %s, "
-                "\"ratio_samples\": %s, \"ratio_label\": \"%s\", \"target\": \"%s\", \"original\": \"%s\", \"result\": \"%s\", "
+                "\"ratio_samples\": %s, \"ratio_label\": \"%s\", \"target\": \"%s\", \"result\": \"%s\", "
                 "\"note\": \"%s\"}",
                 i ? "," : "", json_escape(r.id).c_str(), json_escape(r.workload).c_str(), json_escape(r.unit).c_str(),
                 json_num(r.ours).c_str(), json_array(r.ours_samples).c_str(), json_escape(r.baseline_name).c_str(),
                 json_num(r.baseline).c_str(), json_array(r.baseline_samples).c_str(), json_num(r.ratio).c_str(),
-                json_array(r.ratio_samples).c_str(),
-                json_escape(r.ratio_label).c_str(), json_escape(r.target).c_str(), json_escape(r.original).c_str(),
+                json_array(r.ratio_samples).c_str(), json_escape(r.ratio_label).c_str(), json_escape(r.target).c_str(),
                 !r.pass.has_value() ? "ref" : (*r.pass ? "PASS" : "FAIL"), json_escape(r.note).c_str());
   }
   std::fprintf(out, "\n  ]\n}\n");
@@ -452,8 +472,8 @@ void free_py_funcs() {
   g_py = nullptr;
 }
 
-pyscheduler::ManagerOptions manager_options(const Config& cfg) {
-  pyscheduler::ManagerOptions o;
+pyscheduler::ext::ManagerOptions manager_options(const Config& cfg) {
+  pyscheduler::ext::ManagerOptions o;
   o.worker_threads = cfg.workers;
   return o;
 }
@@ -492,10 +512,10 @@ double queued_identity_ns(Handler& h, std::size_t n, long base = 0) {
                                  [&](long v) { return h.queue_invoke(kCommitInt, kCastLong, v); });
 }
 
-// The same through queue_invoke_future: one pyscheduler::Future (the item's own context,
+// The same through queue_invoke_future: one pyscheduler::ext::Future (the item's own context,
 // shared with the core) per item instead of a std::promise/std::future pair.
 double queued_identity_future_ns(Handler& h, std::size_t n, long base = 0) {
-  return queued_identity_through(n, base, "queued identity (pyscheduler::Future) returned wrong values",
+  return queued_identity_through(n, base, "queued identity (pyscheduler::ext::Future) returned wrong values",
                                  [&](long v) { return h.queue_invoke_future(kCommitInt, kCastLong, v); });
 }
 
@@ -743,7 +763,6 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   r.ratio = r.ours / r.baseline;
   r.ratio_label = "x floor";
   r.target = "<= 3x floor";
-  r.original = "1100-1500 ns (~26x)";
   r.pass = r.ratio <= 3.0;
   const auto st = h.stats();
   char note[256];
@@ -755,7 +774,7 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   rows.push_back(r);
 
   rf.id = "queued_b256_f";
-  rf.workload = "queued identity, batch 256 via queue_invoke_future (pyscheduler::Future)";
+  rf.workload = "queued identity, batch 256 via queue_invoke_future (pyscheduler::ext::Future)";
   rf.unit = "ns/item";
   rf.ours = median(rf.ours_samples);
   rf.baseline_name = "inline floor (GIL held)";
@@ -764,7 +783,6 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   rf.ratio = rf.ours / rf.baseline;
   rf.ratio_label = "x floor";
   rf.target = "<= 3x floor";
-  rf.original = "-";
   rf.pass = rf.ratio <= 3.0;
   rf.note = "the same items through queue_invoke_future: one heap context per item shared by the core and the "
             "Future (atomic state word, C++20 atomic wait), no std::promise";
@@ -780,7 +798,6 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   rc.ratio = rc.ours / rc.baseline;
   rc.ratio_label = "x floor";
   rc.target = "-";
-  rc.original = "-";
   rc.note = "pysched_handler_queue with C callbacks and pysched_handler_drain: the core alone";
   rows.push_back(rc);
 
@@ -794,7 +811,6 @@ void row_queued_b256(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   rl.ratio = rl.ours / rl.baseline;
   rl.ratio_label = "x floor";
   rl.target = "-";
-  rl.original = "-";
   rl.note = "a heap context per item with std::atomic<int> + wait/notify instead of std::promise/std::future "
             "(whose set_value makes a futex syscall per item in glibc's pthread_once)";
   rows.push_back(rl);
@@ -820,7 +836,6 @@ void row_producers4(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.ours / r.baseline;
   r.ratio_label = "x 1 prod.";
   r.target = "<= 1.5x 1 prod.";
-  r.original = "~4500 ns";
   r.pass = r.ratio <= 1.5;
   r.note = "mean batch " + fmt(h.stats().execute_batch_size_ema, "") + " (EMA after the last repetition)";
   rows.push_back(r);
@@ -835,7 +850,6 @@ void row_producers4(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   rp.ratio = rp.baseline / rp.ours;
   rp.ratio_label = "x faster";
   rp.target = "-";
-  rp.original = "-";
   rp.note = "4 C++ threads each take the GIL per item and call identity([x]) (" +
             std::to_string(cfg.plain_items) + " items/rep)";
   rows.push_back(rp);
@@ -862,14 +876,13 @@ void row_queued_b1(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.baseline / r.ours;
   r.ratio_label = "x faster";
   r.target = "<= 2000 ns";
-  r.original = "~27000 ns";
   r.pass = r.ours <= 2000.0;
   r.note = "mean batch " + fmt(h.stats().execute_batch_size_ema, "") +
            "; baseline: one C++ thread, gil_scoped_acquire + identity([x]) per item, synchronously";
   rows.push_back(r);
 
   rf.id = "queued_b1_f";
-  rf.workload = "  same via queue_invoke_future (pyscheduler::Future)";
+  rf.workload = "  same via queue_invoke_future (pyscheduler::ext::Future)";
   rf.unit = "ns/item";
   rf.ours = median(rf.ours_samples);
   rf.baseline_name = r.baseline_name;
@@ -878,8 +891,7 @@ void row_queued_b1(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   rf.ratio = rf.baseline / rf.ours;
   rf.ratio_label = "x faster";
   rf.target = "-";
-  rf.original = "-";
-  rf.note = "the same items, one pyscheduler::Future per item instead of std::future";
+  rf.note = "the same items, one pyscheduler::ext::Future per item instead of std::future";
   rows.push_back(rf);
 }
 
@@ -927,7 +939,6 @@ void row_latency(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
     r->ratio = r->ours / r->baseline;
     r->ratio_label = "x floor";
     r->target = is50 ? "<= 20 us" : "<= 100 us";
-    r->original = is50 ? "2600 us" : "5200 us";
     r->pass = r->ours <= (is50 ? 20.0 : 100.0);
   }
   p50.note = "queue_invoke + future.get(), 300 us pause between requests, " + std::to_string(cfg.latency_samples) +
@@ -943,7 +954,6 @@ void row_latency(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   plain.ratio = plain.baseline / plain.ours;
   plain.ratio_label = "x faster";
   plain.target = "-";
-  plain.original = "-";
   rows.push_back(p50);
   rows.push_back(p99);
   rows.push_back(plain);
@@ -1010,7 +1020,6 @@ void row_sync(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.ours / r.baseline;
   r.ratio_label = "x floor";
   r.target = "<= 2x floor";
-  r.original = "11000-14000 ns (~78x)";
   r.pass = r.ratio <= 2.0;
   r.note = "add(3000, -1234) with int arguments converted by pybind11, result cast<int>";
   rows.push_back(r);
@@ -1025,7 +1034,6 @@ void row_sync(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   rp.ratio = rp.baseline / rp.ours;
   rp.ratio_label = "x faster";
   rp.target = "-";
-  rp.original = "-";
   rows.push_back(rp);
 }
 
@@ -1050,7 +1058,6 @@ void row_idle8(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ours = median(r.ours_samples);
   r.baseline_name = "-";
   r.target = "< 2 ms";
-  r.original = "~40 ms";
   r.pass = r.ours < 2.0;
   r.note = "getrusage(RUSAGE_SELF) over a 2 s window, all threads, process otherwise idle; " +
            std::to_string(mgr.worker_threads()) + " pool workers + timer";
@@ -1073,6 +1080,8 @@ int rss_child(const Config& cfg) {
   check(h.queue_invoke(kCommitInt, kCastLong, 1L).get() == 1, "rss warm-up");
   queued_identity_cabi_ns(h, 1);
   const long baseline_kb = proc_status_kb("VmRSS");
+  const auto cpu_before = worker_cpu_ns();
+  long queued_kb = -1;  // VmRSS once all items are queued (held, future, cabi)
   const std::size_t n = cfg.rss_items;
   const long nn = static_cast<long>(n);
   if (mode == "cabi") {
@@ -1086,21 +1095,23 @@ int rss_child(const Config& cfg) {
         item.complete = &cabi_complete;
         pysched_handler_queue(h.native_handle(), &item, nullptr, nullptr);
       }
+      queued_kb = proc_status_kb("VmRSS");
     }
     check(pysched_handler_drain(h.native_handle(), nullptr) == PYSCHED_OK, "drain");
     check(g_cabi_sum.load() == nn * (nn - 1) / 2, "rss C ABI items returned wrong values");
   } else if (mode == "future") {
-    std::vector<pyscheduler::Future<long>> futures;
+    std::vector<pyscheduler::ext::Future<long>> futures;
     futures.reserve(n);
     {
       py::gil_scoped_acquire gil;  // as "held": all n stay queued
       for (std::size_t i = 0; i < n; ++i) {
         futures.push_back(h.queue_invoke_future(kCommitInt, kCastLong, static_cast<long>(i)));
       }
+      queued_kb = proc_status_kb("VmRSS");
     }
     long sum = 0;
     for (auto& f : futures) sum += f.get();
-    check(sum == nn * (nn - 1) / 2, "rss items (pyscheduler::Future) returned wrong values");
+    check(sum == nn * (nn - 1) / 2, "rss items (pyscheduler::ext::Future) returned wrong values");
   } else {
     std::vector<std::future<long>> futures;
     futures.reserve(n);
@@ -1110,13 +1121,27 @@ int rss_child(const Config& cfg) {
       for (std::size_t i = 0; i < n; ++i) {
         futures.push_back(h.queue_invoke(kCommitInt, kCastLong, static_cast<long>(i)));
       }
+      if (mode == "held") queued_kb = proc_status_kb("VmRSS");
     }
     long sum = 0;
     for (auto& f : futures) sum += f.get();
     check(sum == nn * (nn - 1) / 2, "rss items returned wrong values");
   }
-  std::printf("baseline_kb=%ld peak_kb=%ld items=%zu\n", baseline_kb, proc_status_kb("VmHWM"), n);
+  // Pool workers that ran while the items executed (each brings its own allocator heap,
+  // thread state and stack pages into the peak).
+  int workers_ran = 0;
+  for (const auto& [tid, ns] : worker_cpu_ns()) {
+    for (const auto& [tid0, ns0] : cpu_before) {
+      if (tid0 == tid && ns > ns0) ++workers_ran;
+    }
+  }
+  std::printf("baseline_kb=%ld peak_kb=%ld items=%zu queued_kb=%ld workers_ran=%d\n", baseline_kb,
+              proc_status_kb("VmHWM"), n, queued_kb, workers_ran);
   std::fflush(stdout);
+  if (const char* path = std::getenv("PYSCHED_BENCH_SMAPS")) {  // for a look at where the memory is
+    std::ifstream in("/proc/self/smaps");
+    std::ofstream(path) << in.rdbuf();
+  }
   free_py_funcs();
   return 0;
 }
@@ -1177,12 +1202,10 @@ void row_rss(const Config& cfg, std::vector<Row>& rows) {
     r->baseline_name = "RSS before queueing";
     r->baseline = median(r->baseline_samples);
     r->target = "-";
-    r->original = "-";
   }
   held.id = "rss";
   held.workload = "peak RSS, 120k queued items, batch 256";
   held.target = "<= 35 MB";
-  held.original = "~42 MB";
   held.pass = held.ours <= 35.0;
   char note[320];
   std::snprintf(note, sizeof note,
@@ -1197,7 +1220,7 @@ void row_rss(const Config& cfg, std::vector<Row>& rows) {
   free_run.note = note;
   future.id = "rss_f";
   future.workload = "  same, all queued, queue_invoke_future";
-  std::snprintf(note, sizeof note, "as the first, one pyscheduler::Future per item: %.0f bytes/item",
+  std::snprintf(note, sizeof note, "as the first, one pyscheduler::ext::Future per item: %.0f bytes/item",
                 per_item(future));
   future.note = note;
   cabi.id = "rss_c";
@@ -1242,7 +1265,6 @@ void row_sleep2(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.ours;
   r.ratio_label = "x serial";
   r.target = ">= 1.9x serial";
-  r.original = "1.94x";
   r.pass = r.ours >= 1.9;
   r.note = "ours = serial time / time with two handlers (" + std::to_string(2 * n) +
            " items of 10 ms either way)";
@@ -1392,7 +1414,6 @@ void row_staging(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
   r.ratio = r.baseline / r.ours;
   r.ratio_label = "x faster";
   r.target = ">= 1.5x (ideal 2)";
-  r.original = "n/a (new)";
   r.pass = r.ratio >= 1.5;
   char note[400];
   std::snprintf(note, sizeof note,
@@ -1448,7 +1469,6 @@ void row_batch_delay(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
   r.ratio = r.ours / r.baseline;
   r.ratio_label = "x larger";
   r.target = ">= 4x larger";
-  r.original = "n/a (new)";
   r.pass = r.ratio >= 4.0;
   const auto lw = with_delay.latency();
   const auto ln = no_delay.latency();
@@ -1659,10 +1679,10 @@ double numpy_list_ns(Handler& h, TensorData& d, std::size_t n) {
 }
 
 #if PYSCHED_BENCH_TENSOR_WRAPPER
-pyscheduler::TensorHandler load_tensor_cpp(PyManager& mgr, const char* entry, std::size_t batch) {
-  pyscheduler::TensorSignature sig;
-  sig.inputs.push_back(pyscheduler::tensor_of<float>({static_cast<std::int64_t>(kFeatures)}));
-  sig.outputs.push_back(pyscheduler::tensor_of<float>({static_cast<std::int64_t>(kScores)}));
+pyscheduler::ext::TensorHandler load_tensor_cpp(PyManager& mgr, const char* entry, std::size_t batch) {
+  pyscheduler::ext::TensorSignature sig;
+  sig.inputs.push_back(pyscheduler::ext::tensor_of<float>({static_cast<std::int64_t>(kFeatures)}));
+  sig.outputs.push_back(pyscheduler::ext::tensor_of<float>({static_cast<std::int64_t>(kScores)}));
   HandlerOptions o;
   o.batch_size = batch;
   return mgr.loadTensorFunction(kTensorModule, entry, sig, o);
@@ -1671,12 +1691,12 @@ pyscheduler::TensorHandler load_tensor_cpp(PyManager& mgr, const char* entry, st
 enum class CppForm { Callback, StdFuture, Future, FillCallback };
 
 // n items through the C++ wrapper: the callback form (no future), std::future<void>,
-// pyscheduler::Future<void>, or queue_fill with the callback form.
-double tensor_cpp_ns(pyscheduler::TensorHandler& h, TensorData& d, std::size_t n, CppForm form) {
+// pyscheduler::ext::Future<void>, or queue_fill with the callback form.
+double tensor_cpp_ns(pyscheduler::ext::TensorHandler& h, TensorData& d, std::size_t n, CppForm form) {
   d.reset();
   std::atomic<std::size_t> failed{0};
   std::vector<std::future<void>> std_futures;
-  std::vector<pyscheduler::Future<void>> futures;
+  std::vector<pyscheduler::ext::Future<void>> futures;
   if (form == CppForm::StdFuture) std_futures.reserve(n);
   if (form == CppForm::Future) futures.reserve(n);
   auto done = [&failed](std::exception_ptr e) {
@@ -1767,7 +1787,7 @@ void row_tensor(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
                         batch_note(*c256), {}});
   }
 #if PYSCHED_BENCH_TENSOR_WRAPPER
-  std::optional<pyscheduler::TensorHandler> cpp256;
+  std::optional<pyscheduler::ext::TensorHandler> cpp256;
   const bool any_cpp = wanted("tensor_b256_cb") || wanted("tensor_b256_future") || wanted("tensor_b256_f") ||
                        wanted("tensor_b256_fill_cb");
   if (any_cpp) cpp256.emplace(load_tensor_cpp(mgr, "score", 256));
@@ -1785,7 +1805,7 @@ void row_tensor(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
                         [&] { return tensor_cpp_ns(*cpp256, d, n, CppForm::StdFuture); }, floor256, cpp_note, {}});
   }
   if (wanted("tensor_b256_f")) {
-    subjects.push_back({"tensor_b256_f", "  same, pyscheduler::Future<void> per item",
+    subjects.push_back({"tensor_b256_f", "  same, pyscheduler::ext::Future<void> per item",
                         "TensorHandler::queue_future(inputs, outputs); every get()", "-", false,
                         [&] { return tensor_cpp_ns(*cpp256, d, n, CppForm::Future); }, floor256, cpp_note, {}});
   }
@@ -1856,7 +1876,6 @@ void row_tensor(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
     r.ratio = median(r.ratio_samples);
     r.ratio_label = "x floor";
     r.target = s.target;
-    r.original = "-";
     if (s.target != "-") r.pass = r.ratio <= 3.0;
     r.note = s.note + (s.after ? s.after() : "") + "; process CPU " + fmt(median(cpu_ours[k]), "ns/item") +
              " (floor " + fmt(median(cpu_floor[k]), "ns/item") +
@@ -1891,7 +1910,7 @@ std::string parallelism_text() {
 
 Environment describe(const Config& cfg, PyManager& mgr) {
   Environment env;
-  env.add("pyscheduler", std::string(pyscheduler::version()) + " (source " PYSCHED_BENCH_REVISION " at configure time)");
+  env.add("pyscheduler", std::string(pyscheduler::ext::version()) + " (source " PYSCHED_BENCH_REVISION " at configure time)");
   {
     py::gil_scoped_acquire gil;
     std::string v = Py_GetVersion();

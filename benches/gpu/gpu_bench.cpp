@@ -22,10 +22,10 @@ constexpr int64_t kDim = 128;
 
 struct BenchJob : Job {
   uint32_t seed;
-  pyscheduler::CudaStager* stager;  // nullptr: the GIL style
+  pyscheduler::ext::CudaStager* stager;  // nullptr: the GIL style
   double expect = 0.0;
-  pyscheduler::CudaTensor ta, tb;
-  BenchJob(uint32_t s, pyscheduler::CudaStager* st) : seed(s), stager(st) {}
+  pyscheduler::ext::CudaTensor ta, tb;
+  BenchJob(uint32_t s, pyscheduler::ext::CudaStager* st) : seed(s), stager(st) {}
 
   void fill(std::vector<float>& a, std::vector<float>& b) {
     a = random_matrix(kDim, kDim, seed);
@@ -42,14 +42,14 @@ struct BenchJob : Job {
   py::object commit() override {
     if (stager != nullptr) {
       py::object out = py::make_tuple(ta.toObject(), tb.toObject());
-      ta = pyscheduler::CudaTensor();
-      tb = pyscheduler::CudaTensor();
+      ta = pyscheduler::ext::CudaTensor();
+      tb = pyscheduler::ext::CudaTensor();
       return out;
     }
     std::vector<float> a, b;
     fill(a, b);
-    return py::make_tuple(pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(a, kDim, kDim)),
-                          pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(b, kDim, kDim)));
+    return py::make_tuple(pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(a, kDim, kDim)),
+                          pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(b, kDim, kDim)));
   }
   std::string check_result(py::handle result) override {
     const double got = result.cast<double>();
@@ -70,7 +70,7 @@ struct Row {
 Row run(const char* mode, uint32_t batch, uint32_t prefetch, int items) {
   const bool staged = std::strcmp(mode, "staged") == 0;
   pysched_handler* h = load("matmul_batch_sum", batch, prefetch);
-  pyscheduler::CudaStager stager(0);
+  pyscheduler::ext::CudaStager stager(0);
   Latch latch;
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < items; i++) {

@@ -8,11 +8,13 @@
 # Builds the C++ programs with g++ against the carried library, the venv's CPython
 # headers and pybind11, then runs: a compile check of tensor.hpp against torch's own
 # DLPack header; tests/cpp/gpu/gpu_checks (correctness, batching, memory); and
-# benches/gpu/gpu_bench (the table). Self-checking: exits non-zero if any step or check
+# benches/gpu/gpu_bench (the list-of-objects table) and benches/gpu/tensor_pipeline (the
+# same workload through a CUDA tensor handler, issue 12). Self-checking: exits non-zero if any step or check
 # fails. Outputs go to $OUT (default: ./gpu-out).
 #
 # Environment: PYSCHED_LIB (default target-py312/release/libpyscheduler.so), PYTHON
-# (default python3), BENCH_ITEMS (default 4000), SKIP_BENCH=1 to run the checks only.
+# (default python3), BENCH_ITEMS (default 4000), SKIP_BENCH=1 to run the checks only,
+# SKIP_LIST_BENCH=1 to skip gpu_bench.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -27,8 +29,10 @@ FAILED=()
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 step() {  # step NAME COMMAND...: runs, logs to $OUT/NAME.txt, records failure
   local name=$1; shift
+  local file=$name
+  case $name in build_* | compile_*) file=build ;; esac  # $OUT brings back 8 files at most
   log "$name: $*"
-  "$@" > >(tee "$OUT/$name.txt") 2>&1
+  "$@" > >(tee -a "$OUT/$file.txt") 2>&1
   local rc=$?
   if [ $rc -ne 0 ]; then FAILED+=("$name (rc $rc)"); log "$name FAILED (rc $rc)"; else log "$name ok"; fi
   return 0
@@ -76,12 +80,16 @@ step compile_with_aten_dlpack g++ "${CXXFLAGS[@]}" "${TORCH_FLAGS[@]}" -fsyntax-
 
 step build_gpu_checks g++ "${CXXFLAGS[@]}" tests/cpp/gpu/gpu_checks.cpp -o "$BUILD/gpu_checks" "${LDFLAGS[@]}"
 step build_gpu_bench g++ "${CXXFLAGS[@]}" benches/gpu/gpu_bench.cpp -o "$BUILD/gpu_bench" "${LDFLAGS[@]}"
+step build_tensor_pipeline g++ "${CXXFLAGS[@]}" benches/gpu/tensor_pipeline.cpp -o "$BUILD/tensor_pipeline" "${LDFLAGS[@]}"
 step build_tensor_two_tu g++ "${CXXFLAGS[@]}" tests/cpp/tensor_two_tu_a.cpp tests/cpp/tensor_two_tu_b.cpp \
   -o "$BUILD/tensor_two_tu" "${LDFLAGS[@]}"
 
 [ -x "$BUILD/tensor_two_tu" ] && step tensor_two_tu timeout 120 "$BUILD/tensor_two_tu"
 [ -x "$BUILD/gpu_checks" ] && step gpu_checks timeout 180 "$BUILD/gpu_checks"
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$BUILD/gpu_bench" ]; then
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$BUILD/tensor_pipeline" ]; then
+  step tensor_pipeline timeout 300 "$BUILD/tensor_pipeline" "${BENCH_ITEMS:-4000}" 3
+fi
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ "${SKIP_LIST_BENCH:-0}" != 1 ] && [ -x "$BUILD/gpu_bench" ]; then
   step gpu_bench timeout 300 "$BUILD/gpu_bench" "${BENCH_ITEMS:-4000}"
 fi
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv 2>&1 | tee -a "$OUT/summary.txt" || true

@@ -68,11 +68,11 @@ int main() {
     manager.add_path(PYSCHEDULER_EXAMPLES_PYTHON_DIR);
 
     // One float32 input of 16 features per item, one float32 output of 4 scores.
-    const pyscheduler::TensorSignature signature{{pyscheduler::tensor_of<float>({kIn})},
-                                                 {pyscheduler::tensor_of<float>({kOut})}};
-    pyscheduler::HandlerOptions options;
+    const pyscheduler::ext::TensorSignature signature{{pyscheduler::ext::tensor_of<float>({kIn})},
+                                                 {pyscheduler::ext::tensor_of<float>({kOut})}};
+    pyscheduler::ext::HandlerOptions options;
     options.batch_size = 256;
-    pyscheduler::TensorHandler model = manager.loadTensorFunction("tensor_mlp", "predict", signature, options);
+    pyscheduler::ext::TensorHandler model = manager.loadTensorFunction("tensor_mlp", "predict", signature, options);
 
     std::atomic<int> wrong{0};
     const auto start = std::chrono::steady_clock::now();

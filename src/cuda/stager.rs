@@ -122,7 +122,10 @@ impl Stager {
         let capacity = if pinned_bytes == 0 {
             DEFAULT_PINNED_BYTES
         } else {
-            pinned_bytes.div_ceil(SLOT_ALIGN) * SLOT_ALIGN
+            pinned_bytes
+                .div_ceil(SLOT_ALIGN)
+                .checked_mul(SLOT_ALIGN)
+                .ok_or_else(|| Error::invalid_argument(format!("pinned_bytes {pinned_bytes} is too large")))?
         };
         let device = driver::driver()?.device(device)?;
         let stream = Arc::new(Stream::new(device)?);

@@ -10,6 +10,8 @@ use std::time::Duration;
 /// Freeing does not cancel the item.
 pub struct pysched_future {
     pub(crate) inner: ItemFuture,
+    /// An item of a tensor handler: it succeeds without a Python value.
+    pub(crate) tensor: bool,
 }
 
 /// Whether the item has finished (value or error); false for NULL.
@@ -53,9 +55,10 @@ pub extern "C" fn pysched_future_wait_for(
 
 /// Takes the outcome of a finished item. On success `out_result` receives a new
 /// reference to the item's Python result (the caller owns it; no GIL needed to receive
-/// it, but it is needed to use or release it). Otherwise the item's error kind is
-/// returned with details in `out_error`; `PYSCHED_NOT_READY` if it has not finished;
-/// `PYSCHED_INVALID_ARGUMENT` if the outcome was already taken.
+/// it, but it is needed to use or release it), or NULL for an item of a tensor handler
+/// (it has no Python result: its rows went to its destinations). Otherwise the item's
+/// error kind is returned with details in `out_error`; `PYSCHED_NOT_READY` if it has
+/// not finished; `PYSCHED_INVALID_ARGUMENT` if the outcome was already taken.
 ///
 /// `future` and `out_result` must not be NULL; `out_error` may be NULL.
 /// Thread-safe. Never blocks.
@@ -71,6 +74,7 @@ pub extern "C" fn pysched_future_take(
         let value = f.inner.take()?;
         let ptr = match value {
             Some(obj) => obj.into_ptr(),
+            None if f.tensor => std::ptr::null_mut(),
             None => return Err(Error::internal("the item's result was not kept")),
         };
         // SAFETY: checked non-NULL; the new reference moves to the caller.

@@ -319,7 +319,7 @@ pub extern "C" fn pysched_handler_queue(
         }
         let future = h.inner.try_queue_slot(JobSlot::C(job), opts)?;
         // SAFETY: checked non-NULL; points to writable storage (documented).
-        unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
+        unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future, tensor: false })) };
         Ok(())
     })
 }
@@ -382,7 +382,10 @@ pub type pysched_with_function_fn =
 
 /// Runs `fn(user_data, function)` on this thread attached to the interpreter (GIL held),
 /// through a persistent per-thread thread state: the building block of synchronous
-/// invoke for wrappers that convert arguments and results themselves.
+/// invoke for wrappers that convert arguments and results themselves. A Python error
+/// left set before `fn` runs (by the caller's own code) or when it returns is reported
+/// through `sys.unraisablehook` and cleared (pysched_handler_report_stray_error), never
+/// taken for the call's error.
 ///
 /// `handler` and `fn` must not be NULL; `out_error` may be NULL. `fn` must not let a
 /// C++ exception or longjmp escape.
@@ -403,6 +406,38 @@ pub extern "C" fn pysched_handler_with_function(
             0 => Ok(()),
             rc => Err(Error::new(ErrorKind::Callback, format!("callback failed (returned {rc})"))),
         }
+    })
+}
+
+/// Reports a Python error that code which returned normally left set on this thread
+/// through `sys.unraisablehook` (`PyErr_WriteUnraisable`, printed to stderr by default),
+/// with a context naming the handler and `left_by` (e.g. "a destructor run as the
+/// arguments were released"; NULL: "code run inside pysched_handler_with_function"),
+/// and clears it; does nothing when no error is set. For the `fn` of
+/// pysched_handler_with_function between the call and the conversion of its result:
+/// the core itself does this before `fn` runs and after it returns, after every commit
+/// and completion callback, and wherever it releases Python references.
+///
+/// `handler` must not be NULL; `left_by` may be NULL (else UTF-8, borrowed);
+/// `out_error` may be NULL. The calling thread must hold the GIL (PYSCHED_INVALID_ARGUMENT
+/// otherwise).
+/// Thread-safe. Never blocks (runs sys.unraisablehook when an error is set).
+#[no_mangle]
+pub extern "C" fn pysched_handler_report_stray_error(
+    handler: *const pysched_handler,
+    left_by: *const c_char,
+    out_error: *mut *mut pysched_error,
+) -> pysched_status {
+    boundary(out_error, || {
+        let h = handle(handler, "handler")?;
+        let left_by =
+            opt_utf8(left_by, "left_by")?.unwrap_or("code run inside pysched_handler_with_function");
+        if !crate::runtime::is_started() || !crate::runtime::is_attached() {
+            return Err(Error::invalid_argument("the calling thread must hold the GIL"));
+        }
+        // SAFETY: this thread is attached (checked above), in whichever interpreter.
+        unsafe { crate::python_err::report_stray_attached(h.inner.name(), left_by) };
+        Ok(())
     })
 }
 

@@ -161,9 +161,18 @@ pub type pysched_tensor_fill_fn =
 pub type pysched_tensor_complete_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, error: *const pysched_error)>;
 
-/// `pysched_tensor_item.flags`: the input pointers stay valid until the item completes,
-/// so they are read when the batch is gathered instead of copied at queueing.
-pub const PYSCHED_TENSOR_BORROW_INPUTS: u32 = 1;
+// An enum rather than a `const`: cbindgen exports no constants to the header.
+/// Bits of `pysched_tensor_item.flags`.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum pysched_tensor_flags {
+    /// The input pointers stay valid until the item completes, so they are read when
+    /// the batch is gathered instead of copied at queueing.
+    PYSCHED_TENSOR_BORROW_INPUTS = 1,
+}
+
+const BORROW_INPUTS: u32 = pysched_tensor_flags::PYSCHED_TENSOR_BORROW_INPUTS as u32;
 
 /// One item of a tensor handler. Read during the queue call only.
 #[repr(C)]
@@ -245,8 +254,9 @@ impl Drop for CTensorHooks {
 /// during the call only.
 ///
 /// `out_future` may be NULL; when not NULL it receives, on success only, a future owned
-/// by the caller that resolves (with no Python value) after `complete`, or with the
-/// item's error. `out_error` may be NULL.
+/// by the caller that resolves after `complete` and `drop`: `pysched_future_take` then
+/// gives PYSCHED_OK with a NULL result (no Python value), or the item's error.
+/// `out_error` may be NULL.
 /// Thread-safe. Never blocks, except on a full bounded queue under PYSCHED_FULL_BLOCK.
 #[no_mangle]
 pub extern "C" fn pysched_tensor_handler_queue(
@@ -285,7 +295,7 @@ pub extern "C" fn pysched_tensor_handler_queue(
         let future = h.inner.submit(job, options, !out_future.is_null())?;
         if let Some(future) = future {
             // SAFETY: non-NULL (a future was asked for); writable (documented).
-            unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future })) };
+            unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future, tensor: true })) };
         }
         Ok(())
     })
@@ -296,7 +306,7 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sin
     let sig = h.signature();
     let n_in = sig.inputs.len();
     let n_out = sig.outputs.len();
-    if item.flags & !PYSCHED_TENSOR_BORROW_INPUTS != 0 {
+    if item.flags & !BORROW_INPUTS != 0 {
         return Err(Error::invalid_argument(format!("item->flags {:#x} has unknown bits", item.flags)));
     }
     let feed = match (item.fill.is_some(), item.inputs.is_null()) {
@@ -311,11 +321,9 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sin
             if let Some(k) = ptrs.iter().position(|p| p.is_null()) {
                 return Err(Error::invalid_argument(format!("item->inputs[{k}] is NULL")));
             }
-            if item.flags & PYSCHED_TENSOR_BORROW_INPUTS != 0 {
+            if item.flags & BORROW_INPUTS != 0 {
                 Feed::Borrowed(Ptrs::new(ptrs.iter().map(|&p| p as usize)))
             } else {
-                // Straight into the item's one buffer: no list of slices per item (the
-                // sizes come from the signature, so copy_inputs' length checks hold).
                 let mut bytes = Vec::with_capacity(sig.inputs.iter().map(TensorSpec::item_bytes).sum());
                 for (&p, s) in ptrs.iter().zip(&sig.inputs) {
                     // SAFETY: each input points to one item's bytes of its spec (documented).
@@ -336,9 +344,8 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sin
     } else {
         // SAFETY: one readable destination per output (documented), checked non-NULL.
         let dests = unsafe { std::slice::from_raw_parts(item.outputs, n_out) };
-        // As check_outputs (the count is the signature's here), without a list per item.
         if let Some(k) = dests.iter().position(|p| p.is_null()) {
-            return Err(Error::invalid_argument(format!("{}: output destination {k} is NULL", h.name())));
+            return Err(Error::invalid_argument(format!("item->outputs[{k}] is NULL")));
         }
         Sink::Pointers(Ptrs::new(dests.iter().map(|&p| p as usize)))
     };

@@ -99,7 +99,16 @@ impl BufferPool {
 
     /// A lease on a free set of buffers (a new set when none is free).
     pub(crate) fn lease(self: &Arc<Self>) -> Result<Arc<Lease>> {
-        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            // On the host the set used last is warmest in the caches; on a GPU the
+            // oldest is likeliest to have finished every copy and kernel that read it.
+            match (&self.device, free.is_empty()) {
+                (_, true) => None,
+                (None, false) => free.pop(),
+                (Some(_), false) => Some(free.remove(0)),
+            }
+        };
         let buffers = match reused {
             Some(b) => {
                 if let Some(d) = &b.device {

@@ -84,6 +84,11 @@ impl Placement {
         lease.device_set().map_or(std::ptr::null_mut(), |s| s.inputs[k].ptr as *mut u8)
     }
 
+    /// Makes the device's primary context current on this thread until the guard drops.
+    pub(crate) fn enter(&self) -> Result<driver::ContextGuard> {
+        self.device.enter()
+    }
+
     pub(crate) fn dl_device(&self) -> DLDevice {
         DLDevice { device_type: KDL_CUDA, device_id: self.device.ordinal }
     }
@@ -164,6 +169,13 @@ impl DeviceSet {
     }
 }
 
+impl Drop for DeviceSet {
+    fn drop(&mut self) {
+        // Freed memory must not be freed under a copy or kernel still reading it.
+        let _ = self.before_reuse();
+    }
+}
+
 /// An event recorded on another party's stream (a consumer's).
 fn record_on(device: &'static Device, stream: usize) -> Result<Event> {
     Event::record_on(device, stream as driver::CUstream)
@@ -194,7 +206,7 @@ pub(crate) fn order_consumer(lease: &Lease, stream: Option<i64>) -> PyResult<()>
         ready.make_wait(consumer).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     }
     let mut consumers = set.consumers.lock().unwrap_or_else(|p| p.into_inner());
-    if !consumers.contains(&(consumer as usize)) && consumer as usize != set.stream.handle as usize {
+    if !consumers.contains(&(consumer as usize)) && !std::ptr::eq(consumer, set.stream.handle) {
         consumers.push(consumer as usize);
     }
     Ok(())

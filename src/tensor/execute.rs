@@ -4,7 +4,7 @@
 //! copied to the items' destinations; after the GIL, each item's completion.
 
 use super::job::{Sink, TensorJob};
-use super::output::{read_output, split_result, OutputRows};
+use super::output::{read_output, split_result, Expect, OutputRows};
 use super::TensorExec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::scheduler::{clock, Entry, HandlerCore, JobSlot};
@@ -92,6 +92,8 @@ fn call_and_split(
     }
     let args = PyTuple::new(py, views)
         .map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::Internal, "building the arguments"))?;
+    // The handler's device current on this thread during the call (as torch expects).
+    let _context = exec.device.as_ref().map(|d| d.enter()).transpose()?;
     let committed = clock::now_ns();
     let called = core.function.bind(py).call1(args);
     core.record_timings(n, committed.saturating_sub(start_ns), clock::now_ns().saturating_sub(committed), n);
@@ -104,7 +106,8 @@ fn call_and_split(
         .zip(&sig.outputs)
         .enumerate()
         .map(|(k, (obj, spec))| {
-            read_output(py, obj, k, spec, n, sig.placement, &core.name, exec.device.as_ref())
+            let expect = Expect { name: &core.name, k, spec, rows: n, placement: sig.placement };
+            read_output(py, obj, &expect, exec.device.as_ref())
         })
         .collect::<Result<_>>()?;
     for (i, (_, job)) in live.iter_mut().enumerate() {

@@ -117,13 +117,13 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type().qualname().map(|n| n.to_string()).unwrap_or_else(|_| "<unknown>".into())
 }
 
-/// What was expected of output `k`, for error messages.
-struct Expect<'a> {
-    name: &'a str,
-    k: usize,
-    spec: &'a TensorSpec,
-    rows: usize,
-    placement: Placement,
+/// What output `k` of a batch of `rows` items must be (and the names error messages use).
+pub(crate) struct Expect<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) k: usize,
+    pub(crate) spec: &'a TensorSpec,
+    pub(crate) rows: usize,
+    pub(crate) placement: Placement,
 }
 
 impl Expect<'_> {
@@ -161,35 +161,31 @@ fn fmt_shape(shape: &[i64]) -> String {
     }
 }
 
-/// Reads output `k` (`obj`) of a batch of `rows` items.
+/// Reads one output (`obj`) of a batch, as `expect` describes it.
 pub(crate) fn read_output(
     py: Python<'_>,
     obj: &Bound<'_, PyAny>,
-    k: usize,
-    spec: &TensorSpec,
-    rows: usize,
-    placement: Placement,
-    name: &str,
+    expect: &Expect<'_>,
     device: Option<&Arc<super::cuda::Placement>>,
 ) -> Result<OutputRows> {
-    let expect = Expect { name, k, spec, rows, placement };
     // SAFETY: GIL held; only inspects the type.
-    if unsafe { ffi::PyObject_CheckBuffer(obj.as_ptr()) } != 0 && !is_dlpack_only(obj) {
-        return read_buffer(py, obj, &expect);
+    let has_buffer = unsafe { ffi::PyObject_CheckBuffer(obj.as_ptr()) } != 0;
+    let has_dlpack = obj.hasattr("__dlpack__").unwrap_or(false);
+    if has_buffer {
+        // The buffer protocol is the cheaper read; an exporter that refuses it (a CUDA
+        // batch tensor returned as is) may still speak DLPack.
+        match read_buffer(py, obj, expect) {
+            Err(_) if has_dlpack => {}
+            read => return read,
+        }
     }
-    if obj.hasattr("__dlpack__").unwrap_or(false) {
-        return read_dlpack(py, obj, &expect, device);
+    if has_dlpack {
+        return read_dlpack(py, obj, expect, device);
     }
     Err(expect.fail(format!(
         "is a {}, not an array or tensor (it needs __dlpack__ or the buffer protocol)",
         type_name(obj)
     )))
-}
-
-/// Objects that export a buffer but are better read through DLPack (none today; the
-/// buffer protocol is cheaper where it exists).
-fn is_dlpack_only(_obj: &Bound<'_, PyAny>) -> bool {
-    false
 }
 
 /// The dtype a `struct` format describes (native byte order only).
@@ -303,7 +299,13 @@ fn read_dlpack(
     device: Option<&Arc<super::cuda::Placement>>,
 ) -> Result<OutputRows> {
     let kwargs = PyDict::new(py);
-    if let Some(d) = device {
+    // A stream is passed only to a CUDA producer (CPU producers refuse one): it orders
+    // the producer's work before our copy of the result.
+    let on_cuda = obj
+        .call_method0("__dlpack_device__")
+        .and_then(|d| d.extract::<(i32, i32)>())
+        .is_ok_and(|(kind, _)| kind == KDL_CUDA);
+    if let (Some(d), true) = (device, on_cuda) {
         kwargs.set_item("stream", d.stream_handle()).map_err(py_internal)?;
     }
     kwargs.set_item("max_version", (1, 0)).map_err(py_internal)?;

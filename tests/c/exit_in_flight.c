@@ -62,15 +62,14 @@ static void wait_committed(int n) {
 
 typedef struct {
   pysched_handler *h;
-  atomic_int started;
+  call_started started; /* written to from inside the Python call */
 } thread_arg;
 
 static void *sync_sleeper(void *p) {
   thread_arg *a = (thread_arg *)p;
   PyGILState_STATE g = PyGILState_Ensure();
-  PyObject *args = Py_BuildValue("(d)", 120.0);
+  PyObject *args = Py_BuildValue("(id)", a->started.write_fd, 120.0);
   PyGILState_Release(g);
-  atomic_store(&a->started, 1);
   PyObject *out = NULL;
   pysched_handler_call(a->h, args, NULL, &out, NULL);
   fprintf(stderr, "exit_in_flight: the 120 s call returned: the process did not exit\n");
@@ -120,13 +119,11 @@ int main(int argc, char **argv) {
     sleep_us(50000);
   } else if (strcmp(mode, "sync_thread") == 0) {
     static thread_arg a;
-    a.h = test_load(m, "pysched_testmod", "sync_sleep", &o);
+    a.h = test_load(m, "pysched_testmod", "signal_then_sleep", &o);
+    call_started_init(&a.started);
     pthread_t t;
     REQUIRE(pthread_create(&t, NULL, sync_sleeper, &a) == 0);
-    while (!atomic_load(&a.started)) {
-      sleep_us(1000);
-    }
-    sleep_us(50000);
+    REQUIRE(call_started_wait(&a.started, 10000)); /* inside the 120 s call */
   } else if (strcmp(mode, "gil_main") == 0) {
     pysched_handler *h = test_load(m, "pysched_testmod", "double", &o);
     PyGILState_Ensure();

@@ -296,6 +296,10 @@ static void test_handler_null_arguments(void) {
   CHECK_STATUS(PYSCHED_INVALID_ARGUMENT,
                pysched_handler_with_function(NULL, NULL, NULL, &err));
   CHECK_STATUS(PYSCHED_INVALID_ARGUMENT, pysched_handler_with_function(h, NULL, NULL, &err));
+  CHECK_STATUS(PYSCHED_INVALID_ARGUMENT, pysched_handler_report_stray_error(NULL, NULL, &err));
+  /* Without the GIL held. */
+  CHECK_STATUS(PYSCHED_INVALID_ARGUMENT, pysched_handler_report_stray_error(h, "x", &err));
+  CHECK(pysched_handler_report_stray_error(NULL, "x", NULL) == PYSCHED_INVALID_ARGUMENT);
   pysched_handler_free(NULL);
   /* The handler still works after all that. */
   CHECK_STATUS(PYSCHED_OK, pysched_handler_stats(h, &s, &err));

@@ -80,13 +80,13 @@ static void test_rebuild_after_teardown(void) {
     CHECK(pysched_debug_arc_count() == 0);
     for (int i = 0; i < N; i++) {
       CHECK(pysched_future_is_ready(f[i]));
+      /* Drained by the free: every result is in its future. */
       PyObject *out = NULL;
-      if (pysched_future_take(f[i], &out, NULL) == PYSCHED_OK) {
-        PyGILState_STATE g = PyGILState_Ensure();
-        CHECK(PyLong_AsLong(out) == 2L * i);
-        Py_DECREF(out);
-        PyGILState_Release(g);
-      }
+      CHECK_STATUS(PYSCHED_OK, pysched_future_take(f[i], &out, &err));
+      PyGILState_STATE g = PyGILState_Ensure();
+      CHECK(out != NULL && PyLong_AsLong(out) == 2L * i);
+      Py_XDECREF(out);
+      PyGILState_Release(g);
       pysched_future_free(f[i]);
     }
   }

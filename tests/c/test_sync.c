@@ -7,6 +7,7 @@
 #include "test_util.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 static pysched_manager *manager;
 
@@ -186,12 +187,20 @@ static void test_many_threads(void) {
   pysched_handler_free(h);
 }
 
+typedef struct {
+  pysched_handler *h;
+  call_started started;
+  atomic_int returned;
+} sleeper_arg;
+
 static void *sleeper(void *p) {
+  sleeper_arg *a = (sleeper_arg *)p;
   PyGILState_STATE g = PyGILState_Ensure();
-  PyObject *args = Py_BuildValue("(d)", 0.4);
+  PyObject *args = Py_BuildValue("(id)", a->started.write_fd, 0.4);
   PyGILState_Release(g);
   PyObject *out = NULL;
-  pysched_status st = pysched_handler_call((pysched_handler *)p, args, NULL, &out, NULL);
+  pysched_status st = pysched_handler_call(a->h, args, NULL, &out, NULL);
+  atomic_store(&a->returned, 1);
   g = PyGILState_Ensure();
   Py_XDECREF(out);
   Py_DECREF(args);
@@ -201,11 +210,15 @@ static void *sleeper(void *p) {
 
 /* A synchronous call that releases the GIL (time.sleep) does not block other calls. */
 static void test_sleeping_call_does_not_block_others(void) {
-  pysched_handler *sleep = test_load(manager, "pysched_testmod", "sync_sleep", NULL);
+  sleeper_arg a;
+  atomic_init(&a.returned, 0);
+  a.h = test_load(manager, "pysched_testmod", "signal_then_sleep", NULL);
+  call_started_init(&a.started);
   pysched_handler *add = test_load(manager, "pysched_testmod", "add", NULL);
   pthread_t t;
-  REQUIRE(pthread_create(&t, NULL, sleeper, sleep) == 0);
-  sleep_us(50000);
+  REQUIRE(pthread_create(&t, NULL, sleeper, &a) == 0);
+  /* The 0.4 s call is inside Python (it wrote its byte) before the others are timed. */
+  REQUIRE(call_started_wait(&a.started, 10000));
   PyGILState_STATE g = PyGILState_Ensure();
   PyObject *args = Py_BuildValue("(ii)", 1, 1);
   PyGILState_Release(g);
@@ -216,14 +229,17 @@ static void test_sleeping_call_does_not_block_others(void) {
     CHECK_STATUS(PYSCHED_OK, call_long(add, args, NULL, &v, &err));
   }
   CHECK(now_us() - t0 < 300000);
+  CHECK(!atomic_load(&a.returned)); /* the calls above ran during the sleeping one */
   void *rc = NULL;
   pthread_join(t, &rc);
   CHECK((intptr_t)rc == PYSCHED_OK);
   g = PyGILState_Ensure();
   Py_DECREF(args);
   PyGILState_Release(g);
-  pysched_handler_free(sleep);
+  pysched_handler_free(a.h);
   pysched_handler_free(add);
+  close(a.started.read_fd);
+  close(a.started.write_fd);
 }
 
 typedef struct {
@@ -272,8 +288,56 @@ static void test_with_function(void) {
   pysched_handler_free(h);
 }
 
+/* Runs `code` in __main__ (GIL held by the caller). */
+static void run_main(const char *code) { CHECK(PyRun_SimpleString(code) == 0); }
+
+static long unraisable_count(void) {
+  PyObject *main_dict = PyModule_GetDict(PyImport_AddModule("__main__"));
+  PyObject *seen = PyDict_GetItemString(main_dict, "stray_seen");
+  return seen != NULL ? (long)PyList_Size(seen) : -1;
+}
+
+/* A Python error that the caller's own code left set before a synchronous call (it
+ * returned normally) is not the call's error: the call returns its value, the error goes
+ * to sys.unraisablehook once, naming the handler, and nothing is left set afterwards. The
+ * same inside pysched_handler_with_function, through pysched_handler_report_stray_error. */
+static void test_stray_error_is_not_the_calls(void) {
+  pysched_handler *add = test_load(manager, "pysched_testmod", "add", NULL);
+  pysched_error *err = NULL;
+  PyGILState_STATE g = PyGILState_Ensure();
+  run_main("import sys\n"
+           "stray_seen = []\n"
+           "stray_previous_hook = sys.unraisablehook\n"
+           "sys.unraisablehook = lambda u: stray_seen.append((u.exc_type.__name__, str(u.exc_value), str(u.object)))\n");
+  PyObject *args = Py_BuildValue("(ii)", 2, 3);
+  PyErr_SetString(PyExc_ValueError, "left set by the caller");
+  PyObject *result = NULL;
+  CHECK_STATUS(PYSCHED_OK, pysched_handler_call(add, args, NULL, &result, &err));
+  CHECK(result != NULL && PyLong_AsLong(result) == 5);
+  Py_XDECREF(result);
+  CHECK(PyErr_Occurred() == NULL);
+  CHECK(unraisable_count() == 1);
+  run_main("assert stray_seen[0][0] == 'ValueError', stray_seen\n"
+           "assert stray_seen[0][1] == 'left set by the caller', stray_seen\n"
+           "assert 'pysched_testmod.add' in stray_seen[0][2], stray_seen\n");
+
+  /* Reported where the wrapper asks, with its words; a no-op when nothing is set. */
+  PyErr_SetString(PyExc_KeyError, "left by a destructor");
+  CHECK_STATUS(PYSCHED_OK, pysched_handler_report_stray_error(add, "a destructor", &err));
+  CHECK(PyErr_Occurred() == NULL);
+  CHECK_STATUS(PYSCHED_OK, pysched_handler_report_stray_error(add, NULL, &err));
+  CHECK(unraisable_count() == 2);
+  run_main("assert stray_seen[1][0] == 'KeyError', stray_seen\n"
+           "assert 'a destructor' in stray_seen[1][2], stray_seen\n"
+           "sys.unraisablehook = stray_previous_hook\n");
+  Py_DECREF(args);
+  PyGILState_Release(g);
+  pysched_handler_free(add);
+}
+
 int main(void) {
   manager = test_manager();
+  test_stray_error_is_not_the_calls();
   test_call();
   test_python_errors();
   test_dotted_entry_point();

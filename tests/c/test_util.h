@@ -20,6 +20,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <poll.h>
+#include <unistd.h>
+
 #ifndef PYSCHED_TEST_PYTHON_DIR
 #error "compile with -DPYSCHED_TEST_PYTHON_DIR=\"<repo>/tests/python\""
 #endif
@@ -120,6 +123,27 @@ static inline void sleep_us(uint64_t us) {
   struct timespec ts = {(time_t)(us / 1000000u), (long)(us % 1000000u) * 1000L};
   while (nanosleep(&ts, &ts) != 0) {
   }
+}
+
+/* "The call has started", signalled from inside Python: a pipe whose write end is
+ * passed to pysched_testmod.signal_then_sleep, which writes one byte to it before it
+ * sleeps. call_started_wait returns 1 once that byte arrived, 0 after `timeout_ms`. */
+typedef struct {
+  int read_fd;
+  int write_fd;
+} call_started;
+
+static inline void call_started_init(call_started *s) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  s->read_fd = fds[0];
+  s->write_fd = fds[1];
+}
+
+static inline int call_started_wait(const call_started *s, int timeout_ms) {
+  struct pollfd p = {s->read_fd, POLLIN, 0};
+  char byte;
+  return poll(&p, 1, timeout_ms) == 1 && read(s->read_fd, &byte, 1) == 1;
 }
 
 /* A manager with the test modules on sys.path; ends the program if that fails. */

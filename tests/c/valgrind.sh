@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # valgrind memcheck for the C tests.
 #
-#   tests/c/valgrind.sh build-lib <dir>
-#       Builds libpyscheduler.so with the system allocator into <dir>/lib. The core's
-#       global allocator is mimalloc (src/lib.rs), whose memory valgrind cannot see:
-#       against the normal library, a leaked pysched_error or a use of a freed future is
-#       invisible. The build is a copy of the crate with the #[global_allocator] line
-#       removed, in <dir> (incremental on later runs). Uses PYO3_PYTHON like cargo.
+#   tests/c/valgrind.sh build-lib <dir> [cargo build options...]
+#       Puts libpyscheduler.so built with the system allocator into <dir>/lib. The core's
+#       global allocator is mimalloc (src/lib.rs, cargo feature "mimalloc"), whose memory
+#       valgrind cannot see: against the normal library, a leaked pysched_error or a use
+#       of a freed future is invisible. The options choose the features (CMake passes
+#       the sanitizer builds' ones: --no-default-features --features cuda, the default
+#       without mimalloc). `cargo build --release --lib` into $CARGO_TARGET_DIR (default
+#       <dir>/target; configure.sh shares the sanitizer builds' directory), then copied
+#       to <dir>/lib. Uses PYO3_PYTHON like cargo.
 #   tests/c/valgrind.sh run <test-program> [args...]
 #       Runs the program under memcheck with PYTHONMALLOC=malloc and valgrind.supp
 #       (CPython's own noise only). With PYSCHED_VALGRIND_LIBDIR=<dir>/lib it runs
@@ -24,36 +27,17 @@ die() {
 }
 
 build_lib() {
-  local dir="$1" copy
+  local dir="$1"
+  shift
+  (($#)) || set -- --no-default-features --features cuda
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
-  copy="$dir/crate"
-  mkdir -p "$copy"
-  rm -rf "$copy/src"
-  cp -a "$root/src" "$copy/src"
-  for f in Cargo.toml Cargo.lock build.rs; do
-    [[ -e "$root/$f" ]] && cp -a "$root/$f" "$copy/$f"
-  done
-  # Targets other than the library refer to files not copied.
-  awk '/^\[\[(test|example|bench|bin)\]\]/ {skip = 1; next}
-       /^\[/ {skip = 0}
-       !skip' "$root/Cargo.toml" > "$copy/Cargo.toml"
-  local hits
-  hits="$(grep -rl '#\[global_allocator\]' "$copy/src" || true)"
-  if [[ -n "$hits" ]]; then
-    # Replace the attribute and the static it applies to by an inert item (a doc
-    # comment may precede it).
-    sed -i '/#\[global_allocator\]/{N;s/.*\n.*/static _VALGRIND_SYSTEM_ALLOCATOR: () = ();/}' $hits
-    if grep -q '#\[global_allocator\]' $hits; then
-      die "could not remove the global allocator from: $hits"
-    fi
-    echo "valgrind.sh: system allocator instead of the global allocator of: ${hits//$copy\//}"
-  fi
-  CARGO_TARGET_DIR="$dir/target" "${CARGO:-cargo}" build --release --lib --quiet \
-    --manifest-path "$copy/Cargo.toml"
+  local target="${CARGO_TARGET_DIR:-$dir/target}"
+  CARGO_TARGET_DIR="$target" "${CARGO:-cargo}" build --release --lib --quiet \
+    --manifest-path "$root/Cargo.toml" "$@"
   mkdir -p "$dir/lib"
-  cp -f "$dir/target/release/libpyscheduler.so" "$dir/lib/libpyscheduler.so"
-  echo "valgrind.sh: $dir/lib/libpyscheduler.so"
+  cp -f "$target/release/libpyscheduler.so" "$dir/lib/libpyscheduler.so"
+  echo "valgrind.sh: $dir/lib/libpyscheduler.so (from $target, cargo build $*)"
 }
 
 run() {
@@ -78,14 +62,15 @@ run() {
 
 case "${1:-}" in
   build-lib)
-    [[ $# -eq 2 ]] || die "usage: $0 build-lib <dir>"
-    build_lib "$2"
+    [[ $# -ge 2 ]] || die "usage: $0 build-lib <dir> [cargo build options...]"
+    shift
+    build_lib "$@"
     ;;
   run)
     shift
     run "$@"
     ;;
   *)
-    die "usage: $0 build-lib <dir> | run <test-program> [args...]"
+    die "usage: $0 build-lib <dir> [cargo options...] | run <test-program> [args...]"
     ;;
 esac

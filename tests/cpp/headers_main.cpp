@@ -3,4 +3,4 @@
 // the test. Running it checks that the pieces also link into one program.
 #include <pyscheduler/pyscheduler.hpp>
 
-int main() { return pyscheduler::version()[0] == '\0' ? 1 : 0; }
+int main() { return pyscheduler::ext::version()[0] == '\0' ? 1 : 0; }

@@ -3,7 +3,7 @@
 // HandlerOptions::subinterpreters, and items are queued with queue_invoke, so the
 // wrapper's own trampolines run in the replicas.
 //
-// What it proves: with pyscheduler::enable_pybind11_in_replicas() called first,
+// What it proves: with pyscheduler::ext::enable_pybind11_in_replicas() called first,
 //  - pybind11 conversions, error_already_set, gil_scoped_release/acquire and
 //    cpp_function work inside a replica;
 //  - pybind11's internals used there belong to the replica's interpreter, not the
@@ -33,7 +33,7 @@ namespace py = pybind11;
 namespace {
 
 bool replicas_available() {
-  if (PY_VERSION_HEX < 0x030C0000 || !pyscheduler::pybind11_supports_replicas) {
+  if (PY_VERSION_HEX < 0x030C0000 || !pyscheduler::ext::pybind11_supports_replicas) {
     return false;
   }
   return true;
@@ -61,8 +61,8 @@ class ReplicaHandler {
   }
 
  private:
-  static pyscheduler::HandlerOptions options(std::size_t replicas, std::size_t batch_size) {
-    pyscheduler::HandlerOptions o;
+  static pyscheduler::ext::HandlerOptions options(std::size_t replicas, std::size_t batch_size) {
+    pyscheduler::ext::HandlerOptions o;
     o.batch_size = batch_size;
     o.subinterpreters = replicas;
     return o;
@@ -75,7 +75,7 @@ class Replicas : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (replicas_available()) {
-      pyscheduler::enable_pybind11_in_replicas();
+      pyscheduler::ext::enable_pybind11_in_replicas();
     }
   }
   // Starts the interpreter; touches pybind11 in the main interpreter first, as a host
@@ -104,7 +104,7 @@ TEST_F(Replicas, PybindCommitAndCallbackRunInTheReplicas) {
                                     [](py::object result) {
                                       Seen seen;
                                       seen.value = result.cast<long>();
-                                      seen.in_replica = pyscheduler::in_replica();
+                                      seen.in_replica = pyscheduler::ext::in_replica();
                                       seen.internals_of_this_interpreter =
                                           py::detail::get_internals().istate == PyInterpreterState_Get();
                                       seen.interpreter_id = PyInterpreterState_GetID(PyInterpreterState_Get());
@@ -189,8 +189,8 @@ TEST_F(Replicas, ErrorsStayWithTheirItem) {
       try {
         f.get();
         ADD_FAILURE() << v << ": commit error expected";
-      } catch (const pyscheduler::PythonError& e) {
-        EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Commit) << e.what();
+      } catch (const pyscheduler::ext::PythonError& e) {
+        EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Commit) << e.what();
         EXPECT_EQ(e.python_type(), "ModuleNotFoundError") << e.what();
         EXPECT_NE(std::string(e.what()).find("no_such_module_in_a_replica"), std::string::npos) << e.what();
       }

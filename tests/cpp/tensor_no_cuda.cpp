@@ -1,5 +1,5 @@
 // pyscheduler/tensor.hpp on a machine without a GPU (CI): sizes are checked before CUDA
-// is touched (std::invalid_argument), every CUDA path throws pyscheduler::CudaError with
+// is touched (std::invalid_argument), every CUDA path throws pyscheduler::ext::CudaError with
 // the clear "no CUDA driver found" / "no CUDA device" message, and toDlpackCapsule frees
 // a foreign tensor exactly once. On a machine with a GPU the CUDA cases check success.
 #include <pyscheduler/tensor.hpp>
@@ -18,7 +18,7 @@ bool gpu_present() {
   return pysched_cuda_device_count(&count, nullptr) == PYSCHED_OK && count > 0;
 }
 
-void expect_clear_cuda_error(const pyscheduler::CudaError& e) {
+void expect_clear_cuda_error(const pyscheduler::ext::CudaError& e) {
   const std::string what = e.what();
   EXPECT_EQ(e.status(), PYSCHED_CUDA);
   EXPECT_TRUE(what.rfind("no CUDA driver found", 0) == 0 || what.rfind("no CUDA device", 0) == 0) << what;
@@ -42,7 +42,7 @@ void size_mismatch_throws_invalid_argument() {
   EXPECT_THROW(pyscheduler::createCudaMatrixDlpack(host, 3, 2), std::invalid_argument);
   EXPECT_THROW(pyscheduler::createCudaMatrixDlpack(host, -5, -1), std::invalid_argument);
   EXPECT_THROW(pyscheduler::createCudaMatrixDlpack(host, INT64_MAX, 2), std::invalid_argument);
-  EXPECT_THROW(pyscheduler::CudaTensor::matrix(host, 1, 4), std::invalid_argument);
+  EXPECT_THROW(pyscheduler::ext::CudaTensor::matrix(host, 1, 4), std::invalid_argument);
 }
 
 template <typename T>
@@ -60,7 +60,7 @@ void matrix_on_cuda_or_clear_error() {
   try {
     (void)pyscheduler::createCudaMatrixDlpack(host, 2, 3);
     ADD_FAILURE() << "createCudaMatrixDlpack succeeded without a GPU";
-  } catch (const pyscheduler::CudaError& e) {
+  } catch (const pyscheduler::ext::CudaError& e) {
     expect_clear_cuda_error(e);
     const std::runtime_error& as_runtime = e;  // the original threw std::runtime_error
     EXPECT_NE(std::string(as_runtime.what()), "");
@@ -92,16 +92,16 @@ TEST(TensorHpp, EmptyMatrixIsFine) {
     EXPECT_EQ(m->dl_tensor.data, nullptr);
     m->deleter(m);
   } else {
-    EXPECT_THROW(pyscheduler::createCudaMatrixDlpack(none, 0, 7), pyscheduler::CudaError);
+    EXPECT_THROW(pyscheduler::createCudaMatrixDlpack(none, 0, 7), pyscheduler::ext::CudaError);
   }
 }
 
 TEST(TensorHpp, StagerGivesClearErrorWithoutGpu) {
   if (gpu_present()) GTEST_SKIP() << "a GPU is present";
   try {
-    pyscheduler::CudaStager stager;
+    pyscheduler::ext::CudaStager stager;
     ADD_FAILURE() << "a stager was created without a GPU";
-  } catch (const pyscheduler::CudaError& e) {
+  } catch (const pyscheduler::ext::CudaError& e) {
     expect_clear_cuda_error(e);
   }
   int32_t count = -1;
@@ -116,13 +116,13 @@ TEST(TensorHpp, PythonObjectHelperChecksSizeThenCuda) {
   manager();
   pybind11::gil_scoped_acquire gil;
   const std::vector<double> host(4, 2.0);
-  EXPECT_THROW(pyscheduler::createCudaMatrixObject(host, 3, 3), std::invalid_argument);
+  EXPECT_THROW(pyscheduler::ext::createCudaMatrixObject(host, 3, 3), std::invalid_argument);
   if (gpu_present()) {
-    pybind11::object obj = pyscheduler::createCudaMatrixObject(host, 2, 2);
+    pybind11::object obj = pyscheduler::ext::createCudaMatrixObject(host, 2, 2);
     EXPECT_TRUE(pybind11::hasattr(obj, "__dlpack__"));
     EXPECT_EQ(obj.attr("__dlpack_device__")().cast<pybind11::tuple>()[0].cast<int>(), 2);
   } else {
-    EXPECT_THROW(pyscheduler::createCudaMatrixObject(host, 2, 2), pyscheduler::CudaError);
+    EXPECT_THROW(pyscheduler::ext::createCudaMatrixObject(host, 2, 2), pyscheduler::ext::CudaError);
   }
 }
 
@@ -154,18 +154,18 @@ TEST(TensorHpp, ToDlpackCapsuleOwnsTheTensorUntilConsumed) {
   pybind11::gil_scoped_acquire gil;
   g_deleted = 0;
   {
-    pybind11::object cap = pyscheduler::toDlpackCapsule(&make_foreign()->managed);
+    pybind11::object cap = pyscheduler::ext::toDlpackCapsule(&make_foreign()->managed);
     EXPECT_TRUE(PyCapsule_IsValid(cap.ptr(), "dltensor"));
     EXPECT_EQ(g_deleted.load(), 0);
   }
   EXPECT_EQ(g_deleted.load(), 1);  // unconsumed: the capsule's destructor freed it
   Foreign* f = make_foreign();
   {
-    pybind11::object cap = pyscheduler::toDlpackCapsule(&f->managed);
+    pybind11::object cap = pyscheduler::ext::toDlpackCapsule(&f->managed);
     PyCapsule_SetName(cap.ptr(), "used_dltensor");  // what a consumer does on import
   }
   EXPECT_EQ(g_deleted.load(), 1);  // consumed: left to the consumer
   f->managed.deleter(&f->managed);
   EXPECT_EQ(g_deleted.load(), 2);
-  EXPECT_THROW(pyscheduler::toDlpackCapsule(nullptr), std::invalid_argument);
+  EXPECT_THROW(pyscheduler::ext::toDlpackCapsule(nullptr), std::invalid_argument);
 }

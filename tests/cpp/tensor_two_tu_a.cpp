@@ -14,7 +14,7 @@ int tensor_unit_a(const std::vector<double>& host) {
     return 0;
   } catch (const std::invalid_argument&) {
     return 1;
-  } catch (const pyscheduler::CudaError&) {
+  } catch (const pyscheduler::ext::CudaError&) {
     return 2;
   }
 }

@@ -35,7 +35,7 @@ int tensor_unit_b(const std::vector<float>& host) {
     return 0;
   } catch (const std::invalid_argument&) {
     return 1;
-  } catch (const pyscheduler::CudaError&) {
+  } catch (const pyscheduler::ext::CudaError&) {
     return 2;
   }
 }

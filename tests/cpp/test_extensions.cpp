@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <limits>
@@ -19,7 +20,7 @@
 namespace {
 
 using namespace pysched_test;
-using pyscheduler::HandlerOptions;
+using pyscheduler::ext::HandlerOptions;
 
 class Extensions : public WithManager {};
 
@@ -86,7 +87,7 @@ TEST_F(Extensions, MaxBatchDelayWaitsForAFullerBatch) {
 TEST_F(Extensions, BoundedQueueRejectPolicy) {
   HandlerOptions o = batch_of(8);
   o.max_queue = 2;
-  o.full_policy = pyscheduler::FullPolicy::Reject;
+  o.full_policy = pyscheduler::ext::FullPolicy::Reject;
   auto gated = manager.loadPythonModule("pysched_cpp_testmod", "gated", o);
   Gate gate(manager);
   auto occupant = gate.hold(gated);
@@ -97,8 +98,8 @@ TEST_F(Extensions, BoundedQueueRejectPolicy) {
   try {
     rejected.get();
     FAIL() << "no exception";
-  } catch (const pyscheduler::QueueFullError& e) {
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::QueueFull);
+  } catch (const pyscheduler::ext::QueueFullError& e) {
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::QueueFull);
   }
   gate.open();
   occupant.get();
@@ -112,7 +113,7 @@ TEST_F(Extensions, BoundedQueueRejectPolicy) {
 TEST_F(Extensions, BoundedQueueBlockPolicyGivesUpAfterTheBlockTimeout) {
   HandlerOptions o = batch_of(8);
   o.max_queue = 1;
-  o.full_policy = pyscheduler::FullPolicy::Block;
+  o.full_policy = pyscheduler::ext::FullPolicy::Block;
   o.block_timeout = std::chrono::milliseconds(50);
   auto gated = manager.loadPythonModule("pysched_cpp_testmod", "gated", o);
   Gate gate(manager);
@@ -121,7 +122,7 @@ TEST_F(Extensions, BoundedQueueBlockPolicyGivesUpAfterTheBlockTimeout) {
   const auto start = std::chrono::steady_clock::now();
   auto blocked = gated.queue_invoke(commit_int, to_tagged, 2);
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(45)) << "queue_invoke waited for room";
-  EXPECT_THROW(blocked.get(), pyscheduler::QueueFullError);
+  EXPECT_THROW(blocked.get(), pyscheduler::ext::QueueFullError);
   gate.open();
   occupant.get();
   EXPECT_EQ(a.get(), Tagged(1, 1));
@@ -129,14 +130,37 @@ TEST_F(Extensions, BoundedQueueBlockPolicyGivesUpAfterTheBlockTimeout) {
 
 TEST_F(Extensions, BoundedQueueBlockPolicyWaitsForRoom) {
   HandlerOptions o = batch_of(1);
-  o.max_queue = 1;
-  auto h = manager.loadPythonModule("pysched_cpp_testmod", "sleep_ms_each", o);
-  std::vector<std::future<int>> futures;
-  for (int i = 0; i < 6; ++i) {
-    futures.push_back(h.queue_invoke(commit_int, to_int, 5));  // blocks while one waits
+  o.max_queue = 1;  // FullPolicy::Block, no timeout: the default
+  auto gated = manager.loadPythonModule("pysched_cpp_testmod", "gated", o);
+  Gate gate(manager);
+  auto occupant = gate.hold(gated);
+  auto first = gated.queue_invoke(commit_int, to_tagged, 1);  // the queue is full now
+  constexpr int kMore = 4;
+  std::vector<std::future<Tagged>> more(kMore);
+  std::atomic<int> returned{0};
+  std::thread producer([&] {
+    for (int i = 0; i < kMore; ++i) {
+      more[i] = gated.queue_invoke(commit_int, to_tagged, 2 + i);
+      returned.fetch_add(1);
+    }
+  });
+  // Nothing leaves the queue while the gate is closed: the producer must stay inside
+  // queue_invoke, and the queue must never hold more than its bound.
+  size_t most_queued = 0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  while (std::chrono::steady_clock::now() < until) {
+    most_queued = std::max(most_queued, gated.get_queue_stats().commit_queue_size);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  for (auto& f : futures) {
-    EXPECT_EQ(f.get(), 5);
+  EXPECT_EQ(returned.load(), 0) << "queue_invoke returned although the queue was full";
+  EXPECT_LE(most_queued, 1u);
+  gate.open();
+  producer.join();
+  EXPECT_EQ(returned.load(), kMore);
+  EXPECT_EQ(occupant.get(), Tagged(1000, 1));
+  EXPECT_EQ(first.get(), Tagged(1, 1));
+  for (int i = 0; i < kMore; ++i) {
+    EXPECT_EQ(more[i].get(), Tagged(2 + i, 1));
   }
 }
 
@@ -172,7 +196,7 @@ TEST_F(Extensions, PerItemTimeoutFailsAnItemThatDidNotStartInTime) {
       to_tagged, 5);
   auto in_time = gated.queue_invoke_with_timeout(std::chrono::seconds(60), commit_int, to_tagged, 6);
   ASSERT_EQ(late.wait_for(10s), std::future_status::ready) << "the deadline fires while the worker is busy";
-  EXPECT_THROW(late.get(), pyscheduler::TimedOutError);
+  EXPECT_THROW(late.get(), pyscheduler::ext::TimedOutError);
   gate.open();
   occupant.get();
   EXPECT_EQ(in_time.get(), Tagged(6, 1));
@@ -200,8 +224,8 @@ TEST_F(Extensions, CancelAnItemThatHasNotStarted) {
   try {
     victim.get();
     FAIL() << "no exception";
-  } catch (const pyscheduler::CancelledError& e) {
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Cancelled);
+  } catch (const pyscheduler::ext::CancelledError& e) {
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Cancelled);
   }
   gate.open();
   occupant.get();
@@ -300,10 +324,10 @@ TEST_F(Extensions, LatencyAndMetricsText) {
 }
 
 TEST_F(Extensions, ErrorKindsHaveNames) {
-  EXPECT_STREQ(pyscheduler::to_string(pyscheduler::ErrorKind::QueueFull), "queue_full");
-  EXPECT_STREQ(pyscheduler::to_string(pyscheduler::ErrorKind::PythonException), "python_exception");
-  const pyscheduler::Error e(pyscheduler::ErrorKind::Internal, "x");
-  EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Internal);
+  EXPECT_STREQ(pyscheduler::ext::to_string(pyscheduler::ext::ErrorKind::QueueFull), "queue_full");
+  EXPECT_STREQ(pyscheduler::ext::to_string(pyscheduler::ext::ErrorKind::PythonException), "python_exception");
+  const pyscheduler::ext::Error e(pyscheduler::ext::ErrorKind::Internal, "x");
+  EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Internal);
 }
 
 }  // namespace

@@ -22,7 +22,7 @@ TEST(FirstStart, ConcurrentFirstConstructorsStartOneInterpreter) {
   ASSERT_EQ(PyManager::debug_shared_state_address(), 0u);
 
   constexpr int kThreads = 8;
-  pyscheduler::ManagerOptions options;
+  pyscheduler::ext::ManagerOptions options;
   options.worker_threads = 5;
   std::vector<std::unique_ptr<PyManager>> managers(kThreads);
   std::vector<long long> interpreter_ids(kThreads);

@@ -1,4 +1,4 @@
-// pyscheduler::Future (queue_invoke_future): values, void, many producers, every failure
+// pyscheduler::ext::Future (queue_invoke_future): values, void, many producers, every failure
 // path that reaches it (Python exception, commit or callback throwing, a refused item),
 // waiting with and without deadlines (and being woken from both), Futures destroyed or
 // moved before their item ran, and handler destruction with items queued. Also the
@@ -25,9 +25,9 @@
 namespace {
 
 using namespace pysched_test;
-using pyscheduler::Future;
-using pyscheduler::HandlerOptions;
-using pyscheduler::PythonError;
+using pyscheduler::ext::Future;
+using pyscheduler::ext::HandlerOptions;
+using pyscheduler::ext::PythonError;
 using Clock = std::chrono::steady_clock;
 
 static_assert(std::is_nothrow_move_constructible_v<Future<int>>);
@@ -168,7 +168,7 @@ TEST_F(FutureTest, PythonExceptionFailsTheWholeBatchWithPythonError) {
       ADD_FAILURE() << "no exception";
     } catch (const PythonError& e) {
       EXPECT_EQ(e.python_type(), "ValueError");
-      EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::PythonException);
+      EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::PythonException);
       EXPECT_NE(std::string(e.what()).find("negative item in a batch of 3"), std::string::npos) << e.what();
       EXPECT_NE(e.traceback().find("gated"), std::string::npos) << e.traceback();
     }
@@ -209,7 +209,7 @@ TEST_F(FutureTest, CommitThatThrowsFailsOnlyItsItemWithItsOwnException) {
     FAIL() << "no exception";
   } catch (const PythonError& e) {
     EXPECT_EQ(e.python_type(), "ModuleNotFoundError");
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Commit);
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Commit);
   }
 }
 
@@ -240,7 +240,7 @@ TEST_F(FutureTest, CallbackThatThrowsFailsOnlyItsItem) {
     FAIL() << "no exception";
   } catch (const PythonError& e) {
     EXPECT_EQ(e.python_type(), "AttributeError");
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Callback);
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Callback);
   }
   EXPECT_EQ(futures[3].get(), Tagged(4, 4));
   gated.drain();
@@ -292,7 +292,7 @@ TEST_F(FutureTest, SameExceptionTypesAsTheStdFuturePath) {
 TEST_F(FutureTest, RefusedItemFailsAtOnceWithQueueFullError) {
   HandlerOptions o = batch_of(8);
   o.max_queue = 1;
-  o.full_policy = pyscheduler::FullPolicy::Reject;
+  o.full_policy = pyscheduler::ext::FullPolicy::Reject;
   auto gated = manager.loadPythonModule("pysched_cpp_testmod", "gated", o);
   Gate gate(manager);
   auto occupant = gate.hold(gated);
@@ -320,7 +320,7 @@ TEST_F(FutureTest, RefusedItemFailsAtOnceWithQueueFullError) {
   }
   ASSERT_TRUE(refused.is_ready()) << "a refused item fails at once";
   EXPECT_EQ(refcount(), before) << "the refused item's capture was released";
-  EXPECT_THROW(refused.get(), pyscheduler::QueueFullError);
+  EXPECT_THROW(refused.get(), pyscheduler::ext::QueueFullError);
   gate.open();
   occupant.get();
   EXPECT_EQ(queued.get(), Tagged(1, 1));

@@ -17,7 +17,7 @@
 namespace {
 
 using namespace pysched_test;
-using pyscheduler::PythonError;
+using pyscheduler::ext::PythonError;
 
 class SyncInvoke : public WithManager {};
 
@@ -56,11 +56,11 @@ TEST_F(SyncInvoke, PythonExceptionIsACatchableCppException) {
     EXPECT_NE(std::string(e.what()).find("RuntimeError: boom"), std::string::npos) << e.what();
     EXPECT_NE(e.traceback().find("Traceback (most recent call last)"), std::string::npos) << e.traceback();
     EXPECT_NE(e.traceback().find("raise_error"), std::string::npos) << e.traceback();
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::PythonException);
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::PythonException);
   }
   // Also catchable as what it derives from.
   EXPECT_THROW(raise_error.invoke<int>("boom"), std::runtime_error);
-  EXPECT_THROW(raise_error.invoke<int>("boom"), pyscheduler::Error);
+  EXPECT_THROW(raise_error.invoke<int>("boom"), pyscheduler::ext::Error);
 }
 
 TEST_F(SyncInvoke, SystemExitIsAnExceptionNotAnExit) {
@@ -133,7 +133,7 @@ TEST_F(SyncInvoke, PythonErrorInsideTheCallbackBecomesPythonError) {
     FAIL() << "no exception";
   } catch (const PythonError& e) {
     EXPECT_EQ(e.python_type(), "AttributeError");
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Callback);
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Callback);
   }
 }
 

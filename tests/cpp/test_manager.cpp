@@ -30,9 +30,9 @@ TEST_F(Manager, MissingModuleThrowsInvalidArgumentWithThePythonError) {
   } catch (const std::invalid_argument& e) {
     EXPECT_TRUE(contains(e.what(), "ModuleNotFoundError")) << e.what();
     EXPECT_TRUE(contains(e.what(), "pysched_no_such_module")) << e.what();
-    const auto* load = dynamic_cast<const pyscheduler::LoadError*>(&e);
+    const auto* load = dynamic_cast<const pyscheduler::ext::LoadError*>(&e);
     ASSERT_NE(load, nullptr);
-    EXPECT_EQ(load->kind(), pyscheduler::ErrorKind::Import);
+    EXPECT_EQ(load->kind(), pyscheduler::ext::ErrorKind::Import);
     EXPECT_EQ(load->python_type(), "ModuleNotFoundError");
   }
 }
@@ -41,7 +41,7 @@ TEST_F(Manager, ModuleRaisingOnImportThrowsInvalidArgumentWithThePythonError) {
   try {
     manager.loadPythonModule("pysched_cpp_broken", "invoke");
     FAIL() << "no exception";
-  } catch (const pyscheduler::LoadError& e) {
+  } catch (const pyscheduler::ext::LoadError& e) {
     EXPECT_TRUE(contains(e.what(), "RuntimeError: pysched_cpp_broken fails to import on purpose")) << e.what();
     EXPECT_TRUE(contains(e.traceback(), "pysched_cpp_broken.py")) << e.traceback();
   }
@@ -54,9 +54,9 @@ TEST_F(Manager, MissingAttributeThrowsInvalidArgumentWithThePythonError) {
   } catch (const std::invalid_argument& e) {
     EXPECT_TRUE(contains(e.what(), "AttributeError")) << e.what();
     EXPECT_TRUE(contains(e.what(), "no_such_function")) << e.what();
-    const auto* load = dynamic_cast<const pyscheduler::LoadError*>(&e);
+    const auto* load = dynamic_cast<const pyscheduler::ext::LoadError*>(&e);
     ASSERT_NE(load, nullptr);
-    EXPECT_EQ(load->kind(), pyscheduler::ErrorKind::Attribute);
+    EXPECT_EQ(load->kind(), pyscheduler::ext::ErrorKind::Attribute);
   }
   // The default entry point "invoke" is an attribute like any other.
   EXPECT_THROW(manager.loadPythonModule("pysched_testmod"), std::invalid_argument);
@@ -150,8 +150,8 @@ TEST_F(Manager, ConcurrentConstructorsShareOneState) {
 }
 
 TEST_F(Manager, ExtrasVersionAndOptions) {
-  EXPECT_STRNE(pyscheduler::version(), "");
-  pyscheduler::ManagerOptions options;
+  EXPECT_STRNE(pyscheduler::ext::version(), "");
+  pyscheduler::ext::ManagerOptions options;
   options.add_cwd_to_path = false;
   PyManager with_options(options);  // joins the running interpreter
   EXPECT_EQ(with_options.worker_threads(), manager.worker_threads());

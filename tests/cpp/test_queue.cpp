@@ -18,7 +18,7 @@
 namespace {
 
 using namespace pysched_test;
-using pyscheduler::PythonError;
+using pyscheduler::ext::PythonError;
 
 class QueueInvoke : public WithManager {};
 
@@ -146,7 +146,7 @@ TEST_F(QueueInvoke, CommitRaisingAPythonErrorFailsOnlyItsItem) {
     FAIL() << "no exception";
   } catch (const PythonError& e) {
     EXPECT_EQ(e.python_type(), "ModuleNotFoundError");
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Commit);
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Commit);
   }
   EXPECT_EQ(good.get(), 7);
 }

@@ -30,13 +30,13 @@
 namespace {
 
 using namespace std::chrono_literals;
-using pyscheduler::DType;
-using pyscheduler::HandlerOptions;
-using pyscheduler::TensorHandler;
-using pyscheduler::TensorItemOptions;
-using pyscheduler::TensorSignature;
-using pyscheduler::TensorSpec;
-using pyscheduler::tensor_of;
+using pyscheduler::ext::DType;
+using pyscheduler::ext::HandlerOptions;
+using pyscheduler::ext::TensorHandler;
+using pyscheduler::ext::TensorItemOptions;
+using pyscheduler::ext::TensorSignature;
+using pyscheduler::ext::TensorSpec;
+using pyscheduler::ext::tensor_of;
 
 class Tensor : public pysched_test::WithManager {
  protected:
@@ -266,8 +266,8 @@ TEST_F(Tensor, WrongResultsFailEveryItemOfTheBatchNamingExpectedAndReceived) {
       try {
         futures[i].get();
         ADD_FAILURE() << c.function << ": item " << i << " succeeded";
-      } catch (const pyscheduler::PythonError& e) {
-        EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::PythonException) << c.function;
+      } catch (const pyscheduler::ext::PythonError& e) {
+        EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::PythonException) << c.function;
         for (const std::string& needle : c.needles) {
           EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << c.function << ": " << e.what();
         }
@@ -281,7 +281,7 @@ TEST_F(Tensor, WrongResultsFailEveryItemOfTheBatchNamingExpectedAndReceived) {
     EXPECT_EQ(s.failed, 4u) << c.function;
     EXPECT_EQ(s.batches, 1u) << c.function;
     // The handler goes on working after a failed batch (the error repeats, same shape).
-    EXPECT_THROW(h.queue({x.data()}, {outs[0].data()}).get(), pyscheduler::PythonError) << c.function;
+    EXPECT_THROW(h.queue({x.data()}, {outs[0].data()}).get(), pyscheduler::ext::PythonError) << c.function;
   }
 }
 
@@ -294,7 +294,7 @@ TEST_F(Tensor, ATupleOfTheWrongLengthFailsTheBatch) {
   std::array<std::uint8_t, 4> c{};
   double os = 0;
   std::array<std::int32_t, 4> oc{};
-  const std::string m = message_of<pyscheduler::PythonError>(
+  const std::string m = message_of<pyscheduler::ext::PythonError>(
       [&] { h.queue({a.data(), &b, c.data()}, {oa.data(), &os, oc.data()}).get(); });
   EXPECT_NE(m.find("must return a tuple of 3 arrays or tensors (one per output), got 2 of them"), std::string::npos)
       << m;
@@ -345,7 +345,7 @@ TEST_F(Tensor, QueueFutureAndOwnedRowsAndBorrowedInputs) {
   std::vector<std::vector<float>> xs;
   for (int n = 0; n < 40; ++n) xs.push_back(linear_input(n));
   std::vector<std::vector<float>> outs(40, std::vector<float>(16));
-  std::vector<pyscheduler::Future<void>> light;
+  std::vector<pyscheduler::ext::Future<void>> light;
   std::vector<std::future<std::vector<float>>> owned;
   std::vector<std::future<void>> borrowed;
   std::vector<std::vector<float>> borrowed_outs(40, std::vector<float>(16));
@@ -389,7 +389,7 @@ TEST_F(Tensor, DoneCallbackHearsEachOutcomeOnceWithoutTheGil) {
   std::atomic<int> with_gil{0}, errors{0}, finished{0};
   for (int n = 0; n < kItems; ++n) {
     h.queue({xs[n].data()}, {outs[n].data()}, [&, n](std::exception_ptr e) {
-      if (pyscheduler::detail::gil_held()) ++with_gil;
+      if (pyscheduler::pysched_detail::gil_held()) ++with_gil;
       if (e) ++errors;
       calls[n].fetch_add(1);
       finished.fetch_add(1, std::memory_order_release);
@@ -409,8 +409,9 @@ TEST_F(Tensor, DoneCallbackHearsEachOutcomeOnceWithoutTheGil) {
   std::vector<float> y(16);
   bad.queue({xs[0].data()}, {y.data()}, [&](std::exception_ptr e) { heard.set_value(e); });
   const std::exception_ptr e = heard.get_future().get();
+  bad.drain();  // `done` has returned (set_value may still be running when get() returns)
   ASSERT_TRUE(e);
-  EXPECT_THROW(std::rethrow_exception(e), pyscheduler::PythonError);
+  EXPECT_THROW(std::rethrow_exception(e), pyscheduler::ext::PythonError);
 }
 
 TEST_F(Tensor, FillWritesRowsInPlaceOnPoolThreadsWithoutTheGil) {
@@ -426,7 +427,7 @@ TEST_F(Tensor, FillWritesRowsInPlaceOnPoolThreadsWithoutTheGil) {
   for (int n = 0; n < kItems; ++n) {
     futures.push_back(h.queue_fill(
         [n, &fills_with_gil](std::span<void* const> slots) {
-          if (pyscheduler::detail::gil_held()) ++fills_with_gil;
+          if (pyscheduler::pysched_detail::gil_held()) ++fills_with_gil;
           EXPECT_EQ(slots.size(), 2u);
           for (std::size_t k = 0; k < slots.size(); ++k) {
             auto* row = static_cast<double*>(slots[k]);
@@ -454,6 +455,7 @@ TEST_F(Tensor, FillWritesRowsInPlaceOnPoolThreadsWithoutTheGil) {
   t = 0;
   h.queue_fill(fill_ones, {s.data(), &t}, [&](std::exception_ptr e) { heard.set_value(e); });
   EXPECT_FALSE(heard.get_future().get());
+  h.drain();  // `done` has returned before `heard` goes
   EXPECT_EQ(t, 3.0);
 }
 
@@ -500,8 +502,8 @@ TEST_F(Tensor, DeadlinesAndCancelResolveItemsExactlyOnce) {
   EXPECT_FALSE(cancelled.cancel());  // once
   auto kept = h.queue({x.data()}, {&c}, TensorItemOptions{.timeout = 10s});
   auto kept_cancellable = h.queue_cancellable({x.data()}, {&d});
-  EXPECT_THROW(expired.get(), pyscheduler::TimedOutError);
-  EXPECT_THROW(cancelled.get(), pyscheduler::CancelledError);
+  EXPECT_THROW(expired.get(), pyscheduler::ext::TimedOutError);
+  EXPECT_THROW(cancelled.get(), pyscheduler::ext::CancelledError);
   kept.get();
   kept_cancellable.get();
   EXPECT_FALSE(kept_cancellable.cancel());  // it ran
@@ -519,7 +521,7 @@ TEST_F(Tensor, DeadlinesAndCancelResolveItemsExactlyOnce) {
 TEST_F(Tensor, ABoundedQueueRefusesItemsThroughEveryForm) {
   HandlerOptions bounded;
   bounded.max_queue = 1;
-  bounded.full_policy = pyscheduler::FullPolicy::Reject;
+  bounded.full_policy = pyscheduler::ext::FullPolicy::Reject;
   TensorSignature sig{{tensor_of<float>()}, {tensor_of<float>()}};
   TensorHandler h = load("slow_twice", sig, 1, bounded);
   const float x = 2.0f;
@@ -532,7 +534,7 @@ TEST_F(Tensor, ABoundedQueueRefusesItemsThroughEveryForm) {
       if (e) {
         try {
           std::rethrow_exception(e);
-        } catch (const pyscheduler::QueueFullError&) {
+        } catch (const pyscheduler::ext::QueueFullError&) {
           ++done_full;
         } catch (...) {
         }
@@ -546,7 +548,7 @@ TEST_F(Tensor, ABoundedQueueRefusesItemsThroughEveryForm) {
       futures[i].get();
       EXPECT_EQ(outs[i], 4.0f);
       ++ok;
-    } catch (const pyscheduler::QueueFullError&) {
+    } catch (const pyscheduler::ext::QueueFullError&) {
       EXPECT_EQ(outs[i], 0.0f);
       ++full;
     }
@@ -643,15 +645,15 @@ TEST_F(Tensor, BadSignaturesAndModulesAreRefusedAtLoad) {
   EXPECT_THROW(load("linear", {{tensor_of<float>({-3})}, {}}), std::invalid_argument);  // negative
   EXPECT_THROW(load("linear", {{TensorSpec{static_cast<DType>(99), {2}}}, {}}), std::invalid_argument);
   EXPECT_THROW(load("linear", {{tensor_of<float>({64})}, {}, -2}), std::invalid_argument);  // device
-  EXPECT_THROW(manager.loadTensorFunction("no_such_module_here", "f", linear_signature()), pyscheduler::LoadError);
-  EXPECT_THROW(load("no_such_function", linear_signature()), pyscheduler::LoadError);
+  EXPECT_THROW(manager.loadTensorFunction("no_such_module_here", "f", linear_signature()), pyscheduler::ext::LoadError);
+  EXPECT_THROW(load("no_such_function", linear_signature()), pyscheduler::ext::LoadError);
   HandlerOptions replicas;
   replicas.subinterpreters = 2;
   try {
     load("linear", linear_signature(), 4, replicas);
     ADD_FAILURE() << "tensor handlers in sub-interpreters were accepted";
-  } catch (const pyscheduler::Error& e) {
-    EXPECT_EQ(e.kind(), pyscheduler::ErrorKind::Unsupported);
+  } catch (const pyscheduler::ext::Error& e) {
+    EXPECT_EQ(e.kind(), pyscheduler::ext::ErrorKind::Unsupported);
   }
 }
 

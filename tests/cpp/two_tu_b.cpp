@@ -22,7 +22,7 @@ TEST(TwoTranslationUnits, HeadersLinkAndWorkFromBothUnits) {
   try {
     two_tu_raise(manager);
     FAIL() << "no exception";
-  } catch (const pyscheduler::PythonError& e) {
+  } catch (const pyscheduler::ext::PythonError& e) {
     EXPECT_EQ(e.python_type(), "RuntimeError");
   }
 }

@@ -91,6 +91,14 @@ def sync_sleep(seconds):
     return seconds
 
 
+def signal_then_sleep(fd, seconds):
+    """Writes one byte to the file descriptor `fd`, then sleeps (releasing the GIL): the
+    byte tells a test that the call is inside Python, instead of a guessed sleep."""
+    os.write(fd, b"s")
+    time.sleep(seconds)
+    return seconds
+
+
 def raise_error(message):
     raise RuntimeError(message)
 

@@ -1,4 +1,6 @@
 """Functions the tensor-handler tests of every layer bind: numpy in, numpy out."""
+import time
+
 import numpy as np
 
 W = (np.arange(64 * 16, dtype=np.float32).reshape(64, 16) % 7 - 3) / 8
@@ -72,6 +74,27 @@ def keep_input(x):
 def via_dlpack(x):
     """Imports the input through DLPack (np.from_dlpack) rather than the buffer protocol."""
     return np.from_dlpack(x) * 2
+
+
+# Calls of sleep_echo so far (tests wait for a call to have started).
+calls = 0
+
+
+def sleep_echo(x):
+    """(B,) int64 -> (B,) int64: returns x after sleeping max(x) ms (the GIL released)
+    when that is positive; counts the call first."""
+    global calls
+    calls += 1
+    v = np.array(x)
+    time.sleep(max(int(v.max()), 0) / 1000.0)
+    return v
+
+
+def half(x):
+    """(B, 4) float16 -> (B, 4) float16: x / 2 computed in float16 (numpy format 'e')."""
+    v = np.asarray(x)
+    assert v.dtype == np.float16, v.dtype
+    return v / np.float16(2)
 
 
 # ---- used by the C++ tests (tests/cpp/test_tensor.cpp) ------------------------------

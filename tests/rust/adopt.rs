@@ -5,6 +5,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyAnyMethods, PyListMethods};
 use pyscheduler::{HandlerOptions, Manager, ManagerOptions, StartMode};
 
+mod cdylib;
+
 #[test]
 fn adopts_an_interpreter_started_by_someone_else() {
     Python::initialize();
@@ -41,10 +43,7 @@ fn adopts_an_interpreter_started_by_someone_else() {
 
 #[test]
 fn adopts_when_loaded_into_a_python_program() {
-    // The cdylib sits next to the test's deps/ directory.
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().unwrap().parent().unwrap().join("libpyscheduler.so");
-    assert!(lib.exists(), "{lib:?} not built");
+    let lib = cdylib::path();
     let python = std::env::var("PYO3_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/loaded_into_python.py"))

@@ -339,22 +339,28 @@ fn interpreter_setup_cwd_not_on_path_and_signal_handlers_absent() {
 #[test]
 fn many_threads_race_to_start_and_share_state() {
     let barrier = Arc::new(Barrier::new(8));
-    let addrs: Vec<usize> = (0..8)
+    // Each thread keeps its manager until every address has been read, so that the
+    // state cannot be freed and made again between two of them.
+    let started: Vec<(pyscheduler::Manager, usize)> = (0..8)
         .map(|_| {
             let b = barrier.clone();
             std::thread::spawn(move || {
                 b.wait();
                 let m = common::manager();
                 let a = pyscheduler::debug_shared_state_address();
-                drop(m);
-                a
+                (m, a)
             })
         })
         .collect::<Vec<_>>()
         .into_iter()
         .map(|t| t.join().unwrap())
         .collect();
-    assert!(addrs.iter().all(|&a| a != 0));
+    let shared = pyscheduler::debug_shared_state_address();
+    assert_ne!(shared, 0);
+    for (_, a) in &started {
+        assert_eq!(*a, shared, "a manager started a second state");
+    }
+    drop(started);
 }
 
 #[test]

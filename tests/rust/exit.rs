@@ -11,6 +11,7 @@ mod common;
 use pyo3::prelude::*;
 use pyscheduler::{HandlerOptions, ItemOptions, Job, Manager};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -91,15 +92,18 @@ fn helper() {
             exit_now = true;
         }
         "sync_call_thread" => {
-            let sleeper = load(m, "sync_sleep", 1);
-            let (tx, rx) = std::sync::mpsc::channel();
+            // The Python function writes a byte to `signal` once it runs, then sleeps.
+            let (mut started, signal) = std::os::unix::net::UnixStream::pair().unwrap();
+            let sleeper = load(m, "signal_then_sleep", 1);
             std::thread::spawn(move || {
-                tx.send(()).unwrap();
-                let _ = sleeper.call(|py| pyo3::types::PyTuple::new(py, [120.0f64]));
+                let fd = signal.as_raw_fd();
+                let _ = sleeper.call(|py| (fd, 120.0f64).into_pyobject(py));
                 eprintln!("the 120 s call returned: the process did not exit");
+                drop(signal);
             });
-            rx.recv().unwrap();
-            std::thread::sleep(Duration::from_millis(50));
+            started.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut byte = [0u8; 1];
+            started.read_exact(&mut byte).expect("the synchronous call never entered Python");
         }
         "gil_held" => {
             // The exiting thread holds the GIL that queued items wait for.

@@ -20,7 +20,8 @@ struct Tracked {
     value: i64,
     fail_commit: bool,
     ended: Arc<[AtomicUsize]>,
-    block_in_callback: Option<Duration>,
+    /// How long `complete` blocks, and whom it tells once it has started to.
+    block_in_callback: Option<(Duration, std::sync::mpsc::Sender<()>)>,
 }
 
 impl Tracked {
@@ -39,7 +40,8 @@ impl Job for Tracked {
     }
     fn complete(&mut self, py: Python<'_>, result: &Bound<'_, PyAny>) -> pyscheduler::Result<()> {
         self.end();
-        if let Some(d) = self.block_in_callback {
+        if let Some((d, started)) = self.block_in_callback.take() {
+            started.send(()).unwrap();
             py.detach(|| std::thread::sleep(d));
         }
         let v: i64 = result.extract().map_err(|_| Error::new(ErrorKind::Callback, "not an int"))?;
@@ -89,16 +91,19 @@ fn a_blocking_callback_does_not_stall_other_handlers() {
     let slow = m.load("pysched_testmod", "identity", HandlerOptions::default()).unwrap();
     let fast = m.load("pysched_testmod", "identity", HandlerOptions::default()).unwrap();
     let ended = tracker(101);
+    let (started_tx, started) = std::sync::mpsc::channel();
     let blocked = slow.queue_job(
         Box::new(Tracked {
             value: 100,
             fail_commit: false,
             ended: ended.clone(),
-            block_in_callback: Some(Duration::from_millis(600)),
+            block_in_callback: Some((Duration::from_millis(600), started_tx)),
         }),
         ItemOptions::default(),
     );
-    std::thread::sleep(Duration::from_millis(20));
+    // The slow handler's callback is blocking (it said so from inside) before the fast
+    // handler's items are queued and timed.
+    started.recv_timeout(Duration::from_secs(10)).expect("the blocking callback never started");
     let start = Instant::now();
     let futures: Vec<_> = (0..100).map(|i| fast.queue_job(job(i, &ended), ItemOptions::default())).collect();
     for f in futures {

@@ -550,16 +550,45 @@ fn errors_carry_python_details_and_survive_cloning() {
     assert_no_panic(before);
 }
 
+const COUNTS_ALONE_ENV: &str = "PYSCHED_FFI_COUNTS_ALONE";
+
+/// The counters are process-wide and the other tests of this file move them meanwhile,
+/// so the exact counts are checked in a child process that runs this test alone.
 #[test]
 fn debug_counters_follow_handles() {
+    if std::env::var_os(COUNTS_ALONE_ENV).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["debug_counters_follow_handles", "--exact", "--test-threads=1", "--nocapture"])
+            .env(COUNTS_ALONE_ENV, "1")
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the test alone failed:\n{text}");
+        assert!(text.contains("1 passed"), "the test did not run alone:\n{text}");
+        return;
+    }
     let before = panics();
-    let m = manager();
-    assert_ne!(pysched_debug_shared_state_address(), 0);
-    assert!(pysched_debug_arc_count() >= 1);
-    let h = load("pysched_testmod", "identity", &pysched_handler_options_default());
-    // The manager and this handler at least (other tests run alongside).
-    assert!(pysched_debug_arc_count() >= 2);
+    assert_eq!(pysched_debug_shared_state_address(), 0);
+    assert_eq!(pysched_debug_arc_count(), 0);
+    let mut m = null_mut();
+    expect(PYSCHED_OK, |e| pysched_manager_new(null(), &mut m, e));
+    let state = pysched_debug_shared_state_address();
+    assert_ne!(state, 0);
+    assert_eq!(pysched_debug_arc_count(), 1);
+    let dir = c(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python"));
+    expect(PYSCHED_OK, |e| pysched_manager_add_path(m, dir.as_ptr(), e));
+    let (module, entry) = (c("pysched_testmod"), c("identity"));
+    let options = pysched_handler_options_default();
+    let mut h = null_mut();
+    expect(PYSCHED_OK, |e| pysched_manager_load(m, module.as_ptr(), entry.as_ptr(), &options, &mut h, e));
+    assert_eq!(pysched_debug_arc_count(), 2);
     assert!(pysched_manager_worker_threads(m) >= 1);
     pysched_handler_free(h);
+    assert_eq!(pysched_debug_arc_count(), 1, "freeing the handler gives its count back");
+    assert_eq!(pysched_debug_shared_state_address(), state);
+    pysched_manager_free(m);
+    assert_eq!(pysched_debug_arc_count(), 0, "freeing the last handle gives the state back");
+    assert_eq!(pysched_debug_shared_state_address(), 0);
     assert_no_panic(before);
 }

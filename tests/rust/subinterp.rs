@@ -5,8 +5,11 @@
 //!
 //! Needs a CPython 3.12+ build for the replica tests:
 //! `PYO3_PYTHON=$HOME/.pyenv/versions/3.12.1/bin/python3 cargo test --target-dir target/py312 --test subinterp`.
-//! Built against an older CPython, they check the Unsupported error instead.
+//! Built against an older CPython (pyo3's `Py_3_12` cfg unset), they are `#[ignore]`d,
+//! so `cargo test` reports them as ignored rather than passed; `load_errors_name_their_cause`
+//! checks the Unsupported error there instead.
 
+mod cdylib;
 mod common;
 
 use pyo3::ffi;
@@ -30,16 +33,6 @@ fn python_minor() -> u32 {
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Whether replicas can run here; prints why not otherwise.
-fn replicas_supported(test: &str) -> bool {
-    let minor = python_minor();
-    if minor < 12 {
-        eprintln!("{test}: skipped, built against CPython 3.{minor} (own-GIL sub-interpreters need 3.12+)");
-        return false;
-    }
-    true
 }
 
 fn replicated(replicas: usize, batch_size: usize) -> HandlerOptions {
@@ -116,12 +109,10 @@ impl Drop for RawJob {
 }
 
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn many_producers_every_item_exactly_once() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("many_producers_every_item_exactly_once") {
-        return;
-    }
     let h = m.load(MODULE, "double", replicated(4, 16)).unwrap();
     let ledger = Arc::new(Ledger::default());
     const THREADS: i64 = 8;
@@ -155,12 +146,10 @@ fn many_producers_every_item_exactly_once() {
 }
 
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn batches_run_in_the_replicas_not_the_main_interpreter() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("batches_run_in_the_replicas_not_the_main_interpreter") {
-        return;
-    }
     let main_marker: i64 = Python::attach(|py| {
         py.eval(c"id(__import__('sys').modules)", None, None).unwrap().extract().unwrap()
     });
@@ -183,12 +172,10 @@ fn batches_run_in_the_replicas_not_the_main_interpreter() {
 }
 
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn python_errors_fail_their_batch_only() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("python_errors_fail_their_batch_only") {
-        return;
-    }
     // One item per batch: exactly the negative items fail.
     let h = m.load(MODULE, "raise_for_negative", replicated(2, 1)).unwrap();
     let ledger = Arc::new(Ledger::default());
@@ -226,12 +213,10 @@ fn python_errors_fail_their_batch_only() {
 }
 
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn commit_errors_stay_with_their_item() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("commit_errors_stay_with_their_item") {
-        return;
-    }
     let h = m.load(MODULE, "double", replicated(2, 8)).unwrap();
     let ledger = Arc::new(Ledger::default());
     let futures: Vec<_> = (0..200i64)
@@ -258,12 +243,10 @@ fn commit_errors_stay_with_their_item() {
 }
 
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn wrong_results_and_exits_fail_with_clear_messages() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("wrong_results_and_exits_fail_with_clear_messages") {
-        return;
-    }
     for (entry, needle) in [
         (
             "wrong_length",
@@ -315,12 +298,10 @@ fn load_errors_name_their_cause() {
 }
 
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn module_refusing_subinterpreters_fails_the_load_with_its_name() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("module_refusing_subinterpreters_fails_the_load_with_its_name") {
-        return;
-    }
     let (refused, skip): (Option<String>, Option<String>) = Python::attach(|py| {
         let module = py.import("subinterp_refuses").unwrap();
         (
@@ -342,12 +323,10 @@ fn module_refusing_subinterpreters_fails_the_load_with_its_name() {
 }
 
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn dropping_the_handler_drains_and_ends_its_replicas() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("dropping_the_handler_drains_and_ends_its_replicas") {
-        return;
-    }
     let before = replica_threads();
     let h = m.load(MODULE, "double", replicated(3, 4)).unwrap();
     assert_eq!(replica_threads(), before + 3);
@@ -380,12 +359,10 @@ fn replica_threads() -> usize {
 /// The C ABI's items (commit/complete/drop function pointers) in replicas: each item's
 /// callbacks run once, with the replica's interpreter current.
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn c_abi_items_run_in_replicas() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("c_abi_items_run_in_replicas") {
-        return;
-    }
     let h = c_handler(&m, MODULE, "double", 2, 8);
     struct Slot {
         value: i64,
@@ -477,25 +454,12 @@ fn c_handler(_m: &Manager, module: &str, entry: &str, replicas: u32, batch_size:
 
 /// Built against a free-threaded CPython (3.14t), the shared pool runs one handler's
 /// batches on several workers at once with no GIL: two CPU-bound batches finish in
-/// clearly less than twice the time of one. Skipped (with a message) on GIL builds.
+/// clearly less than twice the time of one. Ignored (reported as such) on GIL builds.
 #[test]
+#[cfg_attr(not(Py_GIL_DISABLED), ignore = "needs a free-threaded CPython (3.14t)")]
 fn free_threaded_pool_runs_python_in_parallel() {
     let _serial = serial();
     let m = common::manager();
-    let gil_disabled: bool = Python::attach(|py| {
-        py.eval(c"bool(__import__('sysconfig').get_config_var('Py_GIL_DISABLED'))", None, None)
-            .unwrap()
-            .extract()
-            .unwrap()
-    });
-    if !gil_disabled {
-        eprintln!(
-            "free_threaded_pool_runs_python_in_parallel: skipped, this CPython 3.{} has a GIL \
-             (build against a free-threaded 3.14t to run it)",
-            python_minor()
-        );
-        return;
-    }
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if cpus < 2 || m.worker_threads() < 2 {
         eprintln!("free_threaded_pool_runs_python_in_parallel: skipped, needs 2 CPUs and 2 workers");
@@ -528,12 +492,10 @@ fn free_threaded_pool_runs_python_in_parallel() {
 }
 
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn replica_handlers_count_in_stats_and_metrics() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("replica_handlers_count_in_stats_and_metrics") {
-        return;
-    }
     let h = m.load(MODULE, "double", replicated(2, 4)).unwrap();
     let ledger = Arc::new(Ledger::default());
     let futures: Vec<_> =
@@ -551,12 +513,10 @@ fn replica_handlers_count_in_stats_and_metrics() {
 }
 
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn batch_delay_and_deadlines_apply_to_replicas() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("batch_delay_and_deadlines_apply_to_replicas") {
-        return;
-    }
     let options = HandlerOptions {
         batch_size: 8,
         max_batch_delay: Duration::from_millis(40),
@@ -592,12 +552,10 @@ fn batch_delay_and_deadlines_apply_to_replicas() {
 /// the main interpreter: kind, message, exception type and traceback text, equal field
 /// for field to the error of the same function run by the shared pool.
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn python_errors_carry_type_and_traceback_as_in_the_main_interpreter() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("python_errors_carry_type_and_traceback_as_in_the_main_interpreter") {
-        return;
-    }
     let ledger = Arc::new(Ledger::default());
     for (entry, python_type, frame) in [
         ("raise_for_negative", "ValueError", "in raise_for_negative"),
@@ -631,15 +589,13 @@ fn python_errors_carry_type_and_traceback_as_in_the_main_interpreter() {
 /// future holds carry the exception's type and traceback (`pysched_error_python_type`,
 /// `pysched_error_traceback`), the same in a replica as in the shared pool.
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn c_abi_errors_carry_python_type_and_traceback() {
     use pyscheduler::ffi::error::*;
     use pyscheduler::ffi::future::*;
     use std::ffi::CStr;
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("c_abi_errors_carry_python_type_and_traceback") {
-        return;
-    }
     /// (kind, message, python type, traceback) of an error, read through the C ABI.
     type Fields = (i32, String, String, String);
     unsafe fn fields(error: *const pysched_error) -> Fields {
@@ -753,13 +709,11 @@ impl<F: FnMut() + Send + 'static> Job for RawOne<F> {
 /// (it cannot wait for the batch it is called from) instead of deadlocking, and every
 /// item still completes exactly once. Also `Handler::drain` from a Rust job.
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn drain_from_inside_a_replica_callback_returns() {
     use pyscheduler::ffi::handler::pysched_handler_drain;
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("drain_from_inside_a_replica_callback_returns") {
-        return;
-    }
     struct Slot {
         /// The `pysched_handler*` the item is queued on.
         handler: usize,
@@ -878,14 +832,10 @@ fn drain_from_inside_a_replica_callback_returns() {
 /// others with ShutDown (each exactly once), and ends the replicas first, so CPython 3.12
 /// does not abort ("remaining subinterpreters") and 3.13 has nothing left to clean up.
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn finalizing_with_a_live_replica_handler_is_clean() {
     let _serial = serial();
     let _m = common::manager();
-    let minor = python_minor();
-    if minor < 12 {
-        eprintln!("finalizing_with_a_live_replica_handler_is_clean: skipped, CPython 3.{minor}");
-        return;
-    }
     let (status, stdout, stderr) = run_helper("finalize");
     assert!(status.success(), "helper exited with {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     for bad in ["Fatal Python error", "remaining subinterpreters", "panicked"] {
@@ -904,17 +854,11 @@ fn finalizing_with_a_live_replica_handler_is_clean() {
 /// a replica handler and exits with the handler alive: it must exit 0 after every
 /// future resolved (the running item normally, the queued ones with ShutDown).
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn python_program_exits_with_a_live_replica_handler() {
     let _serial = serial();
     let _m = common::manager();
-    let minor = python_minor();
-    if minor < 12 {
-        eprintln!("python_program_exits_with_a_live_replica_handler: skipped, CPython 3.{minor}");
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().unwrap().parent().unwrap().join("libpyscheduler.so");
-    assert!(lib.exists(), "{lib:?} not built");
+    let lib = cdylib::path();
     let python = std::env::var("PYO3_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/subinterp_exit.py"))
@@ -1018,12 +962,10 @@ fn helper() {
 /// objects under the replica's GIL (racing the main interpreter, freeing into the wrong
 /// allocator). A reference dropped without the GIL must still be pending afterwards.
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn draining_inside_a_replica_leaves_deferred_main_references_alone() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("draining_inside_a_replica_leaves_deferred_main_references_alone") {
-        return;
-    }
     struct DrainsItsHandler(Arc<Mutex<Option<Arc<pyscheduler::Handler>>>>);
     impl Job for DrainsItsHandler {
         fn commit(&mut self, _py: Python<'_>) -> pyscheduler::Result<Py<PyAny>> {
@@ -1076,12 +1018,10 @@ fn draining_inside_a_replica_leaves_deferred_main_references_alone() {
 /// join itself, so its handle is released instead of panicking on a self-join; the
 /// callback's item completes normally, the items queued behind it still run.
 #[test]
+#[cfg_attr(not(Py_3_12), ignore = "needs CPython 3.12+ (own-GIL sub-interpreters)")]
 fn free_from_inside_a_replica_callback() {
     let _serial = serial();
     let m = common::manager();
-    if !replicas_supported("free_from_inside_a_replica_callback") {
-        return;
-    }
     let slot = Arc::new(Mutex::new(Some(m.load(MODULE, "double", replicated(2, 1)).unwrap())));
     let futures: Vec<_> = {
         let guard = slot.lock().unwrap();

@@ -241,6 +241,205 @@ fn many_producers_every_item_exactly_once() {
     assert_eq!(h.stats().completed, 2000);
 }
 
+/// tensor_testmod.calls: sleep_echo calls started so far.
+fn echo_calls() -> i64 {
+    use pyo3::prelude::*;
+    pyscheduler::runtime::attach(|py| -> PyResult<i64> {
+        py.import("tensor_testmod")?.getattr("calls")?.extract()
+    })
+    .unwrap()
+}
+
+/// (int64 scalar) -> (int64 scalar): tensor_testmod.sleep_echo.
+fn echo_sig() -> TensorSignature {
+    TensorSignature::new(vec![TensorSpec::new(DType::I64, &[])], vec![TensorSpec::new(DType::I64, &[])])
+}
+
+/// Queues a sleep_echo item that sleeps `ms` and returns once its call has started.
+fn start_blocker(h: &pyscheduler::TensorHandler, ms: i64) -> pyscheduler::TensorFuture {
+    let before = echo_calls();
+    let f = h.queue(&[&ms.to_ne_bytes()], TensorItemOptions::default()).unwrap();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while echo_calls() == before {
+        assert!(Instant::now() < give_up, "the blocker never started");
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    f
+}
+
+#[test]
+fn float16_rows_go_through_as_numpy_half() {
+    let m = common::manager();
+    let sig = TensorSignature::new(
+        vec![TensorSpec::new(DType::F16, &[4])],
+        vec![TensorSpec::new(DType::F16, &[4])],
+    );
+    let h = m.load_tensor("tensor_testmod", "half", sig, opts(4)).unwrap();
+    // IEEE half bit patterns: 1, 2, 3, -2 -> 0.5, 1, 1.5, -1.
+    let x: Vec<u8> = [0x3C00u16, 0x4000, 0x4200, 0xC000].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let want: Vec<u8> = [0x3800u16, 0x3C00, 0x3E00, 0xBC00].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let fs: Vec<_> = (0..10).map(|_| h.queue(&[&x], TensorItemOptions::default()).unwrap()).collect();
+    for f in fs {
+        assert_eq!(f.wait().unwrap().0, vec![want.clone()]);
+    }
+    // A float32 result for a float16 output is refused, naming both.
+    let h = m
+        .load_tensor(
+            "tensor_testmod",
+            "linear",
+            TensorSignature::new(
+                vec![TensorSpec::new(DType::F32, &[64])],
+                vec![TensorSpec::new(DType::F16, &[16])],
+            ),
+            opts(1),
+        )
+        .unwrap();
+    let e = h.queue(&[&f32s(&[0.0; 64])], TensorItemOptions::default()).unwrap().wait().unwrap_err();
+    assert!(e.to_string().contains("has dtype float32; expected shape (1, 16) float16"), "{e}");
+}
+
+/// (uint8[2]) -> (int64 scalar): each item gets the size of its batch.
+fn batch_size_handler(options: HandlerOptions) -> (pyscheduler::Manager, pyscheduler::TensorHandler) {
+    let m = common::manager();
+    let sig =
+        TensorSignature::new(vec![TensorSpec::new(DType::U8, &[2])], vec![TensorSpec::new(DType::I64, &[])]);
+    let h = m.load_tensor("tensor_testmod", "batch_size", sig, options).unwrap();
+    (m, h)
+}
+
+#[test]
+fn batch_size_one_is_one_call_per_item() {
+    let (_m, h) = batch_size_handler(opts(1));
+    let fs: Vec<_> = (0..40).map(|_| h.queue(&[&[1, 2]], TensorItemOptions::default()).unwrap()).collect();
+    for f in fs {
+        assert_eq!(f.wait().unwrap().get::<i64>(0), vec![1]);
+    }
+    let s = h.stats();
+    assert_eq!((s.batches, s.completed), (40, 40));
+    assert_eq!(h.latency_summary().batch_size_p50, 1);
+}
+
+#[test]
+fn partial_batches_and_max_batch_delay() {
+    // Full batches go at once; the rest waits for the delay, then goes as a partial batch
+    // of its real size (no padding).
+    let delay = Duration::from_millis(400);
+    let (_m, h) =
+        batch_size_handler(HandlerOptions { batch_size: 8, max_batch_delay: delay, ..Default::default() });
+    let t0 = Instant::now();
+    let fs: Vec<_> = (0..21).map(|_| h.queue(&[&[1, 2]], TensorItemOptions::default()).unwrap()).collect();
+    let sizes: Vec<i64> = fs.into_iter().map(|f| f.wait().unwrap().get::<i64>(0)[0]).collect();
+    let waited = t0.elapsed();
+    assert_eq!(sizes.iter().filter(|&&b| b == 8).count(), 16, "{sizes:?}");
+    assert_eq!(sizes.iter().filter(|&&b| b == 5).count(), 5, "{sizes:?}");
+    assert!(waited >= delay - Duration::from_millis(20), "the partial batch went after {waited:?}");
+    assert_eq!(h.stats().batches, 3);
+
+    // One lone item waits for the delay, then goes alone.
+    let t0 = Instant::now();
+    let f = h.queue(&[&[1, 2]], TensorItemOptions::default()).unwrap();
+    assert_eq!(f.wait().unwrap().get::<i64>(0), vec![1]);
+    assert!(t0.elapsed() >= delay - Duration::from_millis(20), "went after {:?}", t0.elapsed());
+
+    // Without a delay a lone item does not wait for company.
+    let (_m, h) = batch_size_handler(opts(8));
+    let t0 = Instant::now();
+    h.queue(&[&[1, 2]], TensorItemOptions::default()).unwrap().wait().unwrap();
+    assert!(t0.elapsed() < delay, "took {:?}", t0.elapsed());
+}
+
+#[test]
+fn drain_waits_for_every_completion_and_the_counters_add_up() {
+    let m = common::manager();
+    let h = m.load_tensor("tensor_testmod", "sleep_echo", echo_sig(), opts(4)).unwrap();
+    let n = 40usize;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let outs: Vec<Box<i64>> = (0..n).map(|_| Box::new(-1)).collect();
+    for (i, out) in outs.iter().enumerate() {
+        let done = done.clone();
+        let v: i64 = if i % 10 == 0 { 20 } else { -(i as i64) };
+        // SAFETY: `outs` outlives the drain below.
+        unsafe {
+            h.queue_into(
+                &[&v.to_ne_bytes()],
+                &[&**out as *const i64 as *mut u8],
+                move |r| {
+                    r.unwrap();
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                },
+                TensorItemOptions::default(),
+            )
+            .unwrap()
+        };
+    }
+    h.drain();
+    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), n);
+    for (i, out) in outs.iter().enumerate() {
+        assert_eq!(**out, if i % 10 == 0 { 20 } else { -(i as i64) });
+    }
+    // Failures of every kind, then the counters.
+    let blocker = start_blocker(&h, 300);
+    let expired =
+        h.queue(&[&0i64.to_ne_bytes()], TensorItemOptions { deadline: Some(Instant::now()) }).unwrap();
+    let cancelled = h.queue(&[&0i64.to_ne_bytes()], TensorItemOptions::default()).unwrap();
+    assert!(cancelled.cancel());
+    h.drain();
+    assert!(blocker.is_ready() && expired.is_ready() && cancelled.is_ready());
+    blocker.wait().unwrap();
+    let s = h.stats();
+    assert_eq!(s.total_enqueued, n as u64 + 3);
+    assert_eq!((s.completed, s.failed, s.cancelled, s.expired, s.rejected), (n as u64 + 1, 0, 1, 1, 0));
+    assert_eq!((s.commit_queue_size, s.execute_queue_size), (0, 0));
+    assert!(s.batches > (n / 4) as u64 && s.batches <= n as u64 + 1, "{} batches", s.batches);
+    let l = h.latency_summary();
+    assert!(l.batch_size_p50 >= 1 && l.execute_ns_p99 > 0);
+    let text = h.prometheus_text();
+    assert!(text.contains("tensor_testmod.sleep_echo"), "{text}");
+}
+
+#[test]
+fn a_full_bounded_queue_rejects_and_reports_once() {
+    let m = common::manager();
+    let options = HandlerOptions { max_queue: 2, full_policy: pyscheduler::FullPolicy::Reject, ..opts(4) };
+    let h = m.load_tensor("tensor_testmod", "sleep_echo", echo_sig(), options).unwrap();
+    let blocker = start_blocker(&h, 300);
+    let a = h.queue(&[&1i64.to_ne_bytes()], TensorItemOptions::default()).unwrap();
+    let b = h.queue(&[&2i64.to_ne_bytes()], TensorItemOptions::default()).unwrap();
+    let t0 = Instant::now();
+    let e = h.queue(&[&3i64.to_ne_bytes()], TensorItemOptions::default()).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
+    // The callback form hears the refusal exactly once, before the call returns.
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out = -1i64;
+    let sink = heard.clone();
+    // SAFETY: `out` outlives the item (it is refused at once).
+    let e = unsafe {
+        h.queue_into(
+            &[&4i64.to_ne_bytes()],
+            &[&mut out as *mut i64 as *mut u8],
+            move |r| sink.lock().unwrap().push(r.map_err(|e| e.kind())),
+            TensorItemOptions::default(),
+        )
+    }
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::QueueFull);
+    assert_eq!(*heard.lock().unwrap(), vec![Err(ErrorKind::QueueFull)]);
+    assert_eq!(out, -1);
+    assert!(t0.elapsed() < Duration::from_millis(250), "a reject waited {:?}", t0.elapsed());
+    assert!(!blocker.is_ready());
+    assert_eq!(a.wait().unwrap().get::<i64>(0), vec![1]);
+    assert_eq!(b.wait().unwrap().get::<i64>(0), vec![2]);
+    blocker.wait().unwrap();
+    h.drain();
+    let s = h.stats();
+    assert_eq!((s.total_enqueued, s.completed, s.rejected), (5, 3, 2));
+    // Room again: accepted.
+    assert_eq!(
+        h.queue(&[&5i64.to_ne_bytes()], TensorItemOptions::default()).unwrap().wait().unwrap().get::<i64>(0),
+        vec![5]
+    );
+}
+
 static C_DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 unsafe extern "C" fn c_complete_ok(
@@ -339,6 +538,6 @@ fn c_abi_copies_each_input_at_queueing_and_writes_each_output_row() {
     // SAFETY: an error object handed out with the status, freed once.
     let message = unsafe { CStr::from_ptr(pysched_error_message(err)) }.to_string_lossy().into_owned();
     pysched_error_free(err);
-    assert!(message.contains("output destination 1 is NULL"), "{message}");
+    assert!(message.contains("item->outputs[1] is NULL"), "{message}");
     pysched_tensor_handler_free(h);
 }

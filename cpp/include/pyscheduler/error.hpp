@@ -2,14 +2,14 @@
 // caught, copied, stored in a std::future and destroyed on any thread without the GIL.
 //
 //   std::runtime_error
-//     pyscheduler::Error                 kind() says which pysched_status it came from
-//       pyscheduler::PythonError         a Python exception: python_type(), traceback()
-//       pyscheduler::CancelledError      the item was cancelled before it started
-//       pyscheduler::TimedOutError       the item's deadline passed before it started
-//       pyscheduler::QueueFullError      a bounded queue refused the item
-//       pyscheduler::ShutDownError       the handler was shutting down
+//     pyscheduler::ext::Error            kind() says which pysched_status it came from
+//       pyscheduler::ext::PythonError    a Python exception: python_type(), traceback()
+//       pyscheduler::ext::CancelledError the item was cancelled before it started
+//       pyscheduler::ext::TimedOutError  the item's deadline passed before it started
+//       pyscheduler::ext::QueueFullError a bounded queue refused the item
+//       pyscheduler::ext::ShutDownError  the handler was shutting down
 //   std::invalid_argument
-//     pyscheduler::LoadError             import or attribute failure of loadPythonModule
+//     pyscheduler::ext::LoadError        import or attribute failure of loadPythonModule
 //
 // Invalid arguments (an empty add_path, a zero batch_size, ...) are plain
 // std::invalid_argument. Exceptions thrown by user code (commit, callback, stage) reach
@@ -27,6 +27,10 @@
 #include <utility>
 
 namespace pyscheduler {
+
+// Beyond the original's API (see pyscheduler.hpp): kept out of namespace pyscheduler
+// itself, so that `using namespace pyscheduler;` brings in only the original's names.
+namespace ext {
 
 /// Why something failed; the numbers are the C ABI's `pysched_status` values.
 enum class ErrorKind : int {
@@ -128,7 +132,12 @@ class LoadError : public std::invalid_argument {
   std::shared_ptr<const Details> details_;
 };
 
-namespace detail {
+}  // namespace ext
+
+namespace pysched_detail {
+
+// The implementation names the extensions unqualified; users never name this namespace.
+using namespace ext;
 
 /// Builds the exception for `status` with the details of `error` (which may be NULL) and
 /// hands it to `sink` as a concrete exception object. Never touches Python.
@@ -204,7 +213,7 @@ void call_checked(CCall&& c_call) {
   check(status, error);
 }
 
-}  // namespace detail
+}  // namespace pysched_detail
 }  // namespace pyscheduler
 
 #endif  // PYSCHEDULER_ERROR_HPP

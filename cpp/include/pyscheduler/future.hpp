@@ -16,9 +16,11 @@
 
 namespace pyscheduler {
 
-namespace detail {
+namespace pysched_detail {
 struct future_access;
 }
+
+namespace ext {
 
 /// The future of one item queued with InvokeHandler::queue_invoke_future: the callback's
 /// value (R; void for a void callback) or the item's exception, with the same exception
@@ -110,10 +112,10 @@ class Future {
   }
 
  private:
-  friend struct detail::future_access;
-  explicit Future(detail::future_state<R>* state) noexcept : state_(state) {}
+  friend struct pysched_detail::future_access;
+  explicit Future(pysched_detail::future_state<R>* state) noexcept : state_(state) {}
 
-  detail::future_state<R>* checked() const {
+  pysched_detail::future_state<R>* checked() const {
     if (state_ == nullptr) {
       throw std::future_error(std::future_errc::no_state);
     }
@@ -137,18 +139,22 @@ class Future {
     return now + std::chrono::ceil<std::chrono::steady_clock::duration>(timeout);
   }
 
-  detail::future_state<R>* state_ = nullptr;
+  pysched_detail::future_state<R>* state_ = nullptr;
 };
 
-namespace detail {
+}  // namespace ext
+
+namespace pysched_detail {
 /// How InvokeHandler hands a new item's context to its Future (one owner of two).
 struct future_access {
   template <typename R>
-  static Future<R> adopt(future_state<R>* state) noexcept {
-    return Future<R>(state);
+  static ext::Future<R> adopt(future_state<R>* state) noexcept {
+    return ext::Future<R>(state);
   }
 };
-}  // namespace detail
+}  // namespace pysched_detail
+
+namespace ext {
 
 template <typename R>
 class CancellableFuture {
@@ -183,9 +189,10 @@ class CancellableFuture {
   std::future<R> future_;
   // NULL when the item was refused at once (the future already holds the error). The
   // core keeps the item's Python result here until this is freed (taking the GIL briefly).
-  detail::future_handle item_;
+  pysched_detail::future_handle item_;
 };
 
+}  // namespace ext
 }  // namespace pyscheduler
 
 #endif  // PYSCHEDULER_FUTURE_HPP

@@ -77,8 +77,9 @@ class PyManager::InvokeHandler {
   template <typename CommitFn, typename Callback, typename... Args>
   auto queue_invoke(CommitFn&& commit, Callback&& cb, Args&&... args)
       -> std::future<std::invoke_result_t<Callback, pybind11::object>> {
-    return enqueue<detail::promise_completion>(0, nullptr, std::forward<CommitFn>(commit), std::forward<Callback>(cb),
-                                               detail::no_stage{}, std::forward<Args>(args)...);
+    return enqueue<pysched_detail::promise_completion>(0, nullptr, std::forward<CommitFn>(commit),
+                                                       std::forward<Callback>(cb), pysched_detail::no_stage{},
+                                                       std::forward<Args>(args)...);
   }
 
   struct QueueStats {
@@ -92,7 +93,7 @@ class PyManager::InvokeHandler {
   };
   /// Thread-safe. Never blocks on Python.
   QueueStats get_queue_stats() const {
-    const HandlerStats s = stats();
+    const ext::HandlerStats s = stats();
     QueueStats q;
     q.commit_queue_size = s.commit_queue_size;
     q.execute_queue_size = s.execute_queue_size;
@@ -120,20 +121,20 @@ class PyManager::InvokeHandler {
   template <typename Rep, typename Period, typename CommitFn, typename Callback, typename... Args>
   auto queue_invoke_with_timeout(std::chrono::duration<Rep, Period> timeout, CommitFn&& commit, Callback&& cb,
                                  Args&&... args) -> std::future<std::invoke_result_t<Callback, pybind11::object>> {
-    return enqueue<detail::promise_completion>(timeout_us(timeout), nullptr, std::forward<CommitFn>(commit),
-                                               std::forward<Callback>(cb), detail::no_stage{},
-                                               std::forward<Args>(args)...);
+    return enqueue<pysched_detail::promise_completion>(timeout_us(timeout), nullptr,
+                                                       std::forward<CommitFn>(commit), std::forward<Callback>(cb),
+                                                       pysched_detail::no_stage{}, std::forward<Args>(args)...);
   }
 
   /// As queue_invoke, returning a future whose item can be cancelled before it starts.
   /// The item's Python result is kept alive until the CancellableFuture is destroyed.
   template <typename CommitFn, typename Callback, typename... Args>
   auto queue_invoke_cancellable(CommitFn&& commit, Callback&& cb, Args&&... args)
-      -> CancellableFuture<std::invoke_result_t<Callback, pybind11::object>> {
+      -> ext::CancellableFuture<std::invoke_result_t<Callback, pybind11::object>> {
     pysched_future* item = nullptr;
-    auto future = enqueue<detail::promise_completion>(0, &item, std::forward<CommitFn>(commit),
-                                                      std::forward<Callback>(cb), detail::no_stage{},
-                                                      std::forward<Args>(args)...);
+    auto future = enqueue<pysched_detail::promise_completion>(0, &item, std::forward<CommitFn>(commit),
+                                                              std::forward<Callback>(cb), pysched_detail::no_stage{},
+                                                              std::forward<Args>(args)...);
     return {std::move(future), item};
   }
 
@@ -145,8 +146,9 @@ class PyManager::InvokeHandler {
   template <typename StageFn, typename CommitFn, typename Callback, typename... Args>
   auto queue_invoke_staged(StageFn&& stage, CommitFn&& commit, Callback&& cb, Args&&... args)
       -> std::future<std::invoke_result_t<Callback, pybind11::object>> {
-    return enqueue<detail::promise_completion>(0, nullptr, std::forward<CommitFn>(commit), std::forward<Callback>(cb),
-                                               std::forward<StageFn>(stage), std::forward<Args>(args)...);
+    return enqueue<pysched_detail::promise_completion>(0, nullptr, std::forward<CommitFn>(commit),
+                                                       std::forward<Callback>(cb), std::forward<StageFn>(stage),
+                                                       std::forward<Args>(args)...);
   }
 
   /// As queue_invoke (same commit, callback and argument rules, same errors), returning
@@ -156,32 +158,33 @@ class PyManager::InvokeHandler {
   /// Thread-safe. Never blocks (except on a full bounded queue with FullPolicy::Block).
   template <typename CommitFn, typename Callback, typename... Args>
   auto queue_invoke_future(CommitFn&& commit, Callback&& cb, Args&&... args)
-      -> Future<std::invoke_result_t<Callback, pybind11::object>> {
-    return enqueue<detail::future_completion>(0, nullptr, std::forward<CommitFn>(commit), std::forward<Callback>(cb),
-                                              detail::no_stage{}, std::forward<Args>(args)...);
+      -> ext::Future<std::invoke_result_t<Callback, pybind11::object>> {
+    return enqueue<pysched_detail::future_completion>(0, nullptr, std::forward<CommitFn>(commit),
+                                                      std::forward<Callback>(cb), pysched_detail::no_stage{},
+                                                      std::forward<Args>(args)...);
   }
 
   /// Blocks until everything queued so far has run and every future is resolved (and
   /// the stats account for it). The handler stays usable.
   void drain() {
     const pysched_handler* h = checked();
-    detail::call_checked([h](pysched_error** error) { return pysched_handler_drain(h, error); });
+    pysched_detail::call_checked([h](pysched_error** error) { return pysched_handler_drain(h, error); });
   }
 
   /// Queue sizes, counters of every outcome and moving averages. Never blocks on Python.
-  HandlerStats stats() const {
+  ext::HandlerStats stats() const {
     const pysched_handler* h = checked();
     pysched_stats s{};
-    detail::call_checked([h, &s](pysched_error** error) { return pysched_handler_stats(h, &s, error); });
-    return detail::from_c(s);
+    pysched_detail::call_checked([h, &s](pysched_error** error) { return pysched_handler_stats(h, &s, error); });
+    return pysched_detail::from_c(s);
   }
 
   /// p50/p99 of batch sizes, queue wait, commit, execute and GIL wait times.
-  LatencySummary latency() const {
+  ext::LatencySummary latency() const {
     const pysched_handler* h = checked();
     pysched_latency l{};
-    detail::call_checked([h, &l](pysched_error** error) { return pysched_handler_latency(h, &l, error); });
-    return detail::from_c(l);
+    pysched_detail::call_checked([h, &l](pysched_error** error) { return pysched_handler_latency(h, &l, error); });
+    return pysched_detail::from_c(l);
   }
 
   /// This handler's metrics in Prometheus text exposition format.
@@ -220,25 +223,25 @@ class PyManager::InvokeHandler {
 
   template <typename OnResult, typename... Args>
   auto call_sync(OnResult&& on_result, Args&&... args) -> std::invoke_result_t<OnResult, pybind11::object> {
-    return detail::sync_call<OnResult, Args...>(checked(), std::forward<OnResult>(on_result),
+    return pysched_detail::sync_call<OnResult, Args...>(checked(), std::forward<OnResult>(on_result),
                                                 std::forward<Args>(args)...)
         .run();
   }
 
   // C, Cb, S are the forwarding types of commit, callback and stage: the context calls
-  // each with the value category the user passed. Completion: detail::promise_completion
-  // (returns a std::future) or detail::future_completion (returns a pyscheduler::Future).
+  // each with the value category the user passed. Completion: pysched_detail::promise_completion
+  // (returns a std::future) or pysched_detail::future_completion (returns a pyscheduler::Future).
   template <template <typename> class Completion, typename C, typename Cb, typename S, typename... Args>
   auto enqueue(std::uint64_t timeout_us, pysched_future** out_future, C&& commit, Cb&& cb, S&& stage, Args&&... args) {
-    using Call = detail::queued_call<Completion, C, Cb, S, std::decay_t<Args>...>;
+    using Call = pysched_detail::queued_call<Completion, C, Cb, S, std::decay_t<Args>...>;
     using R = typename Call::result_type;
     const pysched_handler* handler = checked();
     auto call = std::make_unique<Call>(std::forward<C>(commit), std::forward<Cb>(cb), std::forward<S>(stage),
                                        std::forward<Args>(args)...);
     auto future = [&] {
-      if constexpr (std::is_same_v<Completion<R>, detail::future_completion<R>>) {
+      if constexpr (std::is_same_v<Completion<R>, pysched_detail::future_completion<R>>) {
         // The Future is the context's second owner, besides the core.
-        return detail::future_access::adopt<R>(call.get());
+        return pysched_detail::future_access::adopt<R>(call.get());
       } else {
         return call->get_future();
       }
@@ -248,7 +251,7 @@ class PyManager::InvokeHandler {
     // when the queue refuses the item (then before pysched_handler_queue returns), so
     // the future always resolves through the trampolines and the status adds nothing.
     Call* raw = call.release();
-    detail::tsan_release(raw);
+    pysched_detail::tsan_release(raw);
     (void)pysched_handler_queue(handler, &item, out_future, nullptr);
     return future;
   }
@@ -263,13 +266,13 @@ class PyManager::InvokeHandler {
     return us <= 0 ? 1 : static_cast<std::uint64_t>(us);  // 0 would mean "no deadline"
   }
 
-  detail::handler_handle handle_;
+  pysched_detail::handler_handle handle_;
 };
 
 inline PyManager::InvokeHandler PyManager::loadPythonModule(const std::string& module_name,
                                                             const std::string& entry_point, size_t batch_size,
                                                             size_t prefetch_depth) {
-  HandlerOptions options;
+  ext::HandlerOptions options;
   options.batch_size = batch_size;
   options.prefetch_depth = prefetch_depth;
   return loadPythonModule(module_name, entry_point, options);
@@ -277,12 +280,12 @@ inline PyManager::InvokeHandler PyManager::loadPythonModule(const std::string& m
 
 inline PyManager::InvokeHandler PyManager::loadPythonModule(const std::string& module_name,
                                                             const std::string& entry_point,
-                                                            const HandlerOptions& options) {
-  const pysched_handler_options c = detail::to_c(options);
-  const char* module = detail::c_str_arg(module_name, "module_name");
-  const char* entry = detail::c_str_arg(entry_point, "entry_point");
+                                                            const ext::HandlerOptions& options) {
+  const pysched_handler_options c = pysched_detail::to_c(options);
+  const char* module = pysched_detail::c_str_arg(module_name, "module_name");
+  const char* entry = pysched_detail::c_str_arg(entry_point, "entry_point");
   pysched_handler* handler = nullptr;
-  detail::call_checked([&](pysched_error** error) {
+  pysched_detail::call_checked([&](pysched_error** error) {
     return pysched_manager_load(handle_.get(), module, entry, &c, &handler, error);
   });
   return InvokeHandler(handler);

@@ -17,11 +17,13 @@
 
 namespace pyscheduler {
 
+namespace ext {
 // Defined in <pyscheduler/tensor_handler.hpp>.
 class TensorHandler;
 struct TensorSignature;
+}  // namespace ext
 
-namespace detail {
+namespace pysched_detail {
 /// C strings cannot carry NUL bytes: refuse them instead of silently truncating.
 inline const char* c_str_arg(const std::string& s, const char* what) {
   if (s.find('\0') != std::string::npos) {
@@ -29,7 +31,7 @@ inline const char* c_str_arg(const std::string& s, const char* what) {
   }
   return s.c_str();
 }
-}  // namespace detail
+}  // namespace pysched_detail
 
 /// Owns a reference to the process-wide interpreter state. Not copyable, not movable.
 /// Python's signal handlers are not installed and the interpreter is never finalized.
@@ -41,17 +43,18 @@ class PyManager {
   /// Starts the interpreter if this is the first manager of the process (thread-safe:
   /// concurrent first constructions race safely), else joins the running one.
   /// PRECONDITION: the GIL is not held, unless the interpreter is already running.
-  PyManager() : PyManager(ManagerOptions{}) {}
+  PyManager() : PyManager(ext::ManagerOptions{}) {}
   /// As PyManager(), choosing the Python environment and the worker pool size (only the
   /// first manager of the process starts the interpreter and the pool).
-  explicit PyManager(const ManagerOptions& options) {
+  explicit PyManager(const ext::ManagerOptions& options) {
     pysched_manager_options c{};
-    c.python_executable =
-        options.python_executable.empty() ? nullptr : detail::c_str_arg(options.python_executable, "python_executable");
+    c.python_executable = options.python_executable.empty()
+                              ? nullptr
+                              : pysched_detail::c_str_arg(options.python_executable, "python_executable");
     c.add_cwd_to_path = options.add_cwd_to_path;
     c.worker_threads = options.worker_threads;
     pysched_manager* manager = nullptr;
-    detail::call_checked([&](pysched_error** error) { return pysched_manager_new(&c, &manager, error); });
+    pysched_detail::call_checked([&](pysched_error** error) { return pysched_manager_new(&c, &manager, error); });
     handle_.reset(manager);
   }
   /// Releases this manager's reference. Handlers it loaded stay valid.
@@ -72,23 +75,24 @@ class PyManager {
                                  size_t batch_size = 1, size_t prefetch_depth = 1);
   /// As above with every handler option (batch delay, bounded queue, metrics name).
   InvokeHandler loadPythonModule(const std::string& module_name, const std::string& entry_point,
-                                 const HandlerOptions& options);
+                                 const ext::HandlerOptions& options);
 
   /// Imports `module_name` and binds `entry_point` as a tensor handler: called once per
   /// batch with one batch tensor per input of `signature` (shape (B, *item_shape)),
   /// returning one array per output. Throws LoadError as loadPythonModule,
-  /// std::invalid_argument for a bad signature or options, pyscheduler::Error (kind
+  /// std::invalid_argument for a bad signature or options, pyscheduler::ext::Error (kind
   /// Cuda) for a CUDA placement without a usable device. See tensor_handler.hpp.
-  TensorHandler loadTensorFunction(const std::string& module_name, const std::string& entry_point,
-                                   const TensorSignature& signature, const HandlerOptions& options = {});
+  ext::TensorHandler loadTensorFunction(const std::string& module_name, const std::string& entry_point,
+                                        const ext::TensorSignature& signature, const ext::HandlerOptions& options = {});
 
   /// Appends `directory` to sys.path unless already there. Empty: std::invalid_argument.
   void add_path(const std::string& directory) {
     if (directory.empty()) {
       throw std::invalid_argument("pyscheduler: add_path: directory must not be empty");
     }
-    const char* dir = detail::c_str_arg(directory, "directory");
-    detail::call_checked([&](pysched_error** error) { return pysched_manager_add_path(handle_.get(), dir, error); });
+    const char* dir = pysched_detail::c_str_arg(directory, "directory");
+    pysched_detail::call_checked(
+        [&](pysched_error** error) { return pysched_manager_add_path(handle_.get(), dir, error); });
   }
 
   /// Address of the process-wide state (equal in every plugin of the process); 0 when
@@ -107,7 +111,7 @@ class PyManager {
   pysched_manager* native_handle() const noexcept { return handle_.get(); }
 
  private:
-  detail::manager_handle handle_;
+  pysched_detail::manager_handle handle_;
 };
 
 }  // namespace pyscheduler

@@ -14,6 +14,7 @@
 #include <string>
 
 namespace pyscheduler {
+namespace ext {
 
 /// What a bounded queue does when it is full.
 enum class FullPolicy : std::uint32_t {
@@ -61,12 +62,14 @@ struct HandlerOptions {
   /// Own-GIL sub-interpreter replicas (CPython 3.12+) that run this handler, each on a
   /// thread of its own; 0: the main interpreter. Commit and callback then run with the
   /// replica's interpreter current: pybind11 code there needs
-  /// pyscheduler::enable_pybind11_in_replicas() (pyscheduler/subinterp.hpp), and queued
+  /// pyscheduler::ext::enable_pybind11_in_replicas() (pyscheduler/subinterp.hpp), and queued
   /// arguments must not be Python objects.
   std::size_t subinterpreters = 0;
 };
 
-namespace detail {
+}  // namespace ext
+
+namespace pysched_detail {
 
 template <typename To, typename From>
 To checked_narrow(From value, const char* what) {
@@ -84,7 +87,7 @@ inline std::uint64_t checked_micros(std::chrono::microseconds d, const char* wha
 }
 
 /// The C view of `o`; `name` points into `o`, which must outlive the returned struct.
-inline pysched_handler_options to_c(const HandlerOptions& o) {
+inline pysched_handler_options to_c(const ext::HandlerOptions& o) {
   pysched_handler_options c = pysched_handler_options_default();
   c.batch_size = checked_narrow<std::uint32_t>(o.batch_size, "batch_size");
   c.prefetch_depth = checked_narrow<std::uint32_t>(o.prefetch_depth, "prefetch_depth");
@@ -101,7 +104,7 @@ inline pysched_handler_options to_c(const HandlerOptions& o) {
   return c;
 }
 
-}  // namespace detail
+}  // namespace pysched_detail
 }  // namespace pyscheduler
 
 #endif  // PYSCHEDULER_OPTIONS_HPP

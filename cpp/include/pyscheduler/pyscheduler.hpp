@@ -19,9 +19,22 @@
 
 namespace pyscheduler {
 
+/// Everything this wrapper adds beyond the original's API: error types, Future and
+/// CancellableFuture, options, stats, the CUDA helpers of tensor.hpp, the replica helpers
+/// of subinterp.hpp. Namespace pyscheduler itself declares only the original's names
+/// (PyManager, PyManager::InvokeHandler, createCudaMatrixDlpack, DLPackTypeTraits) plus
+/// the namespaces `ext` and `pysched_detail`, so code written for the original that says
+/// `using namespace pyscheduler;` next to helpers of its own (an anonymous-namespace
+/// `toDlpackCapsule`, an `Error`, a `Future`, a `version()`) compiles unchanged.
+/// Extensions are named `pyscheduler::ext::X`, or brought in with
+/// `using namespace pyscheduler::ext;`. InvokeHandler's extra member functions
+/// (queue_invoke_future, stats, ...) stay members: members cannot collide.
+namespace ext {
+
 /// Version of the linked library, e.g. "0.1.0".
 inline const char* version() noexcept { return pysched_version(); }
 
+}  // namespace ext
 }  // namespace pyscheduler
 
 #endif  // PYSCHEDULER_PYSCHEDULER_HPP

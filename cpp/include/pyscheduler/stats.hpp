@@ -10,6 +10,7 @@
 #include <cstdint>
 
 namespace pyscheduler {
+namespace ext {
 
 /// A snapshot of one handler's queues, counters and moving averages.
 struct HandlerStats {
@@ -42,10 +43,12 @@ struct LatencySummary {
   std::chrono::nanoseconds gil_wait_p99{0};
 };
 
-namespace detail {
+}  // namespace ext
 
-inline HandlerStats from_c(const pysched_stats& s) noexcept {
-  HandlerStats out;
+namespace pysched_detail {
+
+inline ext::HandlerStats from_c(const pysched_stats& s) noexcept {
+  ext::HandlerStats out;
   out.commit_queue_size = static_cast<std::size_t>(s.commit_queue_size);
   out.execute_queue_size = static_cast<std::size_t>(s.execute_queue_size);
   out.total_enqueued = static_cast<std::int64_t>(s.total_enqueued);
@@ -62,10 +65,10 @@ inline HandlerStats from_c(const pysched_stats& s) noexcept {
   return out;
 }
 
-inline LatencySummary from_c(const pysched_latency& l) noexcept {
+inline ext::LatencySummary from_c(const pysched_latency& l) noexcept {
   using ns = std::chrono::nanoseconds;
   auto d = [](std::uint64_t v) { return ns(static_cast<ns::rep>(v)); };
-  LatencySummary out;
+  ext::LatencySummary out;
   out.batch_size_p50 = l.batch_size_p50;
   out.batch_size_p99 = l.batch_size_p99;
   out.queue_wait_p50 = d(l.queue_wait_ns_p50);
@@ -79,7 +82,7 @@ inline LatencySummary from_c(const pysched_latency& l) noexcept {
   return out;
 }
 
-}  // namespace detail
+}  // namespace pysched_detail
 }  // namespace pyscheduler
 
 #endif  // PYSCHEDULER_STATS_HPP

@@ -31,6 +31,7 @@
 #include <stdexcept>
 
 namespace pyscheduler {
+namespace ext {
 
 /// Whether pybind11, as compiled into this shared object, can run inside replicas.
 #if defined(PYBIND11_HAS_SUBINTERPRETER_SUPPORT)
@@ -62,6 +63,7 @@ inline void enable_pybind11_in_replicas() {
 /// interpreter. PRECONDITION: the calling thread is attached (inside commit/callback).
 inline bool in_replica() noexcept { return PyInterpreterState_Get() != PyInterpreterState_Main(); }
 
+}  // namespace ext
 }  // namespace pyscheduler
 
 #endif  // PYSCHEDULER_SUBINTERP_HPP

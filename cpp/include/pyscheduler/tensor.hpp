@@ -2,15 +2,21 @@
 // CUDA headers or a CUDA toolkit at build time (the driver is loaded at run time by
 // libpyscheduler). Header-only C++20 over the C ABI's pysched_tensor_* / pysched_stager_*.
 //
-//   createCudaMatrixDlpack<T>(host, rows, cols)  the original's function: a DLManagedTensor*
-//   createCudaMatrixObject<T>(host, rows, cols)  a pybind11::object for torch.from_dlpack
-//   toDlpackCapsule(DLManagedTensor*)             a "dltensor" capsule owning the tensor
-//   CudaTensor, CudaStager                        RAII handles; the stager uploads without
-//                                                 the GIL (prepare) through pinned memory
+//   pyscheduler::createCudaMatrixDlpack<T>(host, rows, cols)   the original's function:
+//                                                   a DLManagedTensor*
+//   pyscheduler::DLPackTypeTraits<T>                the original's element type -> DLDataType
+//
+// Beyond the original, in pyscheduler::ext (not brought in by `using namespace
+// pyscheduler;`, so a user's own helper of the same name keeps compiling unchanged):
+//   ext::createCudaMatrixObject<T>(host, rows, cols)  a pybind11::object for torch.from_dlpack
+//   ext::toDlpackCapsule(DLManagedTensor*)            a "dltensor" capsule owning the tensor
+//   ext::CudaTensor, ext::CudaStager                  RAII handles; the stager uploads without
+//                                                     the GIL (prepare) through pinned memory
+//   ext::CudaError                                    the exception for CUDA failures
 //
 // Errors are exceptions: std::invalid_argument for bad arguments (checked before CUDA is
-// touched) and pyscheduler::CudaError (a std::runtime_error) for CUDA failures, including
-// "no CUDA driver found" / "no CUDA device" on machines without a GPU.
+// touched) and pyscheduler::ext::CudaError (a std::runtime_error) for CUDA failures,
+// including "no CUDA driver found" / "no CUDA device" on machines without a GPU.
 //
 // DLPack: if <dlpack/dlpack.h> is on the include path (or was included first), it is used;
 // otherwise the DLPack v1.1 declarations below are provided. In that case include
@@ -114,6 +120,7 @@ typedef struct DLManagedTensorVersioned {
 #endif
 
 namespace pyscheduler {
+namespace ext {
 
 /// A CUDA failure: no driver or device, or a driver call that failed. `status()` is the
 /// C ABI status (PYSCHED_CUDA for driver trouble).
@@ -126,6 +133,8 @@ class CudaError : public std::runtime_error {
  private:
   pysched_status status_;
 };
+
+}  // namespace ext
 
 /// DLPack type of each element type createCudaMatrixDlpack accepts (as in the original).
 template <typename T>
@@ -156,7 +165,9 @@ struct DLPackTypeTraits<uint8_t> {
   static constexpr pysched_dtype pysched = PYSCHED_DTYPE_U8;
 };
 
-namespace detail {
+namespace pysched_detail {
+
+using namespace ext;
 
 /// Throws the exception matching a failed C ABI call and frees its error object.
 [[noreturn]] inline void throw_tensor_error(pysched_status status, pysched_error* err) {
@@ -195,7 +206,9 @@ inline constexpr bool is_dlpack_element_v =
     std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int64_t> ||
     std::is_same_v<T, int32_t> || std::is_same_v<T, uint8_t>;
 
-}  // namespace detail
+}  // namespace pysched_detail
+
+namespace ext {
 
 /// A device tensor (RAII over pysched_tensor). Move-only. Its memory is shared with
 /// every export made from it and freed when the last of them (and this handle) is gone.
@@ -220,15 +233,16 @@ class CudaTensor {
   static CudaTensor fromHost(const void* host, std::size_t bytes, const pysched_tensor_desc& desc) {
     pysched_tensor* raw = nullptr;
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_tensor_new(host, bytes, &desc, &raw, &err), err);
+    pysched_detail::check_tensor(pysched_tensor_new(host, bytes, &desc, &raw, &err), err);
     return CudaTensor(raw);
   }
 
   /// A row-major rows x cols matrix on `device` (-1: the current device).
   template <typename T>
   static CudaTensor matrix(const std::vector<T>& host, int64_t rows, int64_t cols, int32_t device = -1) {
-    static_assert(detail::is_dlpack_element_v<T>, "element type must be float, double, int64_t, int32_t or uint8_t");
-    detail::check_matrix_size(host.size(), rows, cols);
+    static_assert(pysched_detail::is_dlpack_element_v<T>,
+                  "element type must be float, double, int64_t, int32_t or uint8_t");
+    pysched_detail::check_matrix_size(host.size(), rows, cols);
     const int64_t shape[2] = {rows, cols};
     const pysched_tensor_desc desc{static_cast<uint32_t>(DLPackTypeTraits<T>::pysched), 2, shape, nullptr, device};
     return fromHost(host.data(), host.size() * sizeof(T), desc);
@@ -241,14 +255,14 @@ class CudaTensor {
   pysched_tensor_info info() const {
     pysched_tensor_info out{};
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_tensor_get_info(raw_, &out, &err), err);
+    pysched_detail::check_tensor(pysched_tensor_get_info(raw_, &out, &err), err);
     return out;
   }
 
   /// Blocks until the upload has finished (this tensor's copy only).
   void synchronize() const {
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_tensor_synchronize(raw_, &err), err);
+    pysched_detail::check_tensor(pysched_tensor_synchronize(raw_, &err), err);
   }
 
   /// A legacy DLManagedTensor sharing the memory, after the upload has finished. The
@@ -256,7 +270,7 @@ class CudaTensor {
   DLManagedTensor* toDlpack() const {
     ::DLManagedTensor* out = nullptr;
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_tensor_to_dlpack(raw_, &out, &err), err);
+    pysched_detail::check_tensor(pysched_tensor_to_dlpack(raw_, &out, &err), err);
     return out;
   }
 
@@ -264,7 +278,7 @@ class CudaTensor {
   DLManagedTensorVersioned* toDlpackVersioned() const {
     ::DLManagedTensorVersioned* out = nullptr;
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_tensor_to_dlpack_versioned(raw_, &out, &err), err);
+    pysched_detail::check_tensor(pysched_tensor_to_dlpack_versioned(raw_, &out, &err), err);
     return out;
   }
 
@@ -275,7 +289,7 @@ class CudaTensor {
     assert(PyGILState_Check());
     PyObject* out = nullptr;
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_tensor_to_pyobject(raw_, &out, &err), err);
+    pysched_detail::check_tensor(pysched_tensor_to_pyobject(raw_, &out, &err), err);
     return pybind11::reinterpret_steal<pybind11::object>(out);
   }
 
@@ -285,7 +299,7 @@ class CudaTensor {
     assert(PyGILState_Check());
     PyObject* out = nullptr;
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_tensor_to_capsule(raw_, &out, &err), err);
+    pysched_detail::check_tensor(pysched_tensor_to_capsule(raw_, &out, &err), err);
     return pybind11::reinterpret_steal<pybind11::object>(out);
   }
 
@@ -303,7 +317,7 @@ class CudaStager {
   /// `device` -1: the current device; `pinned_bytes` 0: 32 MiB.
   explicit CudaStager(int32_t device = -1, uint64_t pinned_bytes = 0) {
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_stager_new(device, pinned_bytes, &raw_, &err), err);
+    pysched_detail::check_tensor(pysched_stager_new(device, pinned_bytes, &raw_, &err), err);
   }
   CudaStager(CudaStager&& other) noexcept : raw_(std::exchange(other.raw_, nullptr)) {}
   CudaStager& operator=(CudaStager&& other) noexcept {
@@ -320,15 +334,16 @@ class CudaStager {
   CudaTensor upload(const void* host, std::size_t bytes, const pysched_tensor_desc& desc) const {
     pysched_tensor* out = nullptr;
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_stager_upload(raw_, host, bytes, &desc, &out, &err), err);
+    pysched_detail::check_tensor(pysched_stager_upload(raw_, host, bytes, &desc, &out, &err), err);
     return CudaTensor(out);
   }
 
   /// Stages a row-major rows x cols matrix.
   template <typename T>
   CudaTensor uploadMatrix(const T* host, std::size_t elements, int64_t rows, int64_t cols) const {
-    static_assert(detail::is_dlpack_element_v<T>, "element type must be float, double, int64_t, int32_t or uint8_t");
-    detail::check_matrix_size(elements, rows, cols);
+    static_assert(pysched_detail::is_dlpack_element_v<T>,
+                  "element type must be float, double, int64_t, int32_t or uint8_t");
+    pysched_detail::check_matrix_size(elements, rows, cols);
     const int64_t shape[2] = {rows, cols};
     const pysched_tensor_desc desc{static_cast<uint32_t>(DLPackTypeTraits<T>::pysched), 2, shape, nullptr, -1};
     return upload(host, elements * sizeof(T), desc);
@@ -342,7 +357,7 @@ class CudaStager {
   /// Blocks until every upload so far has reached the device (this stream only).
   void synchronize() const {
     pysched_error* err = nullptr;
-    detail::check_tensor(pysched_stager_synchronize(raw_, &err), err);
+    pysched_detail::check_tensor(pysched_stager_synchronize(raw_, &err), err);
   }
 
   /// The CUstream handle, as an integer.
@@ -353,17 +368,21 @@ class CudaStager {
   pysched_stager* raw_ = nullptr;
 };
 
+}  // namespace ext
+
 /// Copies a row-major rows x cols host matrix to the current CUDA device and returns a
 /// DLManagedTensor that frameworks import with from_dlpack (e.g. through
-/// toDlpackCapsule). The copy has finished when this returns. The caller owns the result
+/// ext::toDlpackCapsule). The copy has finished when this returns. The caller owns the result
 /// and must call its deleter exactly once, or hand it to a consumer that will.
 /// Throws std::invalid_argument when host.size() != rows * cols (checked before CUDA is
-/// touched) and pyscheduler::CudaError for CUDA failures ("no CUDA driver found",
+/// touched) and pyscheduler::ext::CudaError for CUDA failures ("no CUDA driver found",
 /// "no CUDA device", ...). Needs no GIL.
 template <typename T>
 inline DLManagedTensor* createCudaMatrixDlpack(const std::vector<T>& host_data, int64_t rows, int64_t cols) {
-  return CudaTensor::matrix(host_data, rows, cols).toDlpack();
+  return ext::CudaTensor::matrix(host_data, rows, cols).toDlpack();
 }
+
+namespace ext {
 
 /// Wraps a DLManagedTensor in a "dltensor" capsule that owns it: if nothing consumes the
 /// capsule, its destructor calls the deleter exactly once. The tensor is consumed even
@@ -372,7 +391,8 @@ inline pybind11::object toDlpackCapsule(DLManagedTensor* managed) {
   assert(PyGILState_Check());
   PyObject* out = nullptr;
   pysched_error* err = nullptr;
-  detail::check_tensor(pysched_dlpack_to_capsule(reinterpret_cast<::DLManagedTensor*>(managed), &out, &err), err);
+  pysched_detail::check_tensor(
+      pysched_dlpack_to_capsule(reinterpret_cast<::DLManagedTensor*>(managed), &out, &err), err);
   return pybind11::reinterpret_steal<pybind11::object>(out);
 }
 
@@ -385,4 +405,5 @@ inline pybind11::object createCudaMatrixObject(const std::vector<T>& host_data, 
   return CudaTensor::matrix(host_data, rows, cols).toObject();
 }
 
+}  // namespace ext
 }  // namespace pyscheduler

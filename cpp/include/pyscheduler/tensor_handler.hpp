@@ -4,7 +4,7 @@
 // tensors, shape (B, *item_shape), and returns one array per output (a tuple for
 // several); each item's rows are copied to its destinations without Python.
 //
-// The queue forms share one per-item heap context (detail::tensor_call) passed through
+// The queue forms share one per-item heap context (pysched_detail::tensor_call) passed through
 // pysched_tensor_item.user_data, with static noexcept trampolines as in queued_call.hpp;
 // they differ only in how the outcome reaches the caller: a std::promise
 // (queue, queue_owned, queue_fill, queue_cancellable), the item's own light Future
@@ -43,6 +43,7 @@
 #include <vector>
 
 namespace pyscheduler {
+namespace ext {
 
 /// Element type of a tensor; the numbers are the C ABI's `pysched_dtype`.
 enum class DType : std::uint32_t {
@@ -142,7 +143,9 @@ struct TensorItemOptions {
 
 /// One host pointer per input, each to ONE item's bytes of that input (C order, the
 /// input's dtype). A non-owning view: a braced list `{a.data(), b.data()}`, a std::span,
-/// std::vector or std::array of pointers. Read during the queue call only.
+/// std::vector or std::array of pointers. Read during the queue call only. Like
+/// std::span, it does not keep a braced list alive: pass it as an argument, don't keep
+/// one made from a braced list in a variable.
 class TensorInputs {
  public:
   TensorInputs() noexcept = default;
@@ -176,16 +179,14 @@ class TensorOutputs {
   std::span<void* const> ptrs_;
 };
 
-namespace detail {
+}  // namespace ext
 
-// pysched_tensor_item.flags: the inputs are read when the batch is gathered. The value of
-// PYSCHED_TENSOR_BORROW_INPUTS in src/ffi/tensor_handler.rs; the generated header does not
-// export constants (cbindgen.toml's item_types), so it is spelled out here until it does.
-#ifdef PYSCHED_TENSOR_BORROW_INPUTS
+namespace pysched_detail {
+using namespace ::pyscheduler::ext;  // the public types below, unqualified
+
+
+// pysched_tensor_item.flags: the inputs are read when the batch is gathered.
 inline constexpr std::uint32_t tensor_borrow_inputs = PYSCHED_TENSOR_BORROW_INPUTS;
-#else
-inline constexpr std::uint32_t tensor_borrow_inputs = 1;
-#endif
 
 /// Marks "inputs are copied (or borrowed), not filled".
 struct no_fill {};
@@ -380,7 +381,9 @@ inline pysched_tensor_spec to_c(const TensorSpec& spec) {
 
 using tensor_handler_handle = unique_handle<pysched_tensor_handler, &pysched_tensor_handler_free>;
 
-}  // namespace detail
+}  // namespace pysched_detail
+
+namespace ext {
 
 /// A Python function bound with a tensor signature (PyManager::loadTensorFunction).
 ///
@@ -419,7 +422,7 @@ class TensorHandler {
   /// call on glibc (made after the batch's GIL hold, on the worker).
   /// Thread-safe. Never blocks (except on a full bounded queue with FullPolicy::Block).
   std::future<void> queue(TensorInputs inputs, TensorOutputs outputs, const TensorItemOptions& options = {}) {
-    return enqueue<detail::promise_completion<void>, void, detail::no_fill, void>(
+    return enqueue<pysched_detail::promise_completion<void>, void, pysched_detail::no_fill, void>(
         inputs.span(), outputs.span(), options, nullptr, std::nullopt, 0);
   }
 
@@ -433,14 +436,14 @@ class TensorHandler {
   template <typename Done>
     requires std::is_invocable_v<std::decay_t<Done>&, std::exception_ptr>
   void queue(TensorInputs inputs, TensorOutputs outputs, Done&& done, const TensorItemOptions& options = {}) {
-    enqueue<detail::done_completion<std::decay_t<Done>>, void, detail::no_fill, void>(
+    enqueue<pysched_detail::done_completion<std::decay_t<Done>>, void, pysched_detail::no_fill, void>(
         inputs.span(), outputs.span(), options, nullptr, std::nullopt, 0, std::forward<Done>(done));
   }
 
   /// As queue, returning the item's own light Future (future.hpp): one allocation per
   /// item shared with the core, no system call unless the caller is already waiting.
   Future<void> queue_future(TensorInputs inputs, TensorOutputs outputs, const TensorItemOptions& options = {}) {
-    return enqueue<detail::future_completion<void>, void, detail::no_fill, void>(inputs.span(), outputs.span(),
+    return enqueue<pysched_detail::future_completion<void>, void, pysched_detail::no_fill, void>(inputs.span(), outputs.span(),
                                                                                  options, nullptr, std::nullopt, 0);
   }
 
@@ -449,7 +452,7 @@ class TensorHandler {
   CancellableFuture<void> queue_cancellable(TensorInputs inputs, TensorOutputs outputs,
                                             const TensorItemOptions& options = {}) {
     pysched_future* item = nullptr;
-    auto future = enqueue<detail::promise_completion<void>, void, detail::no_fill, void>(
+    auto future = enqueue<pysched_detail::promise_completion<void>, void, pysched_detail::no_fill, void>(
         inputs.span(), outputs.span(), options, &item, std::nullopt, 0);
     return {std::move(future), item};
   }
@@ -460,7 +463,7 @@ class TensorHandler {
   template <typename T>
   std::future<std::vector<T>> queue_owned(TensorInputs inputs, const TensorItemOptions& options = {}) {
     const TensorSpec& out = owned_output<T>();
-    return enqueue<detail::promise_completion<std::vector<T>>, std::vector<T>, detail::no_fill, T>(
+    return enqueue<pysched_detail::promise_completion<std::vector<T>>, std::vector<T>, pysched_detail::no_fill, T>(
         inputs.span(), {}, options, nullptr, std::nullopt, out.item_elements());
   }
 
@@ -472,7 +475,7 @@ class TensorHandler {
   template <typename Fill>
     requires std::is_invocable_v<std::decay_t<Fill>&&, std::span<void* const>>
   std::future<void> queue_fill(Fill&& fill, TensorOutputs outputs, const TensorItemOptions& options = {}) {
-    return enqueue<detail::promise_completion<void>, void, std::decay_t<Fill>, void>(
+    return enqueue<pysched_detail::promise_completion<void>, void, std::decay_t<Fill>, void>(
         {}, outputs.span(), options, nullptr, std::optional<std::decay_t<Fill>>(std::forward<Fill>(fill)), 0);
   }
 
@@ -481,7 +484,7 @@ class TensorHandler {
     requires std::is_invocable_v<std::decay_t<Fill>&&, std::span<void* const>> &&
              std::is_invocable_v<std::decay_t<Done>&, std::exception_ptr>
   void queue_fill(Fill&& fill, TensorOutputs outputs, Done&& done, const TensorItemOptions& options = {}) {
-    enqueue<detail::done_completion<std::decay_t<Done>>, void, std::decay_t<Fill>, void>(
+    enqueue<pysched_detail::done_completion<std::decay_t<Done>>, void, std::decay_t<Fill>, void>(
         {}, outputs.span(), options, nullptr, std::optional<std::decay_t<Fill>>(std::forward<Fill>(fill)),
         0, std::forward<Done>(done));
   }
@@ -490,30 +493,30 @@ class TensorHandler {
   template <typename Fill>
     requires std::is_invocable_v<std::decay_t<Fill>&&, std::span<void* const>>
   Future<void> queue_fill_future(Fill&& fill, TensorOutputs outputs, const TensorItemOptions& options = {}) {
-    return enqueue<detail::future_completion<void>, void, std::decay_t<Fill>, void>(
+    return enqueue<pysched_detail::future_completion<void>, void, std::decay_t<Fill>, void>(
         {}, outputs.span(), options, nullptr, std::optional<std::decay_t<Fill>>(std::forward<Fill>(fill)), 0);
   }
 
   /// Blocks until everything queued so far has finished (every completion ran).
   void drain() {
     const pysched_tensor_handler* h = checked();
-    detail::call_checked([h](pysched_error** error) { return pysched_tensor_handler_drain(h, error); });
+    pysched_detail::call_checked([h](pysched_error** error) { return pysched_tensor_handler_drain(h, error); });
   }
 
   /// Queue sizes, counters of every outcome and moving averages. Never blocks on Python.
   HandlerStats stats() const {
     const pysched_tensor_handler* h = checked();
     pysched_stats s{};
-    detail::call_checked([h, &s](pysched_error** error) { return pysched_tensor_handler_stats(h, &s, error); });
-    return detail::from_c(s);
+    pysched_detail::call_checked([h, &s](pysched_error** error) { return pysched_tensor_handler_stats(h, &s, error); });
+    return pysched_detail::from_c(s);
   }
 
   /// p50/p99 of batch sizes, queue wait, execute and GIL wait times.
   LatencySummary latency() const {
     const pysched_tensor_handler* h = checked();
     pysched_latency l{};
-    detail::call_checked([h, &l](pysched_error** error) { return pysched_tensor_handler_latency(h, &l, error); });
-    return detail::from_c(l);
+    pysched_detail::call_checked([h, &l](pysched_error** error) { return pysched_tensor_handler_latency(h, &l, error); });
+    return pysched_detail::from_c(l);
   }
 
   /// "module.entry_point", or HandlerOptions::name.
@@ -528,7 +531,7 @@ class TensorHandler {
   pysched_tensor_handler* native_handle() const noexcept { return handle_.get(); }
 
  private:
-  friend class PyManager;
+  friend class ::pyscheduler::PyManager;
   TensorHandler(pysched_tensor_handler* handle, TensorSignature signature, std::string name) noexcept
       : handle_(handle), signature_(std::move(signature)), name_(std::move(name)) {}
 
@@ -589,27 +592,27 @@ class TensorHandler {
   }
 
   // Completion: how the outcome is handed over (promise, Future, done); R its value
-  // type; Fill the fill callable or detail::no_fill; Owned the element type of
+  // type; Fill the fill callable or pysched_detail::no_fill; Owned the element type of
   // queue_owned's rows, else void. Returns std::future<R>, Future<R> or void.
   template <typename Completion, typename R, typename Fill, typename Owned, typename... CompletionArgs>
-  detail::tensor_queue_result_t<Completion, R> enqueue(std::span<const void* const> inputs, std::span<void* const> outputs, const TensorItemOptions& options,
+  pysched_detail::tensor_queue_result_t<Completion, R> enqueue(std::span<const void* const> inputs, std::span<void* const> outputs, const TensorItemOptions& options,
                pysched_future** out_future, std::optional<Fill> fill, std::size_t owned_elements,
                CompletionArgs&&... completion_args) {
-    using Call = detail::tensor_call<Completion, R, Fill, Owned>;
-    constexpr bool has_fill = !std::is_same_v<Fill, detail::no_fill>;
+    using Call = pysched_detail::tensor_call<Completion, R, Fill, Owned>;
+    constexpr bool has_fill = !std::is_same_v<Fill, pysched_detail::no_fill>;
     constexpr bool owned = !std::is_void_v<Owned>;
     const pysched_tensor_handler* handler = checked();
     check_pointers(inputs, outputs, has_fill, owned);
-    const std::uint64_t timeout_us = detail::tensor_timeout_us(options.timeout);
+    const std::uint64_t timeout_us = pysched_detail::tensor_timeout_us(options.timeout);
     auto call = std::make_unique<Call>(static_cast<std::uint32_t>(signature_.inputs.size()), std::move(fill),
                                        owned_elements, std::forward<CompletionArgs>(completion_args)...);
     void* owned_dest[1] = {call->owned_destination()};
     void* const* dests = owned ? owned_dest : (outputs.empty() ? nullptr : outputs.data());
-    using Result = detail::tensor_queue_result_t<Completion, R>;
+    using Result = pysched_detail::tensor_queue_result_t<Completion, R>;
     auto result = [&] {
       if constexpr (std::is_same_v<Result, Future<R>>) {
         // The Future is the context's second owner, besides the core.
-        return detail::future_access::adopt<R>(call.get());
+        return pysched_detail::future_access::adopt<R>(call.get());
       } else if constexpr (std::is_same_v<Result, std::future<R>>) {
         return call->get_future();
       } else {
@@ -621,43 +624,48 @@ class TensorHandler {
     // the queue refuses the item (then before pysched_tensor_handler_queue returns), so
     // the outcome always travels through the trampolines and the status adds nothing.
     Call* raw = call.release();
-    detail::tsan_release(raw);
+    pysched_detail::tsan_release(raw);
     (void)pysched_tensor_handler_queue(handler, &item, out_future, nullptr);
     if constexpr (!std::is_void_v<Result>) {
       return result;
     }
   }
 
-  detail::tensor_handler_handle handle_;
+  pysched_detail::tensor_handler_handle handle_;
   TensorSignature signature_;
   std::string name_;
 };
 
-inline TensorHandler PyManager::loadTensorFunction(const std::string& module_name, const std::string& entry_point,
-                                                   const TensorSignature& signature, const HandlerOptions& options) {
-  const pysched_handler_options c_options = detail::to_c(options);
-  const char* module = detail::c_str_arg(module_name, "module_name");
-  const char* entry = detail::c_str_arg(entry_point, "entry_point");
+}  // namespace ext
+
+inline ext::TensorHandler PyManager::loadTensorFunction(const std::string& module_name,
+                                                        const std::string& entry_point,
+                                                        const ext::TensorSignature& signature,
+                                                        const ext::HandlerOptions& options) {
+  using namespace ::pyscheduler::ext;
+  const pysched_handler_options c_options = pysched_detail::to_c(options);
+  const char* module = pysched_detail::c_str_arg(module_name, "module_name");
+  const char* entry = pysched_detail::c_str_arg(entry_point, "entry_point");
   std::vector<pysched_tensor_spec> specs;
   specs.reserve(signature.inputs.size() + signature.outputs.size());
   for (const TensorSpec& s : signature.inputs) {
-    specs.push_back(detail::to_c(s));
+    specs.push_back(pysched_detail::to_c(s));
   }
   for (const TensorSpec& s : signature.outputs) {
-    specs.push_back(detail::to_c(s));
+    specs.push_back(pysched_detail::to_c(s));
   }
   pysched_tensor_signature c_signature{};
-  c_signature.n_inputs = detail::checked_narrow<std::uint32_t>(signature.inputs.size(), "the number of inputs");
-  c_signature.n_outputs = detail::checked_narrow<std::uint32_t>(signature.outputs.size(), "the number of outputs");
+  c_signature.n_inputs = pysched_detail::checked_narrow<std::uint32_t>(signature.inputs.size(), "the number of inputs");
+  c_signature.n_outputs = pysched_detail::checked_narrow<std::uint32_t>(signature.outputs.size(), "the number of outputs");
   c_signature.inputs = c_signature.n_inputs == 0 ? nullptr : specs.data();
   c_signature.outputs = c_signature.n_outputs == 0 ? nullptr : specs.data() + c_signature.n_inputs;
   c_signature.device = signature.device;
   pysched_tensor_handler* handler = nullptr;
-  detail::call_checked([&](pysched_error** error) {
+  pysched_detail::call_checked([&](pysched_error** error) {
     return pysched_manager_load_tensor(handle_.get(), module, entry, &c_signature, &c_options, &handler, error);
   });
   // Owned from here: a throwing copy below frees (drains) the fresh handler.
-  detail::tensor_handler_handle owner(handler);
+  pysched_detail::tensor_handler_handle owner(handler);
   std::string name = options.name.empty() ? module_name + "." + entry_point : options.name;
   TensorHandler result(nullptr, signature, std::move(name));
   result.handle_ = std::move(owner);

@@ -49,17 +49,17 @@ bool same_values(py::handle nested, const std::vector<T>& host, int64_t rows, in
 }
 
 template <typename T>
-void roundtrip_dtype(const char* name, pyscheduler::CudaStager& stager) {
+void roundtrip_dtype(const char* name, pyscheduler::ext::CudaStager& stager) {
   const int64_t rows = 37, cols = 53;
   const auto host = sample<T>(rows * cols);
   py::gil_scoped_acquire gil;
   py::object to_list = py::module_::import("gpu_matmul").attr("to_nested_list");
-  check(same_values(to_list(pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(host, rows, cols))), host,
+  check(same_values(to_list(pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(host, rows, cols))), host,
                     rows, cols),
         std::string("round trip ") + name + ": createCudaMatrixDlpack -> capsule -> torch");
-  check(same_values(to_list(pyscheduler::createCudaMatrixObject(host, rows, cols)), host, rows, cols),
+  check(same_values(to_list(pyscheduler::ext::createCudaMatrixObject(host, rows, cols)), host, rows, cols),
         std::string("round trip ") + name + ": createCudaMatrixObject -> torch");
-  pyscheduler::CudaTensor staged;
+  pyscheduler::ext::CudaTensor staged;
   {
     py::gil_scoped_release nogil;
     staged = stager.uploadMatrix(host, rows, cols);
@@ -70,14 +70,14 @@ void roundtrip_dtype(const char* name, pyscheduler::CudaStager& stager) {
         std::string("round trip ") + name + ": stager upload -> capsule -> torch");
 }
 
-void matmul_equals_cpu(pyscheduler::CudaStager& stager) {
+void matmul_equals_cpu(pyscheduler::ext::CudaStager& stager) {
   {
     // The original's example: [[1,2,3],[4,5,6]] @ [[7,8],[9,10],[11,12]].
     const std::vector<float> a = {1, 2, 3, 4, 5, 6}, b = {7, 8, 9, 10, 11, 12};
     py::gil_scoped_acquire gil;
     py::object matmul = py::module_::import("gpu_matmul").attr("matmul");
-    auto got = matmul(pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(a, 2, 3)),
-                      pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(b, 3, 2)))
+    auto got = matmul(pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(a, 2, 3)),
+                      pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(b, 3, 2)))
                    .cast<std::vector<std::vector<float>>>();
     check(got == std::vector<std::vector<float>>{{58, 64}, {139, 154}}, "2x3 @ 3x2 in torch == [[58,64],[139,154]]");
   }
@@ -87,16 +87,16 @@ void matmul_equals_cpu(pyscheduler::CudaStager& stager) {
   {
     py::gil_scoped_acquire gil;
     py::object matmul = py::module_::import("gpu_matmul").attr("matmul");
-    auto r = compare_matrix(matmul(pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(a, n, k)),
-                                   pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(b, k, m))),
+    auto r = compare_matrix(matmul(pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(a, n, k)),
+                                   pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(b, k, m))),
                             expect, n, m, 1e-4);
     check(r.empty(), "float matmul via capsules == CPU reference " + r);
     r = compare_matrix(
-        matmul(pyscheduler::createCudaMatrixObject(a, n, k), pyscheduler::createCudaMatrixObject(b, k, m)), expect,
+        matmul(pyscheduler::ext::createCudaMatrixObject(a, n, k), pyscheduler::ext::createCudaMatrixObject(b, k, m)), expect,
         n, m, 1e-4);
     check(r.empty(), "float matmul via __dlpack__ objects == CPU reference " + r);
     std::vector<double> ad(a.begin(), a.end()), bd(b.begin(), b.end());
-    r = compare_matrix(matmul(pyscheduler::createCudaMatrixObject(ad, n, k), pyscheduler::createCudaMatrixObject(bd, k, m)),
+    r = compare_matrix(matmul(pyscheduler::ext::createCudaMatrixObject(ad, n, k), pyscheduler::ext::createCudaMatrixObject(bd, k, m)),
                        matmul_reference(ad, bd, n, k, m), n, m, 1e-10);
     check(r.empty(), "double matmul == CPU reference " + r);
   }
@@ -107,7 +107,7 @@ void matmul_equals_cpu(pyscheduler::CudaStager& stager) {
   const double expect_sum = matmul_sum_reference(ba, bb, big, big, big);
   for (const char* entry : {"matmul", "matmul_on_side_stream"}) {
     for (int round = 0; round < 3; round++) {
-      pyscheduler::CudaTensor ta = stager.uploadMatrix(ba, big, big), tb = stager.uploadMatrix(bb, big, big);
+      pyscheduler::ext::CudaTensor ta = stager.uploadMatrix(ba, big, big), tb = stager.uploadMatrix(bb, big, big);
       py::gil_scoped_acquire gil;
       auto got = py::module_::import("gpu_matmul").attr(entry)(ta.toObject(), tb.toObject());
       double sum = 0.0;
@@ -120,9 +120,9 @@ void matmul_equals_cpu(pyscheduler::CudaStager& stager) {
   }
 }
 
-void protocol_details(pyscheduler::CudaStager& stager) {
+void protocol_details(pyscheduler::ext::CudaStager& stager) {
   const auto host = random_matrix(64, 64, 5);
-  pyscheduler::CudaTensor t = stager.uploadMatrix(host, 64, 64);
+  pyscheduler::ext::CudaTensor t = stager.uploadMatrix(host, 64, 64);
   py::gil_scoped_acquire gil;
   auto problems = py::module_::import("gpu_matmul")
                       .attr("dlpack_protocol_problems")(t.toObject(), 0)
@@ -136,10 +136,10 @@ struct MatmulJob : Job {
   int64_t n, k, m;
   uint32_t seed;
   bool staged;
-  pyscheduler::CudaStager* stager;
+  pyscheduler::ext::CudaStager* stager;
   std::vector<float> a, b;
-  pyscheduler::CudaTensor ta, tb;
-  MatmulJob(int64_t n_, int64_t k_, int64_t m_, uint32_t seed_, bool staged_, pyscheduler::CudaStager* s)
+  pyscheduler::ext::CudaTensor ta, tb;
+  MatmulJob(int64_t n_, int64_t k_, int64_t m_, uint32_t seed_, bool staged_, pyscheduler::ext::CudaStager* s)
       : n(n_), k(k_), m(m_), seed(seed_), staged(staged_), stager(s) {}
   bool has_prepare() const override { return staged; }
   void prepare() override {
@@ -152,15 +152,15 @@ struct MatmulJob : Job {
     if (staged) return py::make_tuple(ta.toObject(), tb.toObject());
     a = random_matrix(n, k, seed);
     b = random_matrix(k, m, seed ^ 0x9e3779b9u);
-    return py::make_tuple(pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(a, n, k)),
-                          pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(b, k, m)));
+    return py::make_tuple(pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(a, n, k)),
+                          pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(b, k, m)));
   }
   std::string check_result(py::handle result) override {
     return compare_matrix(result, matmul_reference(a, b, n, k, m), n, m, 1e-4);
   }
 };
 
-void random_shapes_through_batching_handler(pyscheduler::CudaStager& stager) {
+void random_shapes_through_batching_handler(pyscheduler::ext::CudaStager& stager) {
   for (bool staged : {false, true}) {
     pysched_handler* h = load("matmul_batch", 8, 1);
     Latch latch;
@@ -190,7 +190,7 @@ void no_growth(const std::string& what, size_t before, size_t after) {
                                std::to_string(after >> 20) + " MiB");
 }
 
-void ten_thousand_tensors(pyscheduler::CudaStager& stager) {
+void ten_thousand_tensors(pyscheduler::ext::CudaStager& stager) {
   const int count = 10000;
   const auto host = random_matrix(64, 64, 9);
   auto settle = [] {
@@ -237,8 +237,8 @@ void ten_thousand_tensors(pyscheduler::CudaStager& stager) {
   {
     py::gil_scoped_acquire gil;
     for (int i = 0; i < count; i++) {
-      py::object unconsumed = pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(host, 64, 64));
-      py::object obj = pyscheduler::createCudaMatrixObject(host, 64, 64);
+      py::object unconsumed = pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(host, 64, 64));
+      py::object obj = pyscheduler::ext::createCudaMatrixObject(host, 64, 64);
       py::object cap = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0));
     }
   }
@@ -254,10 +254,10 @@ void ten_thousand_tensors(pyscheduler::CudaStager& stager) {
     }
     double total = 0.0;
     for (int i = 0; i < count; i++) {
-      pyscheduler::CudaTensor t = stager.uploadMatrix(host, 64, 64);
+      pyscheduler::ext::CudaTensor t = stager.uploadMatrix(host, 64, 64);
       py::gil_scoped_acquire gil;
       total += consume(t.toObject()).cast<double>();
-      if (i % 2 == 0) total += consume(pyscheduler::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(host, 64, 64)))
+      if (i % 2 == 0) total += consume(pyscheduler::ext::toDlpackCapsule(pyscheduler::createCudaMatrixDlpack(host, 64, 64)))
                                    .cast<double>();
     }
     py::gil_scoped_acquire gil;
@@ -282,7 +282,7 @@ int main() {
       std::printf("%s\n", m.attr("describe")().cast<std::string>().c_str());
       check(m.attr("has_cuda")().cast<bool>(), "torch sees CUDA");
     }
-    pyscheduler::CudaStager stager(0, 64ull << 20);
+    pyscheduler::ext::CudaStager stager(0, 64ull << 20);
     roundtrip_dtype<float>("float32", stager);
     roundtrip_dtype<double>("float64", stager);
     roundtrip_dtype<int64_t>("int64", stager);

@@ -14,7 +14,7 @@
 #include <limits>
 #include <new>
 
-namespace pyscheduler::detail {
+namespace pyscheduler::pysched_detail {
 
 #ifndef PYSCHEDULER_SYSTEM_ALLOCATOR
 inline void* core_allocate(std::size_t size, std::size_t align) {
@@ -58,6 +58,6 @@ struct core_allocator {
   }
 };
 
-}  // namespace pyscheduler::detail
+}  // namespace pyscheduler::pysched_detail
 
 #endif  // PYSCHEDULER_DETAIL_CORE_ALLOC_HPP

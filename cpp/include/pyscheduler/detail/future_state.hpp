@@ -36,7 +36,7 @@
 #include <ctime>
 #endif
 
-namespace pyscheduler::detail {
+namespace pyscheduler::pysched_detail {
 
 /// The value of a void callback.
 struct void_result {};
@@ -290,6 +290,6 @@ class future_state {
   destroy_fn destroy_;
 };
 
-}  // namespace pyscheduler::detail
+}  // namespace pyscheduler::pysched_detail
 
 #endif  // PYSCHEDULER_DETAIL_FUTURE_STATE_HPP

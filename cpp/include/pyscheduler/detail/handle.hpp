@@ -8,7 +8,7 @@
 
 #include <memory>
 
-namespace pyscheduler::detail {
+namespace pyscheduler::pysched_detail {
 
 /// Stateless deleter calling the C `_free` function `Free`; adds nothing to the size.
 template <auto Free>
@@ -30,6 +30,6 @@ using handler_handle = unique_handle<pysched_handler, &pysched_handler_free>;
 using future_handle = unique_handle<pysched_future, &pysched_future_free>;
 using error_handle = unique_handle<pysched_error, &pysched_error_free>;
 
-}  // namespace pyscheduler::detail
+}  // namespace pyscheduler::pysched_detail
 
 #endif  // PYSCHEDULER_DETAIL_HANDLE_HPP

@@ -9,7 +9,7 @@
 #include <type_traits>
 #include <utility>
 
-namespace pyscheduler::detail {
+namespace pyscheduler::pysched_detail {
 
 template <typename F, typename... Stored>
 inline constexpr bool invocable_with_stored_v =
@@ -39,6 +39,6 @@ decltype(auto) invoke_with_stored(F&& f, std::tuple<Stored...>& stored) {
       stored);
 }
 
-}  // namespace pyscheduler::detail
+}  // namespace pyscheduler::pysched_detail
 
 #endif  // PYSCHEDULER_DETAIL_INVOKE_TRAITS_HPP

@@ -16,7 +16,7 @@
 #include <exception>
 #include <string>
 
-namespace pyscheduler::detail {
+namespace pyscheduler::pysched_detail {
 
 /// Whether the calling thread is attached to the interpreter (holds the GIL). A
 /// thread-local read; exact also where PyGILState_Check is not.
@@ -66,6 +66,6 @@ inline std::exception_ptr capture_current_exception(const char* context, ErrorKi
   }
 }
 
-}  // namespace pyscheduler::detail
+}  // namespace pyscheduler::pysched_detail
 
 #endif  // PYSCHEDULER_DETAIL_PYTHON_ERROR_HPP

@@ -31,7 +31,7 @@
 #include <utility>
 #include <variant>
 
-namespace pyscheduler::detail {
+namespace pyscheduler::pysched_detail {
 
 /// Marks "no GIL-free stage": commit receives the queued arguments itself.
 struct no_stage {};
@@ -319,6 +319,6 @@ class queued_call final : public Completion<callback_result_t<CallbackFwd>> {
   std::optional<payload> payload_;
 };
 
-}  // namespace pyscheduler::detail
+}  // namespace pyscheduler::pysched_detail
 
 #endif  // PYSCHEDULER_DETAIL_QUEUED_CALL_HPP

@@ -23,7 +23,7 @@
 #include <type_traits>
 #include <utility>
 
-namespace pyscheduler::detail {
+namespace pyscheduler::pysched_detail {
 
 /// Holds the continuation's value until the C call returns: R by value, a pointer for
 /// references, nothing for void.
@@ -83,6 +83,11 @@ class sync_call {
       self->user_error_ = capture_current_exception(context.c_str(), ErrorKind::PythonException);
       return 1;
     }
+    // The argument tuple is gone: a destructor it ran (a capsule's, once the function
+    // consumed it) may have left an error set, which must not reach the caster in
+    // on_result (pybind11 asserts on it). The core reports it as unraisable and clears it.
+    (void)pysched_handler_report_stray_error(self->handler_, "a destructor run as the call's arguments were released",
+                                             nullptr);
     try {
       if constexpr (std::is_void_v<result_type>) {
         std::invoke(static_cast<OnResultFwd&&>(self->on_result_), std::move(result));
@@ -103,6 +108,6 @@ class sync_call {
   std::exception_ptr user_error_;
 };
 
-}  // namespace pyscheduler::detail
+}  // namespace pyscheduler::pysched_detail
 
 #endif  // PYSCHEDULER_DETAIL_SYNC_CALL_HPP

@@ -21,7 +21,7 @@ extern "C" void __tsan_acquire(void* addr);
 extern "C" void __tsan_release(void* addr);
 #endif
 
-namespace pyscheduler::detail {
+namespace pyscheduler::pysched_detail {
 
 /// Publishes everything this thread wrote before handing `addr` to another thread.
 inline void tsan_release([[maybe_unused]] void* addr) noexcept {
@@ -37,6 +37,6 @@ inline void tsan_acquire([[maybe_unused]] void* addr) noexcept {
 #endif
 }
 
-}  // namespace pyscheduler::detail
+}  // namespace pyscheduler::pysched_detail
 
 #endif  // PYSCHEDULER_DETAIL_TSAN_HPP
