@@ -93,6 +93,119 @@ pub struct DLManagedTensorVersioned {
 pub const DLTENSOR_NAME: &CStr = c"dltensor";
 pub const DLTENSOR_VERSIONED_NAME: &CStr = c"dltensor_versioned";
 
+/// Where an export's data is and what it is: everything of a `DLTensor` but the shape and
+/// stride pointers, which the export owns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExportDesc<'a> {
+    pub(crate) data: *mut c_void,
+    pub(crate) device: DLDevice,
+    pub(crate) dtype: DLDataType,
+    pub(crate) shape: &'a [i64],
+    /// In elements.
+    pub(crate) strides: &'a [i64],
+}
+
+/// What an export owns: its own copies of shape and strides (consumers get mutable
+/// pointers) and `owner`, which keeps the data alive until the deleter drops it.
+struct ExportOwned<O> {
+    shape: Box<[i64]>,
+    strides: Box<[i64]>,
+    _owner: O,
+}
+
+impl<O> ExportOwned<O> {
+    fn new(desc: &ExportDesc<'_>, owner: O) -> (ExportOwned<O>, DLTensor) {
+        let mut owned = ExportOwned { shape: desc.shape.into(), strides: desc.strides.into(), _owner: owner };
+        let dl_tensor = DLTensor {
+            data: desc.data,
+            device: desc.device,
+            ndim: owned.shape.len() as i32,
+            dtype: desc.dtype,
+            shape: owned.shape.as_mut_ptr(),
+            strides: owned.strides.as_mut_ptr(),
+            byte_offset: 0,
+        };
+        (owned, dl_tensor)
+    }
+}
+
+/// The heap block behind a legacy export; `managed` first, so that the block's address
+/// is the `DLManagedTensor*` handed out (and its `manager_ctx`).
+#[repr(C)]
+struct LegacyExport<O> {
+    managed: DLManagedTensor,
+    owned: ExportOwned<O>,
+}
+
+#[repr(C)]
+struct VersionedExport<O> {
+    managed: DLManagedTensorVersioned,
+    owned: ExportOwned<O>,
+}
+
+unsafe extern "C" fn legacy_deleter<O>(managed: *mut DLManagedTensor) {
+    if managed.is_null() {
+        return;
+    }
+    // Dropping the owner may take locks or free memory; never unwind into the consumer.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: made by `export_legacy::<O>` (a leaked Box<LegacyExport<O>> whose first
+        // field is the managed tensor); DLPack calls the deleter exactly once.
+        drop(unsafe { Box::from_raw(managed.cast::<LegacyExport<O>>()) });
+    }));
+}
+
+unsafe extern "C" fn versioned_deleter<O>(managed: *mut DLManagedTensorVersioned) {
+    if managed.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in legacy_deleter, for a Box<VersionedExport<O>>.
+        drop(unsafe { Box::from_raw(managed.cast::<VersionedExport<O>>()) });
+    }));
+}
+
+/// A new legacy `DLManagedTensor` describing `desc`, owning `owner` until its deleter
+/// runs. The caller owns it and must call its deleter exactly once (or hand it to a
+/// consumer that will). The deleter touches no Python object.
+pub(crate) fn export_legacy<O: Send + 'static>(desc: &ExportDesc<'_>, owner: O) -> *mut DLManagedTensor {
+    let (owned, dl_tensor) = ExportOwned::new(desc, owner);
+    let block = Box::into_raw(Box::new(LegacyExport {
+        managed: DLManagedTensor {
+            dl_tensor,
+            manager_ctx: std::ptr::null_mut(),
+            deleter: Some(legacy_deleter::<O>),
+        },
+        owned,
+    }));
+    // SAFETY: block is a fresh, valid allocation; moving the Box did not move the heap
+    // data the shape/strides pointers refer to.
+    unsafe { (*block).managed.manager_ctx = block.cast() };
+    block.cast()
+}
+
+/// As [`export_legacy`], a `DLManagedTensorVersioned` (version 1.0, flags 0: writable,
+/// not a copy).
+pub(crate) fn export_versioned<O: Send + 'static>(
+    desc: &ExportDesc<'_>,
+    owner: O,
+) -> *mut DLManagedTensorVersioned {
+    let (owned, dl_tensor) = ExportOwned::new(desc, owner);
+    let block = Box::into_raw(Box::new(VersionedExport {
+        managed: DLManagedTensorVersioned {
+            version: DLPACK_VERSION,
+            manager_ctx: std::ptr::null_mut(),
+            deleter: Some(versioned_deleter::<O>),
+            flags: 0,
+            dl_tensor,
+        },
+        owned,
+    }));
+    // SAFETY: as in export_legacy.
+    unsafe { (*block).managed.manager_ctx = block.cast() };
+    block.cast()
+}
+
 /// Runs `f` attached to the interpreter: directly when this thread already is, else
 /// through `PyGILState_Ensure` (capsule destructors may in principle run on a thread
 /// that holds no thread state; nothing here may assume the GIL is held).

@@ -5,16 +5,13 @@
 //! buffers go back to the pool only when Python has released all of them.
 
 use super::buffers::Lease;
-use crate::dlpack::{
-    self, DLDevice, DLManagedTensor, DLManagedTensorVersioned, DLTensor, DLPACK_VERSION, KDL_CPU,
-};
+use crate::dlpack::{self, DLDevice, KDL_CPU};
 use crate::dtype::DType;
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::ffi::{c_int, c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// One input of a batch, as the handler's function receives it.
@@ -72,99 +69,17 @@ impl BatchTensor {
     fn is_host(&self) -> bool {
         self.device.device_type == KDL_CPU
     }
-
-    fn dl_tensor(&self, shape: &mut [i64], strides: &mut [i64]) -> DLTensor {
-        DLTensor {
-            data: self.data as *mut c_void,
-            device: self.device,
-            ndim: shape.len() as i32,
-            dtype: self.dtype.dl_data_type(),
-            shape: shape.as_mut_ptr(),
-            strides: strides.as_mut_ptr(),
-            byte_offset: 0,
-        }
-    }
-}
-
-/// What a DLPack export of a view owns: its shape and strides (consumers get mutable
-/// pointers to them) and a hold on the batch's buffers.
-struct ExportOwned {
-    shape: Box<[i64]>,
-    strides: Box<[i64]>,
-    _lease: Arc<Lease>,
-}
-
-#[repr(C)]
-struct LegacyExport {
-    managed: DLManagedTensor,
-    owned: ExportOwned,
-}
-
-#[repr(C)]
-struct VersionedExport {
-    managed: DLManagedTensorVersioned,
-    owned: ExportOwned,
-}
-
-unsafe extern "C" fn legacy_deleter(managed: *mut DLManagedTensor) {
-    if managed.is_null() {
-        return;
-    }
-    // Dropping a lease may return buffers to the pool (a mutex); never unwind into C.
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: made by `export_legacy` (a leaked Box<LegacyExport> whose first field is
-        // the managed tensor); DLPack calls the deleter exactly once.
-        drop(unsafe { Box::from_raw(managed.cast::<LegacyExport>()) });
-    }));
-}
-
-unsafe extern "C" fn versioned_deleter(managed: *mut DLManagedTensorVersioned) {
-    if managed.is_null() {
-        return;
-    }
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: as in legacy_deleter, for a Box<VersionedExport>.
-        drop(unsafe { Box::from_raw(managed.cast::<VersionedExport>()) });
-    }));
 }
 
 impl BatchTensor {
-    fn owned(&self) -> ExportOwned {
-        ExportOwned {
-            shape: self.shape.clone().into_boxed_slice(),
-            strides: self.strides.clone().into_boxed_slice(),
-            _lease: self.lease.clone(),
+    fn desc(&self) -> dlpack::ExportDesc<'_> {
+        dlpack::ExportDesc {
+            data: self.data as *mut c_void,
+            device: self.device,
+            dtype: self.dtype.dl_data_type(),
+            shape: &self.shape,
+            strides: &self.strides,
         }
-    }
-
-    fn export_legacy(&self) -> *mut DLManagedTensor {
-        let mut owned = self.owned();
-        let dl_tensor = self.dl_tensor(&mut owned.shape, &mut owned.strides);
-        let block = Box::into_raw(Box::new(LegacyExport {
-            managed: DLManagedTensor {
-                dl_tensor,
-                manager_ctx: std::ptr::null_mut(),
-                deleter: Some(legacy_deleter),
-            },
-            owned,
-        }));
-        block.cast()
-    }
-
-    fn export_versioned(&self) -> *mut DLManagedTensorVersioned {
-        let mut owned = self.owned();
-        let dl_tensor = self.dl_tensor(&mut owned.shape, &mut owned.strides);
-        let block = Box::into_raw(Box::new(VersionedExport {
-            managed: DLManagedTensorVersioned {
-                version: DLPACK_VERSION,
-                manager_ctx: std::ptr::null_mut(),
-                deleter: Some(versioned_deleter),
-                flags: 0,
-                dl_tensor,
-            },
-            owned,
-        }));
-        block.cast()
     }
 
     fn device_tuple(&self) -> (i32, i32) {
@@ -217,10 +132,12 @@ impl BatchTensor {
         }
         let capsule = if max_version.is_some_and(|(major, _)| major >= 1) {
             // SAFETY: a fresh export owned by us, handed to the capsule.
-            unsafe { dlpack::versioned_capsule(py, self.export_versioned()) }
+            unsafe {
+                dlpack::versioned_capsule(py, dlpack::export_versioned(&self.desc(), self.lease.clone()))
+            }
         } else {
             // SAFETY: as above.
-            unsafe { dlpack::legacy_capsule(py, self.export_legacy()) }
+            unsafe { dlpack::legacy_capsule(py, dlpack::export_legacy(&self.desc(), self.lease.clone())) }
         };
         capsule.map_err(|e| PyValueError::new_err(e.to_string()))
     }
