@@ -501,6 +501,7 @@ run_benches() {
   build
   step "Running the benchmarks (cmake --build $BUILD_DIR --target bench)"
   cmake --build "$BUILD_DIR" --target bench
+  note "the same run as JSON: $BUILD_DIR/benches/pyscheduler_bench.json"
 }
 
 # --- Main ------------------------------------------------------------------------------------

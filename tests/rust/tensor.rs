@@ -439,3 +439,105 @@ fn a_full_bounded_queue_rejects_and_reports_once() {
         vec![5]
     );
 }
+
+static C_DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe extern "C" fn c_complete_ok(
+    _user_data: *mut std::ffi::c_void,
+    error: *const pyscheduler::ffi::pysched_error,
+) {
+    assert!(error.is_null(), "a C ABI item failed");
+    C_DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn c_abi_copies_each_input_at_queueing_and_writes_each_output_row() {
+    use pyscheduler::ffi::error::{pysched_error_free, pysched_error_message};
+    use pyscheduler::ffi::handler::pysched_handler_options_default;
+    use pyscheduler::ffi::manager::{pysched_manager_add_path, pysched_manager_new};
+    use pyscheduler::ffi::pysched_status::{PYSCHED_INVALID_ARGUMENT, PYSCHED_OK};
+    use pyscheduler::ffi::tensor_handler::*;
+    use std::ffi::{c_void, CStr, CString};
+    use std::ptr::{null, null_mut};
+
+    let mut m = null_mut();
+    assert_eq!(pysched_manager_new(null(), &mut m, null_mut()), PYSCHED_OK);
+    let dir = CString::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python")).unwrap();
+    assert_eq!(pysched_manager_add_path(m, dir.as_ptr(), null_mut()), PYSCHED_OK);
+    // add_and_sum: two (3,) f64 inputs, outputs a+b (3,) and the row sum of a ().
+    let three = [3i64];
+    let f64_3 = pysched_tensor_spec { dtype: DType::F64 as u32, ndim: 1, shape: three.as_ptr() };
+    let f64_scalar = pysched_tensor_spec { dtype: DType::F64 as u32, ndim: 0, shape: null() };
+    let inputs = [f64_3, f64_3];
+    let outputs = [f64_3, f64_scalar];
+    let sig = pysched_tensor_signature {
+        inputs: inputs.as_ptr(),
+        n_inputs: 2,
+        outputs: outputs.as_ptr(),
+        n_outputs: 2,
+        device: -1,
+    };
+    let mut options = pysched_handler_options_default();
+    options.batch_size = 8;
+    let mut h = null_mut();
+    let (module, entry) = (CString::new("tensor_testmod").unwrap(), CString::new("add_and_sum").unwrap());
+    assert_eq!(
+        pysched_manager_load_tensor(m, module.as_ptr(), entry.as_ptr(), &sig, &options, &mut h, null_mut()),
+        PYSCHED_OK
+    );
+    const N: usize = 50;
+    let mut sums = vec![[f64::NAN; 3]; N];
+    let mut totals = vec![f64::NAN; N];
+    let (sums_at, totals_at) = (sums.as_mut_ptr(), totals.as_mut_ptr());
+    for n in 0..N {
+        let mut a: [f64; 3] = std::array::from_fn(|i| (n * 10 + i) as f64);
+        let mut b: [f64; 3] = std::array::from_fn(|i| (n * 10 + 100 + i) as f64);
+        let ins = [a.as_ptr().cast::<c_void>(), b.as_ptr().cast::<c_void>()];
+        // SAFETY: within the two vectors, which outlive the drain below.
+        let outs = unsafe { [sums_at.add(n).cast::<c_void>(), totals_at.add(n).cast::<c_void>()] };
+        let item = pysched_tensor_item {
+            user_data: null_mut(),
+            inputs: ins.as_ptr(),
+            fill: None,
+            outputs: outs.as_ptr(),
+            complete: Some(c_complete_ok),
+            drop: None,
+            timeout_us: 0,
+            flags: 0,
+        };
+        assert_eq!(pysched_tensor_handler_queue(h, &item, null_mut(), null_mut()), PYSCHED_OK);
+        // Copied at queueing: what the caller does with its buffers afterwards is its own.
+        a.fill(f64::NAN);
+        b.fill(f64::NAN);
+        std::hint::black_box((&a, &b));
+    }
+    assert_eq!(pysched_tensor_handler_drain(h, null_mut()), PYSCHED_OK);
+    assert_eq!(C_DONE.load(std::sync::atomic::Ordering::SeqCst), N);
+    for n in 0..N {
+        let a: Vec<f64> = (0..3).map(|i| (n * 10 + i) as f64).collect();
+        let want: Vec<f64> = (0..3).map(|i| a[i] + (n * 10 + 100 + i) as f64).collect();
+        assert_eq!(sums[n].to_vec(), want, "item {n}");
+        assert_eq!(totals[n], a.iter().sum::<f64>(), "item {n}");
+    }
+    // A NULL destination is refused, naming it; nothing is queued.
+    let (a, b) = ([1.0f64; 3], [2.0f64; 3]);
+    let ins = [a.as_ptr().cast::<c_void>(), b.as_ptr().cast::<c_void>()];
+    let outs = [sums_at.cast::<c_void>(), null_mut()];
+    let item = pysched_tensor_item {
+        user_data: null_mut(),
+        inputs: ins.as_ptr(),
+        fill: None,
+        outputs: outs.as_ptr(),
+        complete: None,
+        drop: None,
+        timeout_us: 0,
+        flags: 0,
+    };
+    let mut err = null_mut();
+    assert_eq!(pysched_tensor_handler_queue(h, &item, null_mut(), &mut err), PYSCHED_INVALID_ARGUMENT);
+    // SAFETY: an error object handed out with the status, freed once.
+    let message = unsafe { CStr::from_ptr(pysched_error_message(err)) }.to_string_lossy().into_owned();
+    pysched_error_free(err);
+    assert!(message.contains("item->outputs[1] is NULL"), "{message}");
+    pysched_tensor_handler_free(h);
+}
