@@ -1173,8 +1173,11 @@ impl HandlerCore {
     /// Fails an item taken into a batch.
     pub(crate) fn fail_started(&self, item: &Entry, job: Option<JobSlot>, error: Error) {
         self.leave_batch();
+        // Counted before the job's `fail`, which may resolve the caller's own future (the
+        // C++ wrapper's promise): stats read after any future resolved include it.
+        self.counters.failed.fetch_add(1, Relaxed);
         fail_job(job, &error);
-        self.resolve_started(item, Err(error));
+        item.resolve(Err(error));
     }
 
     /// An item of a batch is about to reach its callbacks, which may resolve a future the

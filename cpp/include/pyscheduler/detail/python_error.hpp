@@ -18,9 +18,18 @@
 
 namespace pyscheduler::pysched_detail {
 
-/// Whether the calling thread is attached to the interpreter (holds the GIL). A
-/// thread-local read; exact also where PyGILState_Check is not.
-inline bool gil_held() noexcept { return pybind11::detail::get_thread_state_unchecked() != nullptr; }
+/// Whether the calling thread is attached to the interpreter (holds the GIL). On CPython
+/// 3.12+ a thread-local read, exact also where PyGILState_Check is not (sub-interpreters).
+/// Before 3.12 the unchecked read returns the thread state of whichever thread holds the
+/// GIL, not the caller's: there PyGILState_Check answers for this thread (every thread
+/// the core attaches goes through the PyGILState API).
+inline bool gil_held() noexcept {
+#if PY_VERSION_HEX >= 0x030C0000
+  return pybind11::detail::get_thread_state_unchecked() != nullptr;
+#else
+  return PyGILState_Check() != 0;
+#endif
+}
 
 /// PRECONDITION: the GIL is held.
 inline PythonError python_error_from(const pybind11::error_already_set& e, const std::string& context,
