@@ -206,6 +206,28 @@ pub(crate) fn export_versioned<O: Send + 'static>(
     block.cast()
 }
 
+/// Checks what a consumer asked of `__dlpack__` that a producer exporting its memory as is
+/// (`what`, e.g. "the tensor", on DLPack device `own`) can refuse: another device, or a
+/// copy.
+pub(crate) fn check_export_request(
+    what: &str,
+    own: (i32, i32),
+    dl_device: Option<(i32, i32)>,
+    copy: Option<bool>,
+) -> PyResult<()> {
+    if let Some(requested) = dl_device.filter(|&d| d != own) {
+        return Err(pyo3::exceptions::PyBufferError::new_err(format!(
+            "cannot export {what} on DLPack device {own:?} to device {requested:?}"
+        )));
+    }
+    if copy == Some(true) {
+        return Err(pyo3::exceptions::PyBufferError::new_err(format!(
+            "copy=True is not supported: {what} is exported without a copy"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `f` attached to the interpreter: directly when this thread already is, else
 /// through `PyGILState_Ensure` (capsule destructors may in principle run on a thread
 /// that holds no thread state; nothing here may assume the GIL is held).

@@ -8,7 +8,7 @@ use super::dlpack::{self, KDL_CPU, KDL_CUDA};
 use super::driver::{CUstream, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD};
 use super::tensor::DeviceTensor;
 use crate::error::{Error, ErrorKind, Result};
-use pyo3::exceptions::{PyBufferError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -88,19 +88,7 @@ impl PyCudaTensor {
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(requested) = dl_device {
-            if requested != self.device_tuple() {
-                return Err(PyBufferError::new_err(format!(
-                    "cannot export a tensor on DLPack device {:?} to device {requested:?}",
-                    self.device_tuple()
-                )));
-            }
-        }
-        if copy == Some(true) {
-            return Err(PyBufferError::new_err(
-                "copy=True is not supported: the tensor is exported without a copy",
-            ));
-        }
+        dlpack::check_export_request("the tensor", self.device_tuple(), dl_device, copy)?;
         if self.tensor.is_host() {
             // CPU data is complete at construction; there is no stream to order.
         } else {

@@ -114,19 +114,7 @@ impl BatchTensor {
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(requested) = dl_device {
-            if requested != self.device_tuple() {
-                return Err(PyBufferError::new_err(format!(
-                    "cannot export a batch tensor on DLPack device {:?} to device {requested:?}",
-                    self.device_tuple()
-                )));
-            }
-        }
-        if copy == Some(true) {
-            return Err(PyBufferError::new_err(
-                "copy=True is not supported: batch tensors are exported without a copy",
-            ));
-        }
+        dlpack::check_export_request("the batch tensor", self.device_tuple(), dl_device, copy)?;
         if !self.is_host() {
             super::cuda::order_consumer(&self.lease, stream)?;
         }
