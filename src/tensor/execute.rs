@@ -7,6 +7,7 @@ use super::job::{Sink, TensorJob};
 use super::output::{read_output, split_result, Expect, OutputRows};
 use super::TensorExec;
 use crate::error::{Error, ErrorKind, Result};
+use crate::python_err::report_stray;
 use crate::scheduler::{clock, Entry, HandlerCore, JobSlot};
 use crate::stats::LocalHistogram;
 use pyo3::prelude::*;
@@ -44,7 +45,11 @@ pub(crate) fn run_batch(core: &HandlerCore, exec: &TensorExec, batch: Vec<Entry>
             waits.record(start_ns.saturating_sub(entry.enqueued_ns()));
         }
         core.histograms.queue_wait_ns.merge(&waits);
-        call_and_split(py, core, exec, &lease, &mut live, start_ns)
+        report_stray(py, &core.name, "code run earlier on this worker");
+        let called = call_and_split(py, core, exec, &lease, &mut live, start_ns);
+        // The views, the results and their DLPack capsules were released by now.
+        report_stray(py, &core.name, "a destructor run as the batch's tensors were released");
+        called
     });
     drop(lease);
     if let Err(error) = called {
