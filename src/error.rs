@@ -4,6 +4,7 @@
 
 use pyo3::prelude::*;
 use pyo3::types::PyTracebackMethods;
+use std::ffi::CString;
 use std::fmt;
 
 /// What went wrong. The numbers are part of the C ABI (`pysched_status`) and never change.
@@ -190,3 +191,31 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// A detailed error: kind, message, and for Python exceptions the type name and the
+/// formatted traceback. Created by the library, released with `pysched_error_free`.
+// An `Error` with its strings NUL-terminated, as C callers read it: here, beside `Error`,
+// because the core hands one to C callbacks (`core::job::CallbackJob`) without depending
+// on the C ABI; its functions live in `ffi::error`.
+#[allow(non_camel_case_types)]
+pub struct pysched_error {
+    pub(crate) error: Error,
+    pub(crate) message: CString,
+    pub(crate) python_type: CString,
+    pub(crate) traceback: CString,
+}
+
+fn c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', "\\0")).unwrap_or_default()
+}
+
+impl pysched_error {
+    pub(crate) fn new(error: Error) -> pysched_error {
+        pysched_error {
+            message: c_string(error.message()),
+            python_type: c_string(error.python_type()),
+            traceback: c_string(error.traceback()),
+            error,
+        }
+    }
+}

@@ -1,17 +1,17 @@
 //! A bound Python callable: synchronous calls, and queued items that flow through the
 //! handler's batch pipeline (see `scheduler`). Dropping a handler drains its queue.
 
+use crate::core::{HandlerCore, ItemOptions, Job, JobSlot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::future::ItemFuture;
-use crate::manager::Shared;
 use crate::python_err::report_stray;
-use crate::scheduler::{HandlerCore, ItemOptions, Job, JobSlot};
+use crate::shared::Shared;
 use crate::stats::{HandlerStats, LatencySummary};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::sync::Arc;
 
-pub use crate::scheduler::{FullPolicy, HandlerOptions};
+pub use crate::core::{FullPolicy, HandlerOptions};
 
 /// A handle on a Python function with its own queue. Cheap to share across threads by
 /// reference (`&Handler` is `Sync`); dropping it waits until everything queued on it

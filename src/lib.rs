@@ -9,6 +9,7 @@
 //! `include/pyscheduler.h`) is a thin layer over this API; the C++ drop-in wrapper sits
 //! on the C ABI.
 
+mod core;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod dlpack;
@@ -21,17 +22,18 @@ pub mod manager;
 mod python_err;
 pub mod runtime;
 pub mod scheduler;
+mod shared;
 pub mod stats;
 pub mod subinterp;
 pub mod tensor;
 
+pub use crate::core::{ItemOptions, Job};
 pub use dtype::DType;
 pub use error::{Error, ErrorKind, Result};
 pub use future::{ItemFuture, Outcome};
 pub use handler::{FullPolicy, Handler, HandlerOptions};
 pub use manager::{debug_arc_count, debug_shared_state_address, Manager, ManagerOptions};
 pub use runtime::{RuntimeOptions, StartMode};
-pub use scheduler::{ItemOptions, Job};
 pub use stats::{HandlerStats, LatencySummary};
 pub use tensor::{
     Placement, TensorFuture, TensorHandler, TensorItemOptions, TensorRows, TensorSignature, TensorSpec,

@@ -1,16 +1,19 @@
-//! The process-wide state behind every manager: the worker pool and the module cache.
-//! Managers and handlers hold it through one `Arc`, so plugins that share the library
-//! share the state, and its strong count is the number of live managers and handlers.
+//! [`Manager`]: the entry point of the Rust API. It starts (or adopts) the interpreter,
+//! joins the process-wide state (`crate::shared`) and loads handlers.
+//!
+//! May call: `shared`, `runtime`, `handler`, `tensor`, `core` (`HandlerCore`),
+//! `subinterp` (a handler's replicas).
 
+use crate::core::HandlerCore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{Handler, HandlerOptions};
 use crate::runtime::{self, RuntimeOptions, StartMode};
-use crate::scheduler::{HandlerCore, Pool};
+use crate::shared::Shared;
+pub use crate::shared::{debug_arc_count, debug_shared_state_address};
 use crate::tensor::{TensorHandler, TensorSignature};
 use pyo3::prelude::*;
 use pyo3::types::PyAnyMethods;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 /// Options for a manager. `Default` is what the zero-valued C struct means.
 #[derive(Debug, Clone, Default)]
@@ -19,21 +22,6 @@ pub struct ManagerOptions {
     /// Worker threads of the shared pool (0: the default, the number of CPUs, at least
     /// 4). Only the manager that creates the process-wide state sets it.
     pub worker_threads: usize,
-}
-
-/// Process-wide state; one exists while any manager or handler is alive.
-pub(crate) struct Shared {
-    pool: Arc<Pool>,
-    /// Bound callables by (module, entry point); the GIL-independent lock guards the map.
-    functions: Mutex<HashMap<(String, String), Py<PyAny>>>,
-    start_mode: StartMode,
-}
-
-/// The current process-wide state, if any is alive.
-static SHARED: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
-
-fn default_worker_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).clamp(4, 64)
 }
 
 /// Entry point to the embedded interpreter. Cheap to create; all managers of a process
@@ -53,18 +41,7 @@ impl Manager {
             )));
         }
         let start_mode = runtime::ensure_started(&options.runtime)?;
-        let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(shared) = slot.upgrade() {
-            return Ok(Manager { shared });
-        }
-        let threads = match options.worker_threads {
-            0 => default_worker_threads(),
-            n => n,
-        };
-        let shared =
-            Arc::new(Shared { pool: Pool::new(threads)?, functions: Mutex::new(HashMap::new()), start_mode });
-        *slot = Arc::downgrade(&shared);
-        Ok(Manager { shared })
+        Ok(Manager { shared: Shared::join(start_mode, options.worker_threads)? })
     }
 
     /// Whether this process's interpreter was started by pyscheduler or adopted.
@@ -168,16 +145,6 @@ impl Manager {
     }
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // The cached callables are Python objects: release them attached.
-        let functions = std::mem::take(self.functions.get_mut().unwrap_or_else(|p| p.into_inner()));
-        if !functions.is_empty() && runtime::is_started() {
-            runtime::attach(|_py| drop(functions));
-        }
-    }
-}
-
 /// Rejects names that cannot be a Python module path or attribute path: empty, empty
 /// components, or components that are not identifiers.
 fn validate_dotted(what: &str, name: &str) -> Result<()> {
@@ -199,22 +166,6 @@ fn validate_dotted(what: &str, name: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Address of the live process-wide state (0 when none is alive). Equal in every
-/// plugin of a process that shares this library.
-pub fn debug_shared_state_address() -> usize {
-    let slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-    if slot.strong_count() == 0 {
-        0
-    } else {
-        slot.as_ptr() as usize
-    }
-}
-
-/// Live managers plus live handlers (each holds the state once).
-pub fn debug_arc_count() -> u64 {
-    SHARED.lock().unwrap_or_else(|p| p.into_inner()).strong_count() as u64
 }
 
 #[cfg(test)]

@@ -270,15 +270,51 @@ pub fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
 /// (on futures, on drains) never deadlock against workers that need the GIL.
 pub fn without_gil<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if is_started() && is_attached() {
-        if crate::subinterp::in_subinterpreter() {
+        if in_subinterpreter() {
             // A replica's callback (draining, waiting on a future): pyo3 must not attach
             // there, so release that interpreter's GIL through the C-API.
-            return crate::subinterp::without_subinterpreter_gil(f);
+            return without_subinterpreter_gil(f);
         }
         Python::attach(|py| py.detach(f))
     } else {
         f()
     }
+}
+
+/// Whether this thread's current Python thread state belongs to a sub-interpreter (a
+/// replica's, or any other), where pyo3's safe API must not run: its `attach` would
+/// release references of the main interpreter under the sub-interpreter's GIL.
+/// Callable with or without a thread state.
+pub(crate) fn in_subinterpreter() -> bool {
+    #[cfg(Py_3_12)]
+    // SAFETY: reading the current thread state (possibly NULL) and, when there is one,
+    // its interpreter, which lives at least as long as the thread state.
+    unsafe {
+        let tstate = ffi::compat::PyThreadState_GetUnchecked();
+        !tstate.is_null() && ffi::PyThreadState_GetInterpreter(tstate) != ffi::PyInterpreterState_Main()
+    }
+    #[cfg(not(Py_3_12))]
+    {
+        // Before 3.12 the current thread state is process-wide, and pyscheduler makes no
+        // sub-interpreters there.
+        false
+    }
+}
+
+/// Runs `f` with the current sub-interpreter's GIL released, through the raw C-API.
+/// PRECONDITION: [`in_subinterpreter`] is true on this thread (its GIL is held).
+pub(crate) fn without_subinterpreter_gil<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(*mut ffi::PyThreadState);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: the thread state this thread saved below; re-attaching to it is
+            // what the precondition's caller expects on return (also on unwinding).
+            unsafe { ffi::PyEval_RestoreThread(self.0) }
+        }
+    }
+    // SAFETY: the precondition: this thread holds the sub-interpreter's GIL.
+    let _restore = Restore(unsafe { ffi::PyEval_SaveThread() });
+    f()
 }
 
 /// Whether the calling thread is attached to an interpreter (holds its GIL, on GIL builds).

@@ -11,9 +11,9 @@
 //! The interpreter-creation entry point is looked up at run time (`dlsym`), so this module
 //! builds against any supported CPython and reports `Unsupported` below 3.12.
 
+use crate::core::{Entry, HandlerCore, Job};
 use crate::error::{Error, ErrorKind, Result};
 use crate::python_err::report_stray_attached;
-use crate::scheduler::{BatchSource, Entry, HandlerCore, Job};
 use crossbeam_channel::{Receiver, Sender};
 use pyo3::ffi::{self, PyObject};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -262,49 +262,13 @@ fn shut_down_batch(source: &HandlerCore, batch: Vec<Entry>) {
     let items = batch.len();
     let error = Error::new(
         ErrorKind::ShutDown,
-        format!("handler {} is shut down: the Python interpreter is exiting", source.name()),
+        format!("handler {} is shut down: the Python interpreter is exiting", source.name.as_str()),
     );
     for item in batch {
         let job = item.take_job();
         source.fail_item(&item, job, error.clone());
     }
     source.finish_batch(items);
-}
-
-/// Whether this thread's current Python thread state belongs to a sub-interpreter (a
-/// replica's, or any other), where pyo3's safe API must not run: its `attach` would
-/// release references of the main interpreter under the sub-interpreter's GIL.
-/// Callable with or without a thread state.
-pub(crate) fn in_subinterpreter() -> bool {
-    #[cfg(Py_3_12)]
-    // SAFETY: reading the current thread state (possibly NULL) and, when there is one,
-    // its interpreter, which lives at least as long as the thread state.
-    unsafe {
-        let tstate = ffi::compat::PyThreadState_GetUnchecked();
-        !tstate.is_null() && ffi::PyThreadState_GetInterpreter(tstate) != ffi::PyInterpreterState_Main()
-    }
-    #[cfg(not(Py_3_12))]
-    {
-        // Before 3.12 the current thread state is process-wide, and pyscheduler makes no
-        // sub-interpreters there.
-        false
-    }
-}
-
-/// Runs `f` with the current sub-interpreter's GIL released, through the raw C-API.
-/// PRECONDITION: [`in_subinterpreter`] is true on this thread (its GIL is held).
-pub(crate) fn without_subinterpreter_gil<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(*mut ffi::PyThreadState);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: the thread state this thread saved below; re-attaching to it is
-            // what the precondition's caller expects on return (also on unwinding).
-            unsafe { ffi::PyEval_RestoreThread(self.0) }
-        }
-    }
-    // SAFETY: the precondition: this thread holds the sub-interpreter's GIL.
-    let _restore = Restore(unsafe { ffi::PyEval_SaveThread() });
-    f()
 }
 
 /// What every replica of one handler imports.
@@ -757,7 +721,7 @@ fn nanos(d: std::time::Duration) -> u64 {
 unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<Entry>) {
     let items = batch.len();
     let start = Instant::now();
-    report_stray_attached(source.name(), "code run earlier on this replica's thread");
+    report_stray_attached(source.name.as_str(), "code run earlier on this replica's thread");
     let mut objects: Vec<Owned> = Vec::with_capacity(items);
     let mut live: Vec<(Entry, Box<dyn Job>)> = Vec::with_capacity(items);
     for item in batch {
@@ -790,7 +754,7 @@ unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<En
                 source.fail_item(&item, Some(job), panic);
             }
         }
-        report_stray_attached(source.name(), "the commit callback");
+        report_stray_attached(source.name.as_str(), "the commit callback");
     }
     let committed = Instant::now();
     let commit_ns = nanos(committed - start);
@@ -800,7 +764,7 @@ unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<En
         return;
     }
     let n = live.len();
-    let name = source.name();
+    let name = source.name.as_str();
     let results = call_with_list(function, objects, name);
     // The list of committed objects is released by now (a capsule's destructor).
     report_stray_attached(name, "a destructor run as the batch's arguments were released");
@@ -936,8 +900,8 @@ mod tests {
     //! tests/rust/subinterp.rs). Needs a CPython 3.12+ build; on older ones only the
     //! version check is tested.
     use super::*;
+    use crate::core::{HandlerCore, HandlerOptions, ItemOptions, Pool};
     use crate::future::ItemFuture;
-    use crate::scheduler::{HandlerCore, HandlerOptions, ItemOptions, Pool};
     use pyo3::prelude::*;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
@@ -1002,7 +966,7 @@ mod tests {
             .map(|value| {
                 let job = RawJob { value, got: got.clone(), finished: finished.clone() };
                 ItemFuture::new(
-                    core.enqueue(crate::scheduler::JobSlot::Boxed(Box::new(job)), ItemOptions::default()).0,
+                    core.enqueue(crate::core::JobSlot::Boxed(Box::new(job)), ItemOptions::default()).0,
                 )
             })
             .collect();

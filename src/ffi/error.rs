@@ -3,28 +3,12 @@
 
 use super::pysched_status;
 use crate::error::Error;
-use std::ffi::{c_char, CString};
+use std::ffi::c_char;
 
-/// A detailed error: kind, message, and for Python exceptions the type name and the
-/// formatted traceback. Created by the library, released with `pysched_error_free`.
-pub struct pysched_error {
-    error: Error,
-    message: CString,
-    python_type: CString,
-    traceback: CString,
-}
-
-fn c_string(s: &str) -> CString {
-    CString::new(s.replace('\0', "\\0")).unwrap_or_default()
-}
+pub use crate::error::pysched_error;
 
 pub(crate) fn new(error: Error) -> pysched_error {
-    pysched_error {
-        message: c_string(error.message()),
-        python_type: c_string(error.python_type()),
-        traceback: c_string(error.traceback()),
-        error,
-    }
+    pysched_error::new(error)
 }
 
 pub(crate) fn into_raw(error: Error) -> *mut pysched_error {

@@ -1,10 +1,11 @@
 //! `pysched_handler`: synchronous calls, queued items with C callbacks, stats and drain.
 
 use super::future::pysched_future;
-use super::{boundary, error, handle, opt_utf8, out_ptr, pysched_error, pysched_status};
+use super::{boundary, handle, opt_utf8, out_ptr, pysched_error, pysched_status};
+use crate::core::job::CallbackJob;
+use crate::core::{ItemOptions, Job, JobSlot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{FullPolicy, Handler, HandlerOptions};
-use crate::scheduler::{ItemOptions, Job, JobSlot};
 use crate::stats::{HandlerStats, LatencySummary};
 use pyo3::ffi::PyObject;
 use pyo3::prelude::*;
@@ -147,126 +148,6 @@ pub struct pysched_item {
     pub timeout_us: u64,
 }
 
-/// An item's C callbacks; the state machine in `scheduler` calls commit/prepare at most
-/// once and exactly one of complete/fail, then drops it (calling `drop`).
-pub(crate) struct CJob {
-    user_data: *mut c_void,
-    commit: pysched_commit_fn,
-    prepare: pysched_prepare_fn,
-    complete: pysched_complete_fn,
-    drop: pysched_drop_fn,
-}
-
-impl CJob {
-    /// Whether dropping it calls a `drop` callback (else it is free to drop anywhere).
-    pub(crate) fn has_finalizer(&self) -> bool {
-        self.drop.is_some()
-    }
-
-    fn new(item: &pysched_item) -> Self {
-        CJob {
-            user_data: item.user_data,
-            commit: item.commit,
-            prepare: item.prepare,
-            complete: item.complete,
-            drop: item.drop,
-        }
-    }
-}
-
-// SAFETY: the caller of pysched_handler_queue guarantees (documented on pysched_item)
-// that user_data and the callbacks may be used from any thread.
-unsafe impl Send for CJob {}
-
-impl Job for CJob {
-    fn needs_prepare(&self) -> bool {
-        self.prepare.is_some()
-    }
-
-    fn prepare(&mut self) -> Result<()> {
-        let Some(prepare) = self.prepare else {
-            return Ok(());
-        };
-        // SAFETY: a C callback supplied with this user_data; called once, without the GIL.
-        match unsafe { prepare(self.user_data) } {
-            0 => Ok(()),
-            rc => Err(Error::new(ErrorKind::Commit, format!("prepare callback failed (returned {rc})"))),
-        }
-    }
-
-    fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>> {
-        let Some(commit) = self.commit else {
-            return Err(Error::invalid_argument("item has no commit callback"));
-        };
-        // SAFETY: a C callback supplied with this user_data; called once with the GIL
-        // held. It returns a new reference or NULL with an exception set.
-        let obj = unsafe { commit(self.user_data) };
-        if obj.is_null() {
-            if pyo3::PyErr::occurred(py) {
-                return Err(Error::fetch(py, ErrorKind::Commit, "commit callback failed"));
-            }
-            return Err(Error::new(
-                ErrorKind::Commit,
-                "commit callback failed: it returned NULL without setting a Python exception",
-            ));
-        }
-        // SAFETY: obj is a new reference (the commit contract), owned from here on.
-        Ok(unsafe { Bound::from_owned_ptr(py, obj) }.unbind())
-    }
-
-    fn complete(&mut self, _py: Python<'_>, result: &Bound<'_, PyAny>) -> Result<()> {
-        let Some(complete) = self.complete.take() else {
-            return Ok(());
-        };
-        // SAFETY: called once, GIL held; result is borrowed for the duration of the call.
-        match unsafe { complete(self.user_data, result.as_ptr(), std::ptr::null()) } {
-            0 => Ok(()),
-            rc => Err(Error::new(ErrorKind::Callback, format!("completion callback failed (returned {rc})"))),
-        }
-    }
-
-    fn supports_raw(&self) -> bool {
-        true
-    }
-
-    fn commit_raw(&mut self) -> *mut PyObject {
-        match self.commit {
-            // SAFETY: as in `commit`; the replica's interpreter is current with its GIL.
-            Some(commit) => unsafe { commit(self.user_data) },
-            None => std::ptr::null_mut(),
-        }
-    }
-
-    fn complete_raw(&mut self, result: *mut PyObject) -> Result<()> {
-        let Some(complete) = self.complete.take() else {
-            return Ok(());
-        };
-        // SAFETY: called once with the replica's GIL held; result is borrowed.
-        match unsafe { complete(self.user_data, result, std::ptr::null()) } {
-            0 => Ok(()),
-            rc => Err(Error::new(ErrorKind::Callback, format!("completion callback failed (returned {rc})"))),
-        }
-    }
-
-    fn fail(&mut self, e: &Error) {
-        let Some(complete) = self.complete.take() else {
-            return;
-        };
-        let err = error::new(e.clone());
-        // SAFETY: called once; the error object lives until after the call.
-        unsafe { complete(self.user_data, std::ptr::null_mut(), &err) };
-    }
-}
-
-impl Drop for CJob {
-    fn drop(&mut self) {
-        if let Some(drop_fn) = self.drop.take() {
-            // SAFETY: the finalizer of user_data, called exactly once (CJob is dropped once).
-            unsafe { drop_fn(self.user_data) };
-        }
-    }
-}
-
 /// Queues one item: later, on a worker, `prepare` (if set, without the GIL), then
 /// `commit` and one Python call with a list of up to `batch_size` committed objects,
 /// then `complete` with this item's element of the result, then `drop`.
@@ -293,7 +174,7 @@ pub extern "C" fn pysched_handler_queue(
         let Some(item) = (unsafe { item.as_ref() }).copied() else {
             return Err(Error::invalid_argument("item is NULL"));
         };
-        let mut job = CJob::new(&item);
+        let mut job = CallbackJob::new(item.user_data, item.commit, item.prepare, item.complete, item.drop);
         let h = match handle(handler, "handler") {
             Ok(h) => h,
             Err(e) => {
@@ -315,9 +196,9 @@ pub extern "C" fn pysched_handler_queue(
         };
         // Refused at once (full queue, shut down): the callbacks already saw the error.
         if out_future.is_null() {
-            return h.inner.queue_detached(JobSlot::C(job), opts);
+            return h.inner.queue_detached(JobSlot::Callback(job), opts);
         }
-        let future = h.inner.try_queue_slot(JobSlot::C(job), opts)?;
+        let future = h.inner.try_queue_slot(JobSlot::Callback(job), opts)?;
         // SAFETY: checked non-NULL; points to writable storage (documented).
         unsafe { *out_future = Box::into_raw(Box::new(pysched_future { inner: future, tensor: false })) };
         Ok(())

@@ -1,0 +1,239 @@
+//! The driver: who runs a handler's batches, and the wake-up protocol between producers
+//! and runners, in one place. On the shared pool a handler has at most one *primary* run
+//! (it owns `Flow::scheduled`) plus helper runs (preparation, a second execution slot,
+//! a hand-over while slow finalizers run); sub-interpreter replicas instead block in
+//! `next_batch` on `replica_wake`.
+//!
+//! The protocol: a producer pushes, then `kick`s (fence, then reads `scheduled` or
+//! `idle_replicas`); a runner going idle clears `scheduled` (or counts itself idle),
+//! fences, then looks at the queue once more. One of the two always sees the other.
+//!
+//! May call: `formation`, `prepare`, `execute`, `accounting`, `pool`.
+
+use super::clock;
+use super::formation::Action;
+use super::handler::HandlerCore;
+use super::item::Entry;
+use super::job::{Job, JobSlot};
+use super::timer::TimerTarget;
+use crate::error::{Error, ErrorKind, Result};
+use std::sync::atomic::{
+    fence, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
+};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Finalizers as slow as the C++ wrapper fulfilling a `std::promise` (a system call each
+/// in glibc, ~250 ns here; publishing a `pyscheduler::Future` takes ~20): a batch with at
+/// least this many such finalizers hands the next batch to another worker while they run.
+const SLOW_FINALIZER_NS: u64 = 100;
+const FINALIZERS_WORTH_A_HELPER: usize = 8;
+
+impl HandlerCore {
+    /// Makes sure a runner will look at this handler: submits a primary run to the pool
+    /// unless one is pending or running; with replicas, wakes an idle replica.
+    pub(super) fn kick(&self) {
+        if self.replicas > 0 {
+            fence(SeqCst);
+            if self.idle_replicas.load(SeqCst) > 0 {
+                let _pipe = self.lock();
+                self.replica_wake.notify_one();
+            }
+            return;
+        }
+        fence(SeqCst);
+        if !self.flow.scheduled.load(SeqCst) && !self.flow.scheduled.swap(true, SeqCst) {
+            if let Some(me) = self.weak_self.upgrade() {
+                self.pool.submit(me, true);
+            }
+        }
+    }
+
+    /// Items that need GIL-free preparation may be prepared while a batch executes: make
+    /// sure a helper run looks at them even when the primary run is busy executing.
+    pub(super) fn kick_preparation(&self) {
+        if self.replicas == 0
+            && !self.flow.prepare_kick.load(Acquire)
+            && !self.flow.prepare_kick.swap(true, AcqRel)
+        {
+            if let Some(me) = self.weak_self.upgrade() {
+                self.pool.submit(me, false);
+            }
+        }
+    }
+
+    pub(super) fn arm_delay_timer(&self, at: Instant) {
+        if !self.flow.delay_timer_armed.load(Acquire) && !self.flow.delay_timer_armed.swap(true, AcqRel) {
+            self.pool.timer.add(at, TimerTarget::Handler(self.weak_self.clone()));
+        }
+    }
+
+    /// Called by the timer when a batch delay ends.
+    pub(super) fn on_delay_timer(&self) {
+        self.flow.delay_timer_armed.store(false, Release);
+        self.kick();
+    }
+
+    /// A runner's turn on this handler: runs steps until none is left or other
+    /// handlers are waiting (then it requeues itself behind them). `primary` runs own
+    /// the `scheduled` flag; helper runs (extra preparation) do not.
+    pub(super) fn run(self: &Arc<Self>, mut primary: bool) {
+        if !primary {
+            self.flow.prepare_kick.store(false, Release);
+        }
+        let mut expired = Vec::new();
+        let mut pipe = self.lock();
+        loop {
+            let action = self.next_action_locked(&mut pipe, &mut expired);
+            if !expired.is_empty() {
+                drop(pipe);
+                for item in expired.drain(..) {
+                    item.finish_unstarted(ErrorKind::TimedOut, Some(self));
+                }
+                pipe = self.lock();
+            }
+            match action {
+                Action::Idle => {
+                    if !primary {
+                        return;
+                    }
+                    // Hand the run back, then look once more: a producer that pushed
+                    // before the store is seen here; one after it sees the flag clear
+                    // (the fences pair with those in `kick`).
+                    self.flow.scheduled.store(false, SeqCst);
+                    fence(SeqCst);
+                    if self.work_available_locked(&mut pipe) && !self.flow.scheduled.swap(true, SeqCst) {
+                        continue;
+                    }
+                    return;
+                }
+                Action::Prepare(seq, batch) => {
+                    // Let another worker take the next batch (or execute) meanwhile.
+                    if self.ahead(&pipe) < self.options.prefetch_depth
+                        && self.work_available_locked(&mut pipe)
+                    {
+                        if let Some(me) = self.weak_self.upgrade() {
+                            self.pool.submit(me, false);
+                        }
+                    }
+                    drop(pipe);
+                    let batch = self.prepare_batch(batch);
+                    pipe = self.lock();
+                    pipe.staged.insert(seq, batch);
+                    if !primary
+                        && !self.flow.scheduled.load(SeqCst)
+                        && !self.flow.scheduled.swap(true, SeqCst)
+                    {
+                        // The primary went idle while we prepared: carry on as primary.
+                        primary = true;
+                    }
+                }
+                Action::Execute(batch) => {
+                    if self.work_available_locked(&mut pipe) {
+                        // Another execution slot is free (concurrency > 1), or batches can be
+                        // prepared ahead: a helper does that while this batch runs.
+                        if let Some(me) = self.weak_self.upgrade() {
+                            self.pool.submit(me, false);
+                        }
+                    }
+                    drop(pipe);
+                    let n = batch.len();
+                    let completed = self.execute_batch(batch);
+                    pipe = self.lock();
+                    pipe.executing -= 1;
+                    pipe.batches_in_flight -= 1;
+                    let slow_finalizers = completed.len() >= FINALIZERS_WORTH_A_HELPER
+                        && self.finalize_ns_per_item.load(Relaxed) >= SLOW_FINALIZER_NS;
+                    if slow_finalizers && self.work_available_locked(&mut pipe) {
+                        // Another worker executes the next batch while this one finalizes.
+                        if let Some(me) = self.weak_self.upgrade() {
+                            self.pool.submit(me, false);
+                        }
+                    }
+                    drop(pipe);
+                    // The completed items' finalizers run after the GIL hold, before the
+                    // items count as finished (drain waits for them).
+                    if !completed.is_empty() {
+                        let count = completed.len() as u64;
+                        let start = clock::now_ns();
+                        self.as_executing_batch(|| drop(completed));
+                        let per_item = clock::now_ns().saturating_sub(start) / count;
+                        self.finalize_ns_per_item.store(per_item, Relaxed);
+                    }
+                    self.finish_items(n);
+                    pipe = self.lock();
+                    if primary && self.pool.others_waiting() && self.work_available_locked(&mut pipe) {
+                        // Round-robin: go to the back of the ready queue, still scheduled.
+                        if let Some(me) = self.weak_self.upgrade() {
+                            self.pool.submit(me, true);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The replicas' side: a sub-interpreter replica (src/subinterp.rs) blocks in
+/// `next_batch`, resolves every item of the batch it got, then reports it with
+/// `finish_batch`.
+impl HandlerCore {
+    /// Blocks (call it with no GIL held) until a batch is available, or returns None once
+    /// the handler is closed and nothing is left.
+    pub(crate) fn next_batch(&self) -> Option<Vec<Entry>> {
+        let mut expired = Vec::new();
+        let mut pipe = self.lock();
+        loop {
+            if pipe.batches_in_flight < self.replicas && self.claimable_locked(&mut pipe) {
+                let batch = self.claim_locked(&mut pipe, &mut expired);
+                if !expired.is_empty() {
+                    drop(pipe);
+                    for item in expired.drain(..) {
+                        item.finish_unstarted(ErrorKind::TimedOut, Some(self));
+                    }
+                    pipe = self.lock();
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                pipe.batches_in_flight += 1;
+                drop(pipe);
+                // Another replica may take the next batch meanwhile.
+                self.kick();
+                return Some(self.prepare_serial(batch));
+            }
+            if self.flow.closed.load(Acquire) && self.flow.queued.load(Acquire) == 0 {
+                self.replica_wake.notify_all();
+                return None;
+            }
+            // Announce the wait, then look once more (pairs with the fence in `kick`).
+            self.idle_replicas.fetch_add(1, SeqCst);
+            fence(SeqCst);
+            if self.incoming.is_empty() {
+                pipe = self.replica_wake.wait(pipe).unwrap_or_else(|p| p.into_inner());
+            }
+            self.idle_replicas.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Resolves an item whose completion ran: `outcome` is what `complete_raw` returned.
+    /// Drops the job (its finalizer runs here).
+    pub(crate) fn complete_item(&self, item: &Entry, job: Box<dyn Job>, outcome: Result<()>) {
+        self.leave_batch();
+        drop(job);
+        self.resolve_started(item, outcome.map(|()| None));
+    }
+
+    /// Fails one item of a claimed batch (commit error, Python error, bad result).
+    pub(crate) fn fail_item(&self, item: &Entry, job: Option<Box<dyn Job>>, error: Error) {
+        self.fail_started(item, job.map(JobSlot::Boxed), error);
+    }
+
+    /// Reports a batch whose items have all been resolved.
+    pub(crate) fn finish_batch(&self, items: usize) {
+        self.lock().batches_in_flight -= 1;
+        self.finish_items(items);
+        self.kick();
+    }
+}
