@@ -11,18 +11,19 @@
 //! The interpreter-creation entry point is looked up at run time (`dlsym`), so this module
 //! builds against any supported CPython and reports `Unsupported` below 3.12.
 
-use crate::core::{Entry, HandlerCore, Job};
+use crate::core::batch::Interpreter;
+use crate::core::job::guarded;
+use crate::core::raw::{self, attr_text, fetch, fetch_error, python_error, Owned};
+use crate::core::{Entry, HandlerCore, JobSlot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::python_err::report_stray_attached;
 use crossbeam_channel::{Receiver, Sender};
 use pyo3::ffi::{self, PyObject};
+use pyo3::{Py, PyAny};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 /// Most replicas one handler may have.
 pub const MAX_REPLICAS: usize = 256;
@@ -265,8 +266,8 @@ fn shut_down_batch(source: &HandlerCore, batch: Vec<Entry>) {
         format!("handler {} is shut down: the Python interpreter is exiting", source.name.as_str()),
     );
     for item in batch {
-        let job = item.take_job();
-        source.fail_item(&item, job, error.clone());
+        let job = item.take_slot();
+        source.fail_started(&item, job, error.clone());
     }
     source.finish_batch(items);
 }
@@ -443,154 +444,6 @@ unsafe fn end_interpreter(tstate: *mut ffi::PyThreadState) {
     ffi::Py_EndInterpreter(tstate);
 }
 
-/// A strong reference to an object of the current replica's interpreter. Only created
-/// and dropped on the replica thread with its GIL held (it is neither `Send` nor `Sync`).
-struct Owned(NonNull<PyObject>);
-
-impl Owned {
-    /// Takes ownership of a new reference; `None` for NULL (a Python error is then set).
-    unsafe fn new(ptr: *mut PyObject) -> Option<Owned> {
-        NonNull::new(ptr).map(Owned)
-    }
-
-    /// Takes a new reference to a borrowed object.
-    unsafe fn borrowed(ptr: NonNull<PyObject>) -> Owned {
-        ffi::Py_INCREF(ptr.as_ptr());
-        Owned(ptr)
-    }
-
-    fn as_ptr(&self) -> *mut PyObject {
-        self.0.as_ptr()
-    }
-
-    /// Hands the reference on (to a call that steals it).
-    fn into_ptr(self) -> *mut PyObject {
-        let ptr = self.0.as_ptr();
-        std::mem::forget(self);
-        ptr
-    }
-}
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        // SAFETY: the reference is owned, and Owned lives only on its replica's thread
-        // while that interpreter's GIL is held.
-        unsafe { ffi::Py_DECREF(self.0.as_ptr()) }
-    }
-}
-
-/// A Python exception taken from the replica's interpreter, as plain strings.
-struct Fetched {
-    /// Qualified name of the exception's type.
-    python_type: String,
-    /// `str(exception)`.
-    text: String,
-    /// "Traceback (most recent call last):\n" and the frames, as the main interpreter's
-    /// errors carry it (see `format_traceback`); "" when there is none.
-    traceback: String,
-}
-
-/// Takes the pending exception, its traceback formatted in the replica as the main
-/// interpreter formats it (never `PyErr_Print`, which exits the process on
-/// `SystemExit`). Leaves no exception set. `None` when no exception was set.
-unsafe fn fetch() -> Option<Fetched> {
-    let (mut ty, mut value, mut tb) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
-    #[allow(deprecated)] // PyErr_GetRaisedException is 3.12+ only in pyo3-ffi's view.
-    {
-        ffi::PyErr_Fetch(&mut ty, &mut value, &mut tb);
-        if ty.is_null() {
-            return None;
-        }
-        ffi::PyErr_NormalizeException(&mut ty, &mut value, &mut tb);
-    }
-    let (ty, value, tb) = (Owned::new(ty), Owned::new(value), Owned::new(tb));
-    if let (Some(v), Some(t)) = (&value, &tb) {
-        ffi::PyException_SetTraceback(v.as_ptr(), t.as_ptr());
-    }
-    let python_type = ty
-        .as_ref()
-        .and_then(|t| attr_text(t.as_ptr(), c"__qualname__"))
-        .unwrap_or_else(|| "<unknown>".to_owned());
-    let text = value
-        .as_ref()
-        .and_then(|v| str_text(v.as_ptr()))
-        .unwrap_or_else(|| "<exception str() failed>".to_owned());
-    let traceback = tb.as_ref().and_then(|t| format_traceback(t.as_ptr())).unwrap_or_default();
-    // Formatting failures must not leak into the next call.
-    ffi::PyErr_Clear();
-    Some(Fetched { python_type, text, traceback })
-}
-
-/// The traceback as the main interpreter's errors carry it (pyo3's `PyTraceback::format`):
-/// what `PyTraceBack_Print` writes into an `io.StringIO`.
-unsafe fn format_traceback(tb: *mut PyObject) -> Option<String> {
-    let io = Owned::new(ffi::PyImport_ImportModule(c"io".as_ptr()))?;
-    let string_io =
-        Owned::new(ffi::PyObject_CallMethod(io.as_ptr(), c"StringIO".as_ptr(), std::ptr::null()))?;
-    if ffi::PyTraceBack_Print(tb, string_io.as_ptr()) != 0 {
-        return None;
-    }
-    let text =
-        Owned::new(ffi::PyObject_CallMethod(string_io.as_ptr(), c"getvalue".as_ptr(), std::ptr::null()))?;
-    utf8(text.as_ptr())
-}
-
-/// Builds the error of a Python exception: "{context}: Type: text", with the exception's
-/// type name and traceback, exactly as `Error::from_pyerr_context` builds it in the main
-/// interpreter.
-fn python_error(kind: ErrorKind, context: &str, fetched: Fetched) -> Error {
-    Error::from_python_parts(kind, fetched.python_type, &fetched.text, fetched.traceback)
-        .with_context(context)
-}
-
-/// Takes the pending exception as an error of `kind`; a missing exception becomes an
-/// internal error naming `context` (as `Error::fetch` does).
-unsafe fn fetch_error(kind: ErrorKind, context: &str) -> Error {
-    match fetch() {
-        Some(fetched) => python_error(kind, context, fetched),
-        None => Error::internal(format!("{context}: failed without a Python exception set")),
-    }
-}
-
-/// The UTF-8 text of a `str`; clears the error and returns `None` when it is not one.
-unsafe fn utf8(obj: *mut PyObject) -> Option<String> {
-    let mut len: ffi::Py_ssize_t = 0;
-    let data = ffi::PyUnicode_AsUTF8AndSize(obj, &mut len);
-    if data.is_null() {
-        ffi::PyErr_Clear();
-        return None;
-    }
-    let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
-    Some(String::from_utf8_lossy(bytes).into_owned())
-}
-
-/// `str(obj)`, or `None` (error cleared).
-unsafe fn str_text(obj: *mut PyObject) -> Option<String> {
-    match Owned::new(ffi::PyObject_Str(obj)) {
-        Some(s) => utf8(s.as_ptr()),
-        None => {
-            ffi::PyErr_Clear();
-            None
-        }
-    }
-}
-
-/// A string attribute of `obj`, or `None` (error cleared).
-unsafe fn attr_text(obj: *mut PyObject, name: &CStr) -> Option<String> {
-    match Owned::new(ffi::PyObject_GetAttrString(obj, name.as_ptr())) {
-        Some(a) => utf8(a.as_ptr()),
-        None => {
-            ffi::PyErr_Clear();
-            None
-        }
-    }
-}
-
-/// Qualified name of `obj`'s type.
-unsafe fn type_name(obj: *mut PyObject) -> String {
-    attr_text(ffi::Py_TYPE(obj).cast(), c"__qualname__").unwrap_or_else(|| "<unknown>".into())
-}
-
 /// CPython's message for an extension module without multi-interpreter support.
 const NO_SUBINTERPRETER_SUPPORT: &str = "does not support loading in subinterpreters";
 
@@ -680,10 +533,18 @@ unsafe fn set_sys_path(main_path: &[String]) -> Result<()> {
 /// Serves batches until the source is closed and empty. PRECONDITION: the replica's
 /// thread state is current with its GIL held; it is again when this returns.
 unsafe fn serve_batches(function: *mut PyObject, source: &HandlerCore) {
+    let replica = Replica { function };
+    // The batch that ran last: its items, and its detached C callback jobs, whose
+    // finalizers run without the replica's GIL before its items count as finished.
+    let mut finished: Option<(usize, Vec<JobSlot>)> = None;
     loop {
         // Waiting for work must not hold the replica's GIL: Python threads the handler
         // started keep running meanwhile.
         let saved = ffi::PyEval_SaveThread();
+        if let Some((items, finalizers)) = finished.take() {
+            source.as_executing_batch(|| drop(finalizers));
+            source.finish_batch(items);
+        }
         let batch = source.next_batch();
         ffi::PyEval_RestoreThread(saved);
         match batch {
@@ -692,205 +553,85 @@ unsafe fn serve_batches(function: *mut PyObject, source: &HandlerCore) {
             Some(batch) if EXITING.load(SeqCst) => {
                 source.as_executing_batch(|| shut_down_batch(source, batch))
             }
-            Some(batch) => source.as_executing_batch(|| run_batch(function, source, batch)),
+            Some(batch) => {
+                let items = batch.len();
+                let finalizers = source.as_executing_batch(|| {
+                    report_stray_attached(&source.name, "code run earlier on this replica's thread");
+                    let finalizers = source.execute_on(&replica, batch, None);
+                    // Destructors of the batch's results and of failed items' jobs ran last.
+                    report_stray_attached(
+                        &source.name,
+                        "a destructor run as the batch's references were released",
+                    );
+                    finalizers
+                });
+                finished = Some((items, finalizers));
+            }
             None => return,
         }
     }
 }
 
-/// Runs a job callback, turning a panic into an internal error (a panic must neither
-/// unwind through the replica's interpreter nor leave the item unresolved).
-fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Result<R> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let text = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
-        Error::internal(format!("{what} panicked: {text}"))
-    })
+/// A replica's interpreter, current on its thread with its GIL held: jobs run their raw
+/// C-API callbacks (`Job::commit_raw`, `Job::complete_raw`), and no value leaves it.
+struct Replica {
+    /// The handler's function, imported in this interpreter (borrowed).
+    function: *mut PyObject,
 }
 
-fn nanos(d: std::time::Duration) -> u64 {
-    d.as_nanos().min(u64::MAX as u128) as u64
-}
-
-/// Commits each item of a claimed batch, calls the function once with the list of
-/// committed objects, fans the results out, resolves every item and reports the batch.
-/// PRECONDITION: the replica's thread state is current with its GIL held.
-unsafe fn run_batch(function: *mut PyObject, source: &HandlerCore, batch: Vec<Entry>) {
-    let items = batch.len();
-    let start = Instant::now();
-    report_stray_attached(source.name.as_str(), "code run earlier on this replica's thread");
-    let mut objects: Vec<Owned> = Vec::with_capacity(items);
-    let mut live: Vec<(Entry, Box<dyn Job>)> = Vec::with_capacity(items);
-    for item in batch {
-        let Some(mut job) = item.take_job() else {
-            source.fail_item(&item, None, Error::internal("item has no job"));
-            continue;
-        };
+impl Interpreter for Replica {
+    fn commit(&self, job: &mut JobSlot) -> Result<Owned> {
         if !job.supports_raw() {
-            let error = Error::new(
+            return Err(Error::new(
                 ErrorKind::Unsupported,
                 "this item's job cannot run in a sub-interpreter replica (only jobs with raw \
                  C-API callbacks, such as the C ABI's, can)",
-            );
-            source.fail_item(&item, Some(job), error);
-            continue;
-        }
-        match guarded("commit callback", || job.commit_raw()) {
-            // As in the shared interpreter's pipeline: the item proceeds with the object
-            // it returned; an error left set beside it is reported below.
-            Ok(ptr) if !ptr.is_null() => {
-                objects.push(Owned(NonNull::new_unchecked(ptr)));
-                live.push((item, job));
-            }
-            Ok(_) => {
-                let error = fetch_error(ErrorKind::Commit, "commit callback failed");
-                source.fail_item(&item, Some(job), error);
-            }
-            Err(panic) => {
-                ffi::PyErr_Clear();
-                source.fail_item(&item, Some(job), panic);
-            }
-        }
-        report_stray_attached(source.name.as_str(), "the commit callback");
-    }
-    let committed = Instant::now();
-    let commit_ns = nanos(committed - start);
-    if live.is_empty() {
-        source.record_timings(items, commit_ns, 0, 0);
-        source.finish_batch(items);
-        return;
-    }
-    let n = live.len();
-    let name = source.name.as_str();
-    let results = call_with_list(function, objects, name);
-    // The list of committed objects is released by now (a capsule's destructor).
-    report_stray_attached(name, "a destructor run as the batch's arguments were released");
-    let results = results.map(|result| {
-        let exec_ns = nanos(committed.elapsed());
-        (result, exec_ns)
-    });
-    let results = match results {
-        Ok((result, exec_ns)) => {
-            source.record_timings(items, commit_ns, exec_ns, n);
-            ResultSeq::new(result, n, name)
-        }
-        Err(error) => {
-            source.record_timings(items, commit_ns, nanos(committed.elapsed()), n);
-            Err(error)
-        }
-    };
-    match results {
-        Err(error) => {
-            for (item, job) in live {
-                source.fail_item(&item, Some(job), error.clone());
-            }
-        }
-        Ok(seq) => {
-            for (i, (item, mut job)) in live.into_iter().enumerate() {
-                let value = seq.get(i);
-                let outcome =
-                    guarded("completion callback", || job.complete_raw(value.as_ptr())).and_then(|r| r);
-                drop(value);
-                source.complete_item(&item, job, outcome);
-                // As in the shared interpreter's pipeline: the item keeps its outcome; an
-                // error left set by its callback or finalizer must not reach the next one.
-                report_stray_attached(name, "the completion callback or the item's finalizer");
-            }
-        }
-    }
-    // Destructors of the batch's results and of failed items' jobs ran last.
-    report_stray_attached(name, "a destructor run as the batch's references were released");
-    source.finish_batch(items);
-}
-
-/// Calls `function(list(objects))`; the list steals the references.
-unsafe fn call_with_list(function: *mut PyObject, objects: Vec<Owned>, name: &str) -> Result<Owned> {
-    let Some(list) = Owned::new(ffi::PyList_New(objects.len() as ffi::Py_ssize_t)) else {
-        return Err(fetch_error(ErrorKind::PythonException, "building the batch list"));
-    };
-    for (i, obj) in objects.into_iter().enumerate() {
-        ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, obj.into_ptr());
-    }
-    let result = ffi::PyObject_CallOneArg(function, list.as_ptr());
-    drop(list);
-    Owned::new(result).ok_or_else(|| fetch_error(ErrorKind::PythonException, &format!("{name} raised")))
-}
-
-/// The function's result, checked to be a sequence of exactly `n` items: a list or tuple
-/// as is, any other sequence (not str/bytes) materialized once as a list. Same messages
-/// as the shared interpreter's pipeline.
-struct ResultSeq {
-    seq: Owned,
-}
-
-impl ResultSeq {
-    unsafe fn new(result: Owned, n: usize, name: &str) -> Result<ResultSeq> {
-        let p = result.as_ptr();
-        let seq = if ffi::PyList_Check(p) != 0 || ffi::PyTuple_Check(p) != 0 {
-            result
-        } else {
-            let is_seq =
-                ffi::PySequence_Check(p) != 0 && ffi::PyUnicode_Check(p) == 0 && ffi::PyBytes_Check(p) == 0;
-            if !is_seq {
-                return Err(Error::new(
-                    ErrorKind::PythonException,
-                    format!(
-                        "{name} must return a sequence of {n} results (one per item of the batch), got {}",
-                        type_name(p)
-                    ),
-                ));
-            }
-            Owned::new(ffi::PySequence_List(p))
-                .ok_or_else(|| fetch_error(ErrorKind::PythonException, "reading the results"))?
-        };
-        let len = ffi::PySequence_Size(seq.as_ptr());
-        if len < 0 {
-            return Err(match fetch() {
-                Some(f) => {
-                    Error::from_python_parts(ErrorKind::PythonException, f.python_type, &f.text, f.traceback)
-                }
-                None => Error::internal("len() of the results failed"),
-            });
-        }
-        if len as usize != n {
-            return Err(Error::new(
-                ErrorKind::PythonException,
-                format!(
-                    "{name} must return a sequence of {n} results (one per item of the batch), got a {} of length {len}",
-                    type_name(seq.as_ptr())
-                ),
             ));
         }
-        Ok(ResultSeq { seq })
-    }
-
-    /// A new reference to element `i`; `None` if a completion callback shrank the list.
-    unsafe fn get(&self, i: usize) -> Owned {
-        let p = self.seq.as_ptr();
-        let i = i as ffi::Py_ssize_t;
-        let item = if ffi::PyList_Check(p) != 0 {
-            // A strong reference even if another thread of this interpreter (or, on a
-            // free-threaded build, any thread) mutates the list meanwhile.
-            ffi::compat::PyList_GetItemRef(p, i)
-        } else {
-            // Tuples are immutable: the borrowed element lives as long as the tuple.
-            let borrowed = ffi::PyTuple_GetItem(p, i);
-            if borrowed.is_null() {
-                borrowed
-            } else {
-                ffi::Py_NewRef(borrowed)
-            }
-        };
-        match Owned::new(item) {
-            Some(obj) => obj,
-            None => {
-                ffi::PyErr_Clear();
-                Owned::borrowed(NonNull::new_unchecked(ffi::Py_None()))
+        match guarded("commit", || Ok(job.commit_raw())) {
+            // SAFETY: commit_raw returns a new reference or NULL with an exception set;
+            // the replica's GIL is held. As in the main interpreter, the item proceeds
+            // with the object it returned; an error left set beside it is reported after.
+            Ok(ptr) => unsafe { Owned::new(ptr) }
+                .ok_or_else(|| unsafe { raw::fetch_error(ErrorKind::Commit, "commit callback failed") }),
+            Err(panic) => {
+                // SAFETY: the replica's GIL is held; whatever the panicking callback left
+                // set must not reach the next item.
+                unsafe { ffi::PyErr_Clear() };
+                Err(panic)
             }
         }
+    }
+
+    fn complete(&self, job: &mut JobSlot, value: *mut PyObject) -> Result<()> {
+        guarded("complete", || job.complete_raw(value))
+    }
+
+    fn function(&self) -> *mut PyObject {
+        self.function
+    }
+
+    fn fetch_error(&self, kind: ErrorKind, context: &str) -> Error {
+        // SAFETY: the replica's GIL is held (the harness's precondition).
+        unsafe {
+            match raw::fetch() {
+                Some(fetched) if context.is_empty() => {
+                    Error::from_python_parts(kind, fetched.python_type, &fetched.text, fetched.traceback)
+                }
+                Some(fetched) => raw::python_error(kind, context, fetched),
+                None => Error::internal(format!("{context}: failed without a Python exception set")),
+            }
+        }
+    }
+
+    fn report_stray(&self, name: &str, what: &str) {
+        // SAFETY: the replica's thread state is current with its GIL held.
+        unsafe { report_stray_attached(name, what) };
+    }
+
+    fn keep(&self, _value: Owned) -> Option<Py<PyAny>> {
+        // The replica's objects must not reach the main interpreter's futures.
+        None
     }
 }
 
@@ -900,7 +641,7 @@ mod tests {
     //! tests/rust/subinterp.rs). Needs a CPython 3.12+ build; on older ones only the
     //! version check is tested.
     use super::*;
-    use crate::core::{HandlerCore, HandlerOptions, ItemOptions, Pool};
+    use crate::core::{HandlerCore, HandlerOptions, ItemOptions, Job, Pool};
     use crate::future::ItemFuture;
     use pyo3::prelude::*;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

@@ -5,7 +5,6 @@
 //!
 //! May call: `item`, `job`, `crate::stats`.
 
-use super::completion::Outcome;
 use super::handler::{HandlerCore, Pipeline};
 use super::item::Entry;
 use super::job::{fail_job, JobSlot};
@@ -63,14 +62,6 @@ impl HandlerCore {
     /// so stats read after any future resolved no longer count it.
     pub(super) fn leave_batch(&self) {
         self.items_in_batches.fetch_sub(1, AcqRel);
-    }
-
-    /// Resolves an item taken into a batch (after `leave_batch`), once its callbacks ran
-    /// and its job is gone.
-    pub(super) fn resolve_started(&self, item: &Entry, outcome: Outcome) {
-        let counter = if outcome.is_ok() { &self.counters.completed } else { &self.counters.failed };
-        counter.fetch_add(1, Relaxed);
-        item.resolve(outcome);
     }
 
     /// Accounts for a batch of `n` items whose results fanned out, in one step before any

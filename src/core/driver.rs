@@ -14,9 +14,8 @@ use super::clock;
 use super::formation::Action;
 use super::handler::HandlerCore;
 use super::item::Entry;
-use super::job::{Job, JobSlot};
 use super::timer::TimerTarget;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::ErrorKind;
 use std::sync::atomic::{
     fence, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
 };
@@ -215,19 +214,6 @@ impl HandlerCore {
             }
             self.idle_replicas.fetch_sub(1, SeqCst);
         }
-    }
-
-    /// Resolves an item whose completion ran: `outcome` is what `complete_raw` returned.
-    /// Drops the job (its finalizer runs here).
-    pub(crate) fn complete_item(&self, item: &Entry, job: Box<dyn Job>, outcome: Result<()>) {
-        self.leave_batch();
-        drop(job);
-        self.resolve_started(item, outcome.map(|()| None));
-    }
-
-    /// Fails one item of a claimed batch (commit error, Python error, bad result).
-    pub(crate) fn fail_item(&self, item: &Entry, job: Option<Box<dyn Job>>, error: Error) {
-        self.fail_started(item, job.map(JobSlot::Boxed), error);
     }
 
     /// Reports a batch whose items have all been resolved.

@@ -8,7 +8,7 @@
 
 use super::completion::{Completion, Outcome};
 use super::handler::HandlerCore;
-use super::job::{fail_job, Job, JobSlot};
+use super::job::{fail_job, JobSlot};
 use crate::error::{Error, ErrorKind};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU8, Ordering::AcqRel, Ordering::Acquire};
@@ -132,12 +132,6 @@ impl Entry {
     #[inline]
     pub(crate) fn take_slot(&self) -> Option<JobSlot> {
         self.job_cell().take()
-    }
-
-    /// The job, boxed (for the sub-interpreter replicas).
-    #[inline]
-    pub(crate) fn take_job(&self) -> Option<Box<dyn Job>> {
-        self.take_slot().map(JobSlot::into_boxed)
     }
 
     /// Whether a future reads this item's outcome.

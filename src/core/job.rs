@@ -57,17 +57,6 @@ pub(crate) enum JobSlot {
     Tensor(Box<crate::tensor::job::TensorJob>),
 }
 
-impl JobSlot {
-    #[inline]
-    pub(super) fn into_boxed(self) -> Box<dyn Job> {
-        match self {
-            JobSlot::Callback(job) => Box::new(job),
-            JobSlot::Boxed(job) => job,
-            JobSlot::Tensor(job) => job,
-        }
-    }
-}
-
 impl From<Box<dyn Job>> for JobSlot {
     fn from(job: Box<dyn Job>) -> Self {
         JobSlot::Boxed(job)

@@ -8,10 +8,10 @@
 //! behaviour files are one `impl HandlerCore` split by concern and share its fields):
 //!
 //! ```text
-//! clock  options  completion  job            leaves
+//! clock  options  completion  job  raw       leaves
 //! item                                        an item's states, its completion slot
 //! handler (the shared state, the one mutex)   with admission, formation, driver,
-//!                                             prepare, execute, accounting, drain
+//!                                             prepare, batch, execute, accounting, drain
 //! timer  pool                                 the threads that run handlers
 //! ```
 //!
@@ -22,6 +22,7 @@
 
 mod accounting;
 mod admission;
+pub(crate) mod batch;
 pub(crate) mod clock;
 pub(crate) mod completion;
 mod drain;
@@ -34,6 +35,7 @@ pub(crate) mod job;
 pub(crate) mod options;
 pub(crate) mod pool;
 mod prepare;
+pub(crate) mod raw;
 pub(crate) mod timer;
 
 pub(crate) use handler::HandlerCore;
