@@ -15,7 +15,6 @@ use super::formation::Action;
 use super::handler::HandlerCore;
 use super::item::Entry;
 use super::timer::TimerTarget;
-use crate::error::ErrorKind;
 use std::sync::atomic::{
     fence, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
 };
@@ -84,13 +83,7 @@ impl HandlerCore {
         let mut pipe = self.lock();
         loop {
             let action = self.next_action_locked(&mut pipe, &mut expired);
-            if !expired.is_empty() {
-                drop(pipe);
-                for item in expired.drain(..) {
-                    item.finish_unstarted(ErrorKind::TimedOut, Some(self));
-                }
-                pipe = self.lock();
-            }
+            pipe = self.fail_expired(pipe, &mut expired);
             match action {
                 Action::Idle => {
                     if !primary {
@@ -180,19 +173,15 @@ impl HandlerCore {
 impl HandlerCore {
     /// Blocks (call it with no GIL held) until a batch is available, or returns None once
     /// the handler is closed and nothing is left.
+    /// A replica's slots are the replicas: a batch may be taken while fewer batches than
+    /// replicas are in flight (formation's `next_step` is the pool's version).
     pub(crate) fn next_batch(&self) -> Option<Vec<Entry>> {
         let mut expired = Vec::new();
         let mut pipe = self.lock();
         loop {
             if pipe.batches_in_flight < self.replicas && self.claimable_locked(&mut pipe) {
                 let batch = self.claim_locked(&mut pipe, &mut expired);
-                if !expired.is_empty() {
-                    drop(pipe);
-                    for item in expired.drain(..) {
-                        item.finish_unstarted(ErrorKind::TimedOut, Some(self));
-                    }
-                    pipe = self.lock();
-                }
+                pipe = self.fail_expired(pipe, &mut expired);
                 if batch.is_empty() {
                     continue;
                 }

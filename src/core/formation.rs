@@ -7,8 +7,9 @@
 use super::clock;
 use super::handler::{HandlerCore, Pipeline};
 use super::item::{Entry, Item, QUEUED};
+use crate::error::ErrorKind;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
 /// A runner's next step.
@@ -16,6 +17,18 @@ pub(super) enum Action {
     Execute(Vec<Entry>),
     Prepare(u64, Vec<Entry>),
     Idle,
+}
+
+/// What the pipeline allows now (see `next_step`).
+enum Next {
+    /// The next batch in order is staged, and an execution slot is free.
+    ExecuteStaged,
+    /// A batch may be taken now; `run_now`: it can execute at once (else it is taken
+    /// ahead, to be prepared).
+    Claim {
+        run_now: bool,
+    },
+    Nothing,
 }
 
 impl HandlerCore {
@@ -55,17 +68,33 @@ impl HandlerCore {
         false
     }
 
-    pub(super) fn head_needs_prepare(&self, pipe: &mut Pipeline) -> bool {
-        self.front(pipe).is_some_and(Entry::needs_prepare)
+    /// What a runner could do next: the one answer to "is there work", which
+    /// `next_action_locked` acts on and `work_available_locked` only asks. Changes
+    /// nothing but the front (finished entries dropped) and the delay timer (armed when
+    /// only the batch delay holds a batch back).
+    fn next_step(&self, pipe: &mut Pipeline) -> Next {
+        let slot_free = pipe.executing < self.options.concurrency;
+        if slot_free && pipe.staged.contains_key(&pipe.next_exec_seq) {
+            return Next::ExecuteStaged;
+        }
+        // No batch taken earlier is still ahead of one taken now.
+        let run_now = slot_free && pipe.batches_in_flight == pipe.executing;
+        // Taking a batch ahead of execution pays only for items that need preparation
+        // (a GIL-path batch taken early only makes batches smaller).
+        let prefetch = !run_now
+            && self.ahead(pipe) < self.options.prefetch_depth
+            && self.front(pipe).is_some_and(Entry::needs_prepare);
+        if (run_now || prefetch) && self.claimable_locked(pipe) {
+            Next::Claim { run_now }
+        } else {
+            Next::Nothing
+        }
     }
 
-    /// Whether a runner could make progress now (used to decide whether to keep or hand
-    /// back a run). Called with the pipeline lock held.
+    /// Whether a runner could make progress now (used to decide whether to keep, hand
+    /// back or add a run). Called with the pipeline lock held.
     pub(super) fn work_available_locked(&self, pipe: &mut Pipeline) -> bool {
-        let exec_ready = self.exec_slot_free(pipe) && pipe.staged.contains_key(&pipe.next_exec_seq);
-        let claim_ready = self.can_run_now(pipe)
-            || (self.ahead(pipe) < self.options.prefetch_depth && self.head_needs_prepare(pipe));
-        exec_ready || (claim_ready && self.claimable_locked(pipe))
+        !matches!(self.next_step(pipe), Next::Nothing)
     }
 
     /// Batches taken ahead of execution (being prepared or staged).
@@ -73,36 +102,19 @@ impl HandlerCore {
         pipe.batches_in_flight - pipe.executing
     }
 
-    pub(super) fn exec_slot_free(&self, pipe: &Pipeline) -> bool {
-        pipe.executing < self.options.concurrency
-    }
-
-    /// A batch taken now could execute at once: an execution slot is free and no
-    /// prepared or staged batch is ahead of it.
-    pub(super) fn can_run_now(&self, pipe: &Pipeline) -> bool {
-        self.exec_slot_free(pipe) && pipe.batches_in_flight == pipe.executing
-    }
-
-    /// Picks the next step for a runner. Called with the pipeline lock held. Batches
+    /// Takes the next step for a runner. Called with the pipeline lock held. Batches
     /// start executing in the order they were taken.
     pub(super) fn next_action_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Action {
-        if self.exec_slot_free(pipe) {
-            let next = pipe.next_exec_seq;
-            if let Some(batch) = pipe.staged.remove(&next) {
+        let run_now = match self.next_step(pipe) {
+            Next::Nothing => return Action::Idle,
+            Next::ExecuteStaged => {
+                let batch = pipe.staged.remove(&pipe.next_exec_seq).expect("next_step saw it staged");
                 pipe.executing += 1;
                 pipe.next_exec_seq += 1;
                 return Action::Execute(batch);
             }
-        }
-        let can_run_now = self.can_run_now(pipe);
-        let can_prefetch = self.ahead(pipe) < self.options.prefetch_depth;
-        if !(can_run_now || can_prefetch) || !self.claimable_locked(pipe) {
-            return Action::Idle;
-        }
-        if !can_run_now && !self.head_needs_prepare(pipe) {
-            // Taking a GIL-path batch early only makes batches smaller.
-            return Action::Idle;
-        }
+            Next::Claim { run_now } => run_now,
+        };
         let batch = self.claim_locked(pipe, expired);
         if batch.is_empty() {
             return Action::Idle;
@@ -112,12 +124,13 @@ impl HandlerCore {
         pipe.batches_in_flight += 1;
         if batch.iter().any(Entry::needs_prepare) {
             Action::Prepare(seq, batch)
-        } else if can_run_now {
+        } else if run_now {
             debug_assert_eq!(seq, pipe.next_exec_seq);
             pipe.executing += 1;
             pipe.next_exec_seq += 1;
             Action::Execute(batch)
         } else {
+            // Its items expired or were cancelled, except some that need no preparation.
             pipe.staged.insert(seq, batch);
             Action::Idle
         }
@@ -151,5 +164,24 @@ impl HandlerCore {
             self.dequeued(batch.len(), Some(pipe));
         }
         batch
+    }
+}
+
+impl HandlerCore {
+    /// Fails the items that `claim_locked` found expired, outside the pipeline lock (their
+    /// callbacks run), and takes the lock again.
+    pub(super) fn fail_expired<'a>(
+        &'a self,
+        pipe: MutexGuard<'a, Pipeline>,
+        expired: &mut Vec<Arc<Item>>,
+    ) -> MutexGuard<'a, Pipeline> {
+        if expired.is_empty() {
+            return pipe;
+        }
+        drop(pipe);
+        for item in expired.drain(..) {
+            item.finish_unstarted(ErrorKind::TimedOut, Some(self));
+        }
+        self.lock()
     }
 }
