@@ -5,24 +5,30 @@
 //!
 //! Only raw C-API calls run inside a replica: pyo3's safe API caches Python objects per
 //! process (interned names, imported modules, its deferred reference pool) and must never
-//! see a sub-interpreter's objects. Jobs reach a replica through [`Job::commit_raw`] and
-//! [`Job::complete_raw`]; every Python object made here stays in its replica.
+//! see a sub-interpreter's objects. Jobs reach a replica through
+//! [`Job::commit_raw`](crate::Job::commit_raw) and
+//! [`Job::complete_raw`](crate::Job::complete_raw); every Python object made here stays in
+//! its replica.
 //!
 //! The interpreter-creation entry point is looked up at run time (`dlsym`), so this module
 //! builds against any supported CPython and reports `Unsupported` below 3.12.
+//!
+//! This file: starting a handler's replicas, and stopping them all before the main
+//! interpreter exits. `interpreter.rs`: one replica's interpreter (create, `sys.path`,
+//! import, end). `replica.rs`: a replica thread's loop on the core's batch harness.
+//!
+//! May call: `crate::core` (the handler, the batch harness, raw helpers), `crate::runtime`.
 
-use crate::core::batch::Interpreter;
-use crate::core::job::guarded;
-use crate::core::raw::{self, attr_text, fetch, fetch_error, python_error, Owned};
-use crate::core::{Entry, HandlerCore, JobSlot};
+mod interpreter;
+mod replica;
+
+use crate::core::HandlerCore;
 use crate::error::{Error, ErrorKind, Result};
-use crate::python_err::report_stray_attached;
-use crossbeam_channel::{Receiver, Sender};
-use pyo3::ffi::{self, PyObject};
-use pyo3::{Py, PyAny};
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use crossbeam_channel::Sender;
+use interpreter::{main_sys_path, new_interpreter_from_config, python_version, ReplicaSpec};
+use replica::replica_main;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 
 /// Most replicas one handler may have.
@@ -156,7 +162,7 @@ pub(crate) fn spawn_replicas(
 
 /// Set by the exit hook: batches claimed from then on fail with `ShutDown` instead of
 /// running, and no replica starts.
-static EXITING: AtomicBool = AtomicBool::new(false);
+pub(super) static EXITING: AtomicBool = AtomicBool::new(false);
 
 /// Whether the `atexit` hook has been registered in the main interpreter.
 static EXIT_HOOK_REGISTERED: AtomicBool = AtomicBool::new(false);
@@ -187,7 +193,7 @@ impl Drop for ReplicaThread {
     }
 }
 
-fn interpreter_exiting_error() -> Error {
+pub(super) fn interpreter_exiting_error() -> Error {
     Error::new(
         ErrorKind::ShutDown,
         "the Python interpreter is finalizing: no sub-interpreter replica may start",
@@ -258,383 +264,6 @@ fn stop_replicas_at_exit(py: pyo3::Python<'_>) {
     });
 }
 
-/// Fails every item of a batch claimed after the exit hook ran.
-fn shut_down_batch(source: &HandlerCore, batch: Vec<Entry>) {
-    let items = batch.len();
-    let error = Error::new(
-        ErrorKind::ShutDown,
-        format!("handler {} is shut down: the Python interpreter is exiting", source.name.as_str()),
-    );
-    for item in batch {
-        let job = item.take_slot();
-        source.fail_started(&item, job, error.clone());
-    }
-    source.finish_batch(items);
-}
-
-/// What every replica of one handler imports.
-struct ReplicaSpec {
-    module: String,
-    entry_point: String,
-    /// The main interpreter's `sys.path` when the handler was loaded.
-    sys_path: Vec<String>,
-}
-
-/// The main interpreter's `sys.path` entries that are strings.
-fn main_sys_path() -> Result<Vec<String>> {
-    use pyo3::types::{PyAnyMethods, PyListMethods};
-    crate::runtime::attach(|py| {
-        let path = crate::runtime::sys_path(py)?;
-        Ok(path.iter().filter_map(|entry| entry.extract::<String>().ok()).collect())
-    })
-}
-
-/// Serializes `Py_NewInterpreterFromConfig`: several of CPython 3.12's internal modules
-/// crash when two interpreters initialize concurrently (pybind11 guards the same call
-/// for the same reason). Creation happens once per replica, so the cost is start-up only.
-static CREATION_LOCK: Mutex<()> = Mutex::new(());
-
-/// Body of a replica thread. Reports start-up on `ready`, waits for `go` (dropped: the
-/// load failed elsewhere), serves batches, and ends its interpreter on every path.
-fn replica_main(spec: &ReplicaSpec, source: &HandlerCore, ready: &Sender<Result<()>>, go: &Receiver<()>) {
-    if EXITING.load(SeqCst) {
-        let _ = ready.send(Err(interpreter_exiting_error()));
-        return;
-    }
-    let tstate = match create_interpreter() {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    // SAFETY: create_interpreter left `tstate` current on this thread with the new
-    // interpreter's GIL held; everything below runs in that state until the interpreter
-    // is ended, and only raw C-API calls touch its objects.
-    unsafe {
-        match bind_entry_point(spec) {
-            Err(e) => {
-                end_interpreter(tstate);
-                let _ = ready.send(Err(e));
-            }
-            Ok(function) => {
-                let saved = ffi::PyEval_SaveThread();
-                let _ = ready.send(Ok(()));
-                let serve = go.recv().is_ok();
-                ffi::PyEval_RestoreThread(saved);
-                if serve {
-                    serve_batches(function.as_ptr(), source);
-                }
-                drop(function);
-                end_interpreter(tstate);
-            }
-        }
-    }
-}
-
-/// CPython's `PyInterpreterConfig` (Include/cpython/pylifecycle.h), the same from 3.12
-/// through 3.14.
-#[repr(C)]
-struct InterpreterConfig {
-    use_main_obmalloc: c_int,
-    allow_fork: c_int,
-    allow_exec: c_int,
-    allow_threads: c_int,
-    allow_daemon_threads: c_int,
-    check_multi_interp_extensions: c_int,
-    gil: c_int,
-}
-
-const PY_INTERPRETER_CONFIG_OWN_GIL: c_int = 2;
-
-/// CPython's own isolated configuration (`_PyInterpreterConfig_INIT`, what
-/// `interpreters.create()` uses):
-/// - own GIL and own allocator (required for an own GIL);
-/// - extension modules must declare per-interpreter support, so single-phase-init
-///   modules fail with ImportError instead of corrupting shared state;
-/// - threads allowed (handlers may use `threading`), daemon threads not: one still
-///   running would make `Py_EndInterpreter` abort the process;
-/// - no fork (forking a multi-threaded host from a worker thread leaves the child with
-///   one thread and locks held by others) and no exec (replacing the whole host process,
-///   or spawning through `subprocess`, from an isolated interpreter is refused by CPython
-///   itself in this configuration).
-const REPLICA_CONFIG: InterpreterConfig = InterpreterConfig {
-    use_main_obmalloc: 0,
-    allow_fork: 0,
-    allow_exec: 0,
-    allow_threads: 1,
-    allow_daemon_threads: 0,
-    check_multi_interp_extensions: 1,
-    gil: PY_INTERPRETER_CONFIG_OWN_GIL,
-};
-
-type NewInterpreterFromConfig = unsafe extern "C" fn(
-    tstate_p: *mut *mut ffi::PyThreadState,
-    config: *const InterpreterConfig,
-) -> ffi::PyStatus;
-
-/// `Py_NewInterpreterFromConfig` of the libpython this library runs on, if it has one.
-fn new_interpreter_from_config() -> Option<NewInterpreterFromConfig> {
-    static ADDRESS: OnceLock<usize> = OnceLock::new();
-    let address = *ADDRESS.get_or_init(|| {
-        let name = c"Py_NewInterpreterFromConfig";
-        // SAFETY: dladdr/dlopen(RTLD_NOLOAD)/dlsym only read the loader's tables. The
-        // handle is never closed (libpython stays loaded for the life of the process).
-        unsafe {
-            let mut info: libc::Dl_info = std::mem::zeroed();
-            let anchor = ffi::Py_IsInitialized as *const c_void;
-            if libc::dladdr(anchor, &mut info) != 0 && !info.dli_fname.is_null() {
-                let lib = libc::dlopen(info.dli_fname, libc::RTLD_NOW | libc::RTLD_NOLOAD);
-                if !lib.is_null() {
-                    let symbol = libc::dlsym(lib, name.as_ptr());
-                    if !symbol.is_null() {
-                        return symbol as usize;
-                    }
-                }
-            }
-            libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize
-        }
-    });
-    // SAFETY: a non-zero address is CPython's Py_NewInterpreterFromConfig, whose C
-    // signature (3.12+) is exactly `NewInterpreterFromConfig`.
-    (address != 0).then(|| unsafe { std::mem::transmute::<usize, NewInterpreterFromConfig>(address) })
-}
-
-/// (major, minor) of the running CPython, from `Py_GetVersion()` ("3.12.1 (main, ...").
-fn python_version() -> (u32, u32) {
-    // SAFETY: Py_GetVersion returns a static NUL-terminated string; callable at any time.
-    let text = unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }.to_string_lossy();
-    let mut parts = text.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
-/// Creates this thread's sub-interpreter; on success its first thread state is current
-/// and its GIL held. Call on a thread with no Python thread state.
-fn create_interpreter() -> Result<*mut ffi::PyThreadState> {
-    let create = new_interpreter_from_config()
-        .ok_or_else(|| Error::new(ErrorKind::Unsupported, "Py_NewInterpreterFromConfig is missing"))?;
-    let mut tstate: *mut ffi::PyThreadState = std::ptr::null_mut();
-    let status = {
-        let _one_at_a_time = CREATION_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        // SAFETY: the main interpreter is running (the caller loaded a handler) and this
-        // thread has no thread state, which CPython allows: the new interpreter copies
-        // the main interpreter's immutable config. The config outlives the call.
-        unsafe { create(&mut tstate, &REPLICA_CONFIG) }
-    };
-    // SAFETY: reading a status struct returned by value.
-    if unsafe { ffi::PyStatus_Exception(status) } != 0 || tstate.is_null() {
-        let reason = if status.err_msg.is_null() {
-            "unknown error".to_owned()
-        } else {
-            // SAFETY: err_msg is a static NUL-terminated string owned by CPython.
-            unsafe { CStr::from_ptr(status.err_msg) }.to_string_lossy().into_owned()
-        };
-        return Err(Error::internal(format!("cannot create an own-GIL sub-interpreter: {reason}")));
-    }
-    Ok(tstate)
-}
-
-/// Ends the replica's interpreter (joining any non-daemon threads its Python code
-/// started). PRECONDITION: `tstate` is current on this thread with the GIL held, and no
-/// object of the interpreter is still referenced from Rust.
-unsafe fn end_interpreter(tstate: *mut ffi::PyThreadState) {
-    if !ffi::PyErr_Occurred().is_null() {
-        ffi::PyErr_Clear();
-    }
-    ffi::Py_EndInterpreter(tstate);
-}
-
-/// CPython's message for an extension module without multi-interpreter support.
-const NO_SUBINTERPRETER_SUPPORT: &str = "does not support loading in subinterpreters";
-
-/// Makes `sys.path` the main interpreter's (in its order), followed by any entries of
-/// the replica's own default path that the main one lacks; imports the module and binds
-/// the entry point.
-unsafe fn bind_entry_point(spec: &ReplicaSpec) -> Result<Owned> {
-    set_sys_path(&spec.sys_path).map_err(|e| {
-        Error::new(ErrorKind::Internal, format!("setting sys.path in a sub-interpreter: {}", e.message()))
-    })?;
-    let module = &spec.module;
-    let entry_point = &spec.entry_point;
-    let module_c = CString::new(module.as_str())
-        .map_err(|_| Error::invalid_argument("module name contains a NUL byte"))?;
-    let Some(mut obj) = Owned::new(ffi::PyImport_ImportModule(module_c.as_ptr())) else {
-        let context = format!("cannot import module {module:?} in an own-GIL sub-interpreter");
-        return Err(match fetch() {
-            Some(f) if f.text.contains(NO_SUBINTERPRETER_SUPPORT) => {
-                let context = format!(
-                    "{context} (it imports, directly or not, an extension module without \
-                     per-interpreter support, such as numpy or torch; load the handler \
-                     without replicas to run it in the shared interpreter)"
-                );
-                python_error(ErrorKind::Import, &context, f)
-            }
-            Some(f) => python_error(ErrorKind::Import, &context, f),
-            None => {
-                Error::new(ErrorKind::Import, format!("{context}: failed without a Python exception set"))
-            }
-        });
-    };
-    for part in entry_point.split('.') {
-        let part_c =
-            CString::new(part).map_err(|_| Error::invalid_argument("entry point contains a NUL byte"))?;
-        obj = Owned::new(ffi::PyObject_GetAttrString(obj.as_ptr(), part_c.as_ptr())).ok_or_else(|| {
-            fetch_error(ErrorKind::Attribute, &format!("module {module:?} has no attribute {entry_point:?}"))
-        })?;
-    }
-    if ffi::PyCallable_Check(obj.as_ptr()) == 0 {
-        let ty_name = attr_text(ffi::Py_TYPE(obj.as_ptr()).cast(), c"__name__").unwrap_or_default();
-        return Err(Error::new(
-            ErrorKind::Attribute,
-            format!("{module}.{entry_point} is not callable (it is a {ty_name})"),
-        ));
-    }
-    Ok(obj)
-}
-
-unsafe fn set_sys_path(main_path: &[String]) -> Result<()> {
-    let fail = |what: &str| fetch_error(ErrorKind::Internal, what);
-    let path = ffi::PySys_GetObject(c"path".as_ptr()); // borrowed
-    if path.is_null() || ffi::PyList_Check(path) == 0 {
-        return Err(Error::internal("sys.path is missing or not a list"));
-    }
-    let merged = Owned::new(ffi::PyList_New(0)).ok_or_else(|| fail("PyList_New"))?;
-    for entry in main_path {
-        let s = Owned::new(ffi::PyUnicode_FromStringAndSize(
-            entry.as_ptr().cast::<c_char>(),
-            entry.len() as ffi::Py_ssize_t,
-        ))
-        .ok_or_else(|| fail("decoding a path entry"))?;
-        if ffi::PyList_Append(merged.as_ptr(), s.as_ptr()) != 0 {
-            return Err(fail("PyList_Append"));
-        }
-    }
-    let own_len = ffi::PyList_Size(path);
-    for i in 0..own_len {
-        let Some(entry) = Owned::new(ffi::compat::PyList_GetItemRef(path, i)) else {
-            return Err(fail("reading sys.path"));
-        };
-        match ffi::PySequence_Contains(merged.as_ptr(), entry.as_ptr()) {
-            0 => {
-                if ffi::PyList_Append(merged.as_ptr(), entry.as_ptr()) != 0 {
-                    return Err(fail("PyList_Append"));
-                }
-            }
-            1 => {}
-            _ => return Err(fail("comparing sys.path entries")),
-        }
-    }
-    if ffi::PyList_SetSlice(path, 0, ffi::PY_SSIZE_T_MAX, merged.as_ptr()) != 0 {
-        return Err(fail("assigning sys.path"));
-    }
-    Ok(())
-}
-
-/// Serves batches until the source is closed and empty. PRECONDITION: the replica's
-/// thread state is current with its GIL held; it is again when this returns.
-unsafe fn serve_batches(function: *mut PyObject, source: &HandlerCore) {
-    let replica = Replica { function };
-    // The batch that ran last: its items, and its detached C callback jobs, whose
-    // finalizers run without the replica's GIL before its items count as finished.
-    let mut finished: Option<(usize, Vec<JobSlot>)> = None;
-    loop {
-        // Waiting for work must not hold the replica's GIL: Python threads the handler
-        // started keep running meanwhile.
-        let saved = ffi::PyEval_SaveThread();
-        if let Some((items, finalizers)) = finished.take() {
-            source.as_executing_batch(|| drop(finalizers));
-            source.finish_batch(items);
-        }
-        let batch = source.next_batch();
-        ffi::PyEval_RestoreThread(saved);
-        match batch {
-            // Marked as the pool's workers are while they execute a batch: a drain called
-            // from one of its callbacks must not wait for the batch it is part of.
-            Some(batch) if EXITING.load(SeqCst) => {
-                source.as_executing_batch(|| shut_down_batch(source, batch))
-            }
-            Some(batch) => {
-                let items = batch.len();
-                let finalizers = source.as_executing_batch(|| {
-                    report_stray_attached(&source.name, "code run earlier on this replica's thread");
-                    let finalizers = source.execute_on(&replica, batch, None);
-                    // Destructors of the batch's results and of failed items' jobs ran last.
-                    report_stray_attached(
-                        &source.name,
-                        "a destructor run as the batch's references were released",
-                    );
-                    finalizers
-                });
-                finished = Some((items, finalizers));
-            }
-            None => return,
-        }
-    }
-}
-
-/// A replica's interpreter, current on its thread with its GIL held: jobs run their raw
-/// C-API callbacks (`Job::commit_raw`, `Job::complete_raw`), and no value leaves it.
-struct Replica {
-    /// The handler's function, imported in this interpreter (borrowed).
-    function: *mut PyObject,
-}
-
-impl Interpreter for Replica {
-    fn commit(&self, job: &mut JobSlot) -> Result<Owned> {
-        if !job.supports_raw() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "this item's job cannot run in a sub-interpreter replica (only jobs with raw \
-                 C-API callbacks, such as the C ABI's, can)",
-            ));
-        }
-        match guarded("commit", || Ok(job.commit_raw())) {
-            // SAFETY: commit_raw returns a new reference or NULL with an exception set;
-            // the replica's GIL is held. As in the main interpreter, the item proceeds
-            // with the object it returned; an error left set beside it is reported after.
-            Ok(ptr) => unsafe { Owned::new(ptr) }
-                .ok_or_else(|| unsafe { raw::fetch_error(ErrorKind::Commit, "commit callback failed") }),
-            Err(panic) => {
-                // SAFETY: the replica's GIL is held; whatever the panicking callback left
-                // set must not reach the next item.
-                unsafe { ffi::PyErr_Clear() };
-                Err(panic)
-            }
-        }
-    }
-
-    fn complete(&self, job: &mut JobSlot, value: *mut PyObject) -> Result<()> {
-        guarded("complete", || job.complete_raw(value))
-    }
-
-    fn function(&self) -> *mut PyObject {
-        self.function
-    }
-
-    fn fetch_error(&self, kind: ErrorKind, context: &str) -> Error {
-        // SAFETY: the replica's GIL is held (the harness's precondition).
-        unsafe {
-            match raw::fetch() {
-                Some(fetched) if context.is_empty() => {
-                    Error::from_python_parts(kind, fetched.python_type, &fetched.text, fetched.traceback)
-                }
-                Some(fetched) => raw::python_error(kind, context, fetched),
-                None => Error::internal(format!("{context}: failed without a Python exception set")),
-            }
-        }
-    }
-
-    fn report_stray(&self, name: &str, what: &str) {
-        // SAFETY: the replica's thread state is current with its GIL held.
-        unsafe { report_stray_attached(name, what) };
-    }
-
-    fn keep(&self, _value: Owned) -> Option<Py<PyAny>> {
-        // The replica's objects must not reach the main interpreter's futures.
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The replica loop against a real handler core (the manager's wiring is tested in
@@ -643,6 +272,7 @@ mod tests {
     use super::*;
     use crate::core::{HandlerCore, HandlerOptions, ItemOptions, Job, Pool};
     use crate::future::ItemFuture;
+    use pyo3::ffi::{self, PyObject};
     use pyo3::prelude::*;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
