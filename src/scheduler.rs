@@ -32,6 +32,14 @@ pub trait Job: Send + 'static {
     fn needs_prepare(&self) -> bool {
         false
     }
+
+    /// Whether the item opens a new group of rows (a tensor item copied into row 0 of a
+    /// fresh set of batch buffers): a batch ends before it, so that batches line up with
+    /// the sets and run on their rows without a gather.
+    #[doc(hidden)]
+    fn starts_group(&self) -> bool {
+        false
+    }
     /// GIL-free staging (decoding, GPU uploads). Runs on a pool thread WITHOUT the GIL.
     fn prepare(&mut self) -> Result<()> {
         Ok(())
@@ -152,6 +160,7 @@ pub(crate) struct Item {
     state: AtomicU8,
     keep_value: bool,
     needs_prepare: bool,
+    starts_group: bool,
     /// Times as `clock` nanoseconds (8 bytes instead of an `Instant`'s 16).
     enqueued_ns: u64,
     deadline_ns: Option<std::num::NonZeroU64>,
@@ -177,8 +186,8 @@ pub(crate) enum Entry {
 
 pub(crate) struct Detached {
     job: JobCell,
-    /// `enqueued_ns` in the low 62 bits (146 years), `needs_prepare` in the top one,
-    /// and bit 62 always set: never zero, so `Entry` keeps its discriminant in this
+    /// `enqueued_ns` in the low 61 bits (73 years), `needs_prepare` in the top one,
+    /// `starts_group` in bit 61, and bit 62 always set: never zero, so `Entry` keeps its discriminant in this
     /// word's niche (the job's cell hides the job's), and the entry is 56 bytes instead
     /// of 64. A queue block (31 entries with their state words, 1992 bytes) then takes
     /// mimalloc's 2048-byte size class instead of 2560: 66 bytes per queued item
@@ -188,20 +197,27 @@ pub(crate) struct Detached {
 
 const NEEDS_PREPARE_BIT: u64 = 1 << 63;
 const STAMP_BIT: u64 = 1 << 62;
+const STARTS_GROUP_BIT: u64 = 1 << 61;
+const TIME_MASK: u64 = STARTS_GROUP_BIT - 1;
 
 impl Detached {
-    fn new(job: JobSlot, enqueued_ns: u64, needs_prepare: bool) -> Self {
-        let flag = if needs_prepare { NEEDS_PREPARE_BIT } else { 0 };
-        let stamp = (enqueued_ns & (STAMP_BIT - 1)) | STAMP_BIT | flag;
+    fn new(job: JobSlot, enqueued_ns: u64, needs_prepare: bool, starts_group: bool) -> Self {
+        let flags = if needs_prepare { NEEDS_PREPARE_BIT } else { 0 }
+            | if starts_group { STARTS_GROUP_BIT } else { 0 };
+        let stamp = (enqueued_ns & TIME_MASK) | STAMP_BIT | flags;
         Detached { job: JobCell::new(job), stamp: std::num::NonZeroU64::new(stamp).expect("bit 62 is set") }
     }
 
     fn enqueued_ns(&self) -> u64 {
-        self.stamp.get() & (STAMP_BIT - 1)
+        self.stamp.get() & TIME_MASK
     }
 
     fn needs_prepare(&self) -> bool {
         self.stamp.get() & NEEDS_PREPARE_BIT != 0
+    }
+
+    fn starts_group(&self) -> bool {
+        self.stamp.get() & STARTS_GROUP_BIT != 0
     }
 }
 
@@ -217,6 +233,13 @@ impl Entry {
         match self {
             Entry::Detached(d) => d.needs_prepare(),
             Entry::Shared(item) => item.needs_prepare,
+        }
+    }
+
+    fn starts_group(&self) -> bool {
+        match self {
+            Entry::Detached(d) => d.starts_group(),
+            Entry::Shared(item) => item.starts_group,
         }
     }
 
@@ -697,11 +720,13 @@ impl HandlerCore {
     ) -> (Option<Arc<Item>>, Option<Error>) {
         self.flow.enqueued.fetch_add(1, Relaxed);
         let needs_prepare = job.needs_prepare();
+        let starts_group = job.starts_group();
         let enqueued_ns = clock::now_ns();
         let entry = if with_future || opts.deadline.is_some() {
             Entry::Shared(Arc::new(Item {
                 state: AtomicU8::new(QUEUED),
                 needs_prepare,
+                starts_group,
                 job: JobCell::new(job),
                 completion: with_future.then(Box::default),
                 keep_value: opts.keep_value,
@@ -710,7 +735,7 @@ impl HandlerCore {
                 handler: self.weak_self.clone(),
             }))
         } else {
-            Entry::Detached(Detached::new(job, enqueued_ns, needs_prepare))
+            Entry::Detached(Detached::new(job, enqueued_ns, needs_prepare, starts_group))
         };
         let for_future = match &entry {
             Entry::Shared(item) if with_future => Some(item.clone()),
@@ -970,6 +995,11 @@ impl HandlerCore {
                     }
                     continue;
                 }
+            }
+            if entry.starts_group() && !batch.is_empty() {
+                // The next batch starts with it (see `Job::starts_group`).
+                pipe.front = Some(entry);
+                break;
             }
             if entry.claim() {
                 batch.push(entry);
@@ -1939,7 +1969,7 @@ mod tests {
 
     /// A detached entry whose `enqueued_ns` carries `tag`.
     fn tagged(tag: u64) -> Entry {
-        Entry::Detached(Detached::new(JobSlot::Boxed(Box::new(Noop)), tag, false))
+        Entry::Detached(Detached::new(JobSlot::Boxed(Box::new(Noop)), tag, false, false))
     }
 
     /// Producers racing on `Incoming` lose nothing, and each producer's items come out in

@@ -153,13 +153,50 @@ impl BufferPool {
     }
 }
 
+/// Where the copied inputs of a host-placed handler's items go when they are queued: the
+/// next free row of an open set of batch buffers. A batch whose items hold consecutive
+/// rows of one set then runs on those rows as they are, with no gather and no buffer of
+/// its own per item; and the handler core ends a batch before an item that opens a new
+/// set (`starts_group`), so batches line up with the sets.
+pub(crate) struct Intake {
+    pool: Arc<BufferPool>,
+    /// The set being filled and its next free row. Held for a few instructions per item.
+    open: Mutex<Option<(Arc<Lease>, usize)>>,
+}
+
+impl Intake {
+    pub(crate) fn new(pool: Arc<BufferPool>) -> Intake {
+        Intake { pool, open: Mutex::new(None) }
+    }
+
+    /// A row of its own for one item: the set and the row's index. The caller writes the
+    /// row (each input's item bytes) before the item is queued; nobody else touches it
+    /// until the item's batch is called.
+    pub(crate) fn reserve(&self) -> Result<(Arc<Lease>, usize)> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((lease, next)) = open.as_mut() {
+            if *next < self.pool.batch_size {
+                *next += 1;
+                return Ok((lease.clone(), *next - 1));
+            }
+        }
+        // The full set stays with its items and views; it returns to the pool after them.
+        let lease = self.pool.lease()?;
+        *open = Some((lease.clone(), 1));
+        Ok((lease, 0))
+    }
+}
+
 /// A batch's hold on a set of buffers, shared by the batch's items (each owns its row),
 /// the Python views of the batch and their DLPack exports.
 ///
-/// Who writes what: before the Python call, each item's row of each input is written by
-/// the one thread that owns the item (its fill or the gather), ordered before the call by
-/// the batch's hand-over through the handler's pipeline; from the call on, only Python
-/// (through the views) touches the memory, until the last holder drops its lease.
+/// Who writes what: before the Python call, each item's row of each input is written once,
+/// by the one thread that owns the item (its fill, the gather, or its producer through the
+/// intake), ordered before the call by the item's hand-over through the handler's queue
+/// and pipeline; from the call on, only Python (through the views of the batch's rows)
+/// touches those rows, until the last holder drops its lease. A set filled through the
+/// intake serves several batches, each its own rows: a row is never written twice while
+/// the set is leased.
 pub(crate) struct Lease {
     buffers: Option<BatchBuffers>,
     item_bytes: Arc<[usize]>,

@@ -43,8 +43,12 @@ impl Ptrs {
 
 /// Where an item's inputs come from.
 pub(crate) enum Feed {
-    /// Copied when queued: every input's item bytes back to back.
+    /// Copied when queued into a buffer of its own: every input's item bytes back to back
+    /// (CUDA placement, whose batches gather into pinned buffers).
     Copied(Box<[u8]>),
+    /// Copied when queued straight into its row of a set of batch buffers (the job's
+    /// `slot`, from the handler's intake; host placement).
+    Placed,
     /// The caller's buffers, read when the batch is gathered (the caller promised they
     /// outlive the item).
     Borrowed(Ptrs),
@@ -113,7 +117,7 @@ pub(crate) enum Hooks {
 }
 
 impl Hooks {
-    fn get(&mut self) -> &mut dyn TensorHooks {
+    pub(crate) fn get(&mut self) -> &mut dyn TensorHooks {
         match self {
             Hooks::C(h) => h,
             Hooks::Rust(h) => h,
@@ -136,7 +140,8 @@ pub struct TensorJob {
     pub(crate) feed: Feed,
     pub(crate) sink: Sink,
     hooks: Hooks,
-    /// The item's row in its batch's buffers, once its batch is claimed with fills.
+    /// The item's row in a set of batch buffers: from queueing for a placed item, from the
+    /// claim of its batch for a filled one, and once its batch is staged for every item.
     pub(crate) slot: Option<(Arc<Lease>, usize)>,
     stage: Stage,
 }
@@ -144,6 +149,11 @@ pub struct TensorJob {
 impl TensorJob {
     pub(crate) fn new(feed: Feed, sink: Sink, hooks: Hooks) -> TensorJob {
         TensorJob { feed, sink, hooks, slot: None, stage: Stage::Queued }
+    }
+
+    /// A placed item's job: its inputs are in `row` of `lease` already.
+    pub(crate) fn placed(sink: Sink, hooks: Hooks, (lease, row): (Arc<Lease>, usize)) -> TensorJob {
+        TensorJob { feed: Feed::Placed, sink, hooks, slot: Some((lease, row)), stage: Stage::Queued }
     }
 
     pub(crate) fn rows_written(&mut self) {
@@ -164,6 +174,10 @@ impl Job for TensorJob {
         // SAFETY: usize and *mut u8 have the same layout; these are addresses of rows.
         let slots: &[*mut u8] = unsafe { &*(slots.as_slice() as *const [usize] as *const [*mut u8]) };
         self.hooks.get().fill(slots, lease.item_bytes())
+    }
+
+    fn starts_group(&self) -> bool {
+        matches!((&self.feed, &self.slot), (Feed::Placed, Some((_, 0))))
     }
 
     fn commit(&mut self, _py: Python<'_>) -> Result<Py<PyAny>> {
