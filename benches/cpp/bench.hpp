@@ -122,6 +122,11 @@ enum class Ratio {
 // `how` says; pass is left to the row.
 Row summarized(Row r, Ratio how);
 
+// The reference row that follows `row`: the same samples of ours against a plain pybind11
+// embedding's (`baseline_samples`), as a speed-up ("x faster"), with no target.
+Row vs_plain_pybind11(const Row& row, std::string id, std::string workload, std::string baseline_name,
+                      std::vector<double> baseline_samples, std::string note = {});
+
 // A number with 3 significant digits at most (no decimals from 100 up), then the unit;
 // "-" for NaN.
 std::string fmt(double v, const std::string& unit);

@@ -36,6 +36,20 @@ Row summarized(Row r, Ratio how) {
   return r;
 }
 
+Row vs_plain_pybind11(const Row& row, std::string id, std::string workload, std::string baseline_name,
+                      std::vector<double> baseline_samples, std::string note) {
+  return summarized({.id = std::move(id),
+                     .workload = std::move(workload),
+                     .unit = row.unit,
+                     .ours_samples = row.ours_samples,
+                     .baseline_name = std::move(baseline_name),
+                     .baseline_samples = std::move(baseline_samples),
+                     .ratio_label = "x faster",
+                     .target = "-",
+                     .note = std::move(note)},
+                    Ratio::kBaselineOverOurs);
+}
+
 // ---- statistics and /proc -------------------------------------------------------------
 
 double median(std::vector<double> v) {

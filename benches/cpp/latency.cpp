@@ -129,6 +129,7 @@ void rows_latency(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
            "std::promise (two thread wake-ups, no Python)"},
       {"latency_p99", "p99", ours_p99, floor_p99, "<= 100 us", 100.0, ""},
   };
+  const std::size_t p50_at = rows.size();
   for (const auto& p : percentiles) {
     Row r = summarized({.id = p.id,
                         .workload = std::string("one request at a time, idle worker, ") + p.pct,
@@ -143,15 +144,8 @@ void rows_latency(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
     r.pass = r.ours <= p.target_us;
     rows.push_back(r);
   }
-  rows.push_back(summarized({.id = "latency_pb",
-                             .workload = "  vs plain pybind11 worker, p50",
-                             .unit = "us",
-                             .ours_samples = ours_p50,
-                             .baseline_name = "same + gil_scoped_acquire + call",
-                             .baseline_samples = plain_p50,
-                             .ratio_label = "x faster",
-                             .target = "-"},
-                            Ratio::kBaselineOverOurs));
+  rows.push_back(vs_plain_pybind11(rows[p50_at], "latency_pb", "  vs plain pybind11 worker, p50",
+                                   "same + gil_scoped_acquire + call", plain_p50));
 }
 
 void rows_sync(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
@@ -210,15 +204,8 @@ void rows_sync(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
                      Ratio::kOursOverBaseline);
   r.pass = r.ratio <= 2.0;
   rows.push_back(r);
-  rows.push_back(summarized({.id = "sync_pb",
-                             .workload = "  vs plain pybind11 per call",
-                             .unit = "ns/call",
-                             .ours_samples = ours_ns,
-                             .baseline_name = "gil_scoped_acquire + call per call",
-                             .baseline_samples = plain_ns,
-                             .ratio_label = "x faster",
-                             .target = "-"},
-                            Ratio::kBaselineOverOurs));
+  rows.push_back(
+      vs_plain_pybind11(r, "sync_pb", "  vs plain pybind11 per call", "gil_scoped_acquire + call per call", plain_ns));
 }
 
 std::optional<int> profile_latency(const Config& cfg, PyManager& mgr) {

@@ -284,17 +284,10 @@ void rows_producers4(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) 
                      Ratio::kOursOverBaseline);
   r.pass = r.ratio <= 1.5;
   rows.push_back(r);
-  rows.push_back(summarized({.id = "producers4_pb",
-                             .workload = "  vs plain pybind11, 4 threads",
-                             .unit = "ns/item",
-                             .ours_samples = four,
-                             .baseline_name = "gil_scoped_acquire+call per item",
-                             .baseline_samples = plain,
-                             .ratio_label = "x faster",
-                             .target = "-",
-                             .note = "4 C++ threads each take the GIL per item and call identity([x]) (" +
-                                     std::to_string(cfg.plain_items) + " items/rep)"},
-                            Ratio::kBaselineOverOurs));
+  rows.push_back(vs_plain_pybind11(r, "producers4_pb", "  vs plain pybind11, 4 threads",
+                                   "gil_scoped_acquire+call per item", plain,
+                                   "4 C++ threads each take the GIL per item and call identity([x]) (" +
+                                       std::to_string(cfg.plain_items) + " items/rep)"));
 }
 
 void rows_queued_b1(const Config& cfg, PyManager& mgr, std::vector<Row>& rows) {
