@@ -100,7 +100,7 @@ pub(crate) enum JobSlot {
     C(crate::ffi::handler::CJob),
     Boxed(Box<dyn Job>),
     /// A tensor handler's item (see `tensor::execute`).
-    Tensor(Box<crate::tensor::job::TensorJob>),
+    Tensor(crate::tensor::job::TensorBox),
 }
 
 impl JobSlot {
@@ -108,7 +108,7 @@ impl JobSlot {
         match self {
             JobSlot::C(job) => Box::new(job),
             JobSlot::Boxed(job) => job,
-            JobSlot::Tensor(job) => job,
+            JobSlot::Tensor(job) => Box::new(job),
         }
     }
 }

@@ -11,7 +11,7 @@ use super::{boundary, error, handle, out_ptr, pysched_error, pysched_status, utf
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, Result};
 use crate::stats::{HandlerStats, LatencySummary};
-use crate::tensor::job::{Feed, Hooks, Ptrs, Sink, TensorHooks, TensorJob};
+use crate::tensor::job::{Feed, Hooks, Ptrs, Sink, TensorBox, TensorHooks, TensorJob};
 use crate::tensor::{CopiedIn, Placement, TensorHandler, TensorItemOptions, TensorSignature, TensorSpec};
 use std::ffi::{c_char, c_int, c_void};
 use std::time::{Duration, Instant};
@@ -355,9 +355,9 @@ enum Input {
 }
 
 impl Input {
-    fn into_job(self, sink: Sink, hooks: Hooks) -> TensorJob {
+    fn into_job(self, sink: Sink, hooks: Hooks) -> TensorBox {
         match self {
-            Input::Feed(feed) => TensorJob::new(feed, sink, hooks),
+            Input::Feed(feed) => TensorBox::Heap(Box::new(TensorJob::new(feed, sink, hooks))),
             Input::Copied(copied) => copied.into_job(sink, hooks),
         }
     }

@@ -3,7 +3,7 @@
 //! GIL hold, one view per input, one Python call, each output read once and its rows
 //! copied to the items' destinations; after the GIL, each item's completion.
 
-use super::job::{Sink, TensorJob};
+use super::job::{Sink, TensorBox};
 use super::output::{read_output, split_result, Expect, OutputRows};
 use super::{Staged, TensorExec};
 use crate::error::{Error, ErrorKind, Result};
@@ -16,7 +16,7 @@ use pyo3::types::PyTuple;
 /// Runs one claimed batch of a tensor handler. Returns the completed items nobody waits
 /// on but their callbacks, for the caller to finalize after the GIL (as the list path).
 pub(crate) fn run_batch(core: &HandlerCore, exec: &TensorExec, batch: Vec<Entry>) -> Vec<JobSlot> {
-    let mut live: Vec<(Entry, Box<TensorJob>)> = Vec::with_capacity(batch.len());
+    let mut live: Vec<(Entry, TensorBox)> = Vec::with_capacity(batch.len());
     for entry in batch {
         match entry.take_slot() {
             Some(JobSlot::Tensor(job)) => live.push((entry, job)),
@@ -70,7 +70,7 @@ pub(crate) fn run_batch(core: &HandlerCore, exec: &TensorExec, batch: Vec<Entry>
     detached
 }
 
-fn fail_all(core: &HandlerCore, live: Vec<(Entry, Box<TensorJob>)>, error: Error) -> Vec<JobSlot> {
+fn fail_all(core: &HandlerCore, live: Vec<(Entry, TensorBox)>, error: Error) -> Vec<JobSlot> {
     for (entry, job) in live {
         core.fail_started(&entry, Some(JobSlot::Tensor(job)), error.clone());
     }
@@ -83,7 +83,7 @@ fn call_and_split(
     core: &HandlerCore,
     exec: &TensorExec,
     staged: &Staged,
-    live: &mut [(Entry, Box<TensorJob>)],
+    live: &mut [(Entry, TensorBox)],
     start_ns: u64,
 ) -> Result<()> {
     let n = live.len();

@@ -125,6 +125,88 @@ impl Hooks {
     }
 }
 
+/// A tensor item's job, owned: on the heap, or in the record of the row its inputs were
+/// copied to (the intake's; then the set's lease keeps the record alive, and nothing is
+/// allocated per item). Dropping it drops the job (its finalizer).
+pub(crate) enum TensorBox {
+    Heap(Box<TensorJob>),
+    // `_lease` keeps the record's memory (and the row) until the box drops.
+    InSet { _lease: Arc<Lease>, job: std::ptr::NonNull<TensorJob> },
+}
+
+// SAFETY: an InSet box owns its record exclusively (each row's record is written once, by
+// the producer that reserved the row, and dropped once, by this box), like a Box.
+unsafe impl Send for TensorBox {}
+
+impl TensorBox {
+    /// Moves `job` into row `row`'s record of `lease`, or onto the heap when the set keeps
+    /// no records. PRECONDITION: the caller reserved the row (`Intake::reserve`) and no
+    /// other box was made for it.
+    pub(crate) fn in_set(lease: Arc<Lease>, row: usize, job: TensorJob) -> TensorBox {
+        match lease.record_ptr(row).and_then(|p| std::ptr::NonNull::new(p.cast::<TensorJob>())) {
+            Some(record) => {
+                // SAFETY: the row's record is this caller's (the precondition), uninitialized
+                // memory of TensorJob's layout inside the lease's buffers.
+                unsafe { record.as_ptr().write(job) };
+                TensorBox::InSet { _lease: lease, job: record }
+            }
+            None => TensorBox::Heap(Box::new(job)),
+        }
+    }
+}
+
+impl std::ops::Deref for TensorBox {
+    type Target = TensorJob;
+    fn deref(&self) -> &TensorJob {
+        match self {
+            TensorBox::Heap(job) => job,
+            // SAFETY: the record holds this box's job (written in `in_set`) until drop.
+            TensorBox::InSet { job, .. } => unsafe { job.as_ref() },
+        }
+    }
+}
+
+impl std::ops::DerefMut for TensorBox {
+    fn deref_mut(&mut self) -> &mut TensorJob {
+        match self {
+            TensorBox::Heap(job) => job,
+            // SAFETY: as in deref; the box is its only owner.
+            TensorBox::InSet { job, .. } => unsafe { job.as_mut() },
+        }
+    }
+}
+
+impl Drop for TensorBox {
+    fn drop(&mut self) {
+        if let TensorBox::InSet { job, .. } = self {
+            // SAFETY: the record holds this box's job, dropped exactly once (here), before
+            // the lease (a field) lets the set go.
+            unsafe { std::ptr::drop_in_place(job.as_ptr()) };
+        }
+    }
+}
+
+impl Job for TensorBox {
+    fn needs_prepare(&self) -> bool {
+        (**self).needs_prepare()
+    }
+    fn prepare(&mut self) -> Result<()> {
+        (**self).prepare()
+    }
+    fn starts_group(&self) -> bool {
+        (**self).starts_group()
+    }
+    fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>> {
+        (**self).commit(py)
+    }
+    fn complete(&mut self, py: Python<'_>, result: &Bound<'_, PyAny>) -> Result<()> {
+        (**self).complete(py, result)
+    }
+    fn fail(&mut self, error: &Error) {
+        (**self).fail(error)
+    }
+}
+
 /// Where the job stands; its outcome is reported exactly once.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {

@@ -32,7 +32,7 @@ use crate::handler::{Handler, HandlerOptions};
 use crate::scheduler::{Entry, ItemOptions, JobSlot};
 use crate::stats::{HandlerStats, LatencySummary};
 use buffers::{BufferPool, Intake, Lease};
-use job::{Feed, Hooks, Ptrs, RustHooks, Sink, TensorHooks, TensorJob};
+use job::{Feed, Hooks, Ptrs, RustHooks, Sink, TensorBox, TensorHooks, TensorJob};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,7 +69,9 @@ impl TensorExec {
         // Batches taken ahead, executing, and one being finished: enough sets to keep
         // without allocating once warm.
         let keep = options.prefetch_depth + options.concurrency + 1;
-        let pool = BufferPool::new(&signature.inputs, options.batch_size, keep, device.clone());
+        // Host sets keep one job record per row for the intake (copied items allocate nothing).
+        let record = device.is_none().then(std::alloc::Layout::new::<TensorJob>);
+        let pool = BufferPool::new(&signature.inputs, options.batch_size, keep, device.clone(), record);
         let intake = device.is_none().then(|| Intake::new(pool.clone()));
         Ok(TensorExec { signature, pool, intake, device })
     }
@@ -272,10 +274,15 @@ pub(crate) enum CopiedIn {
 }
 
 impl CopiedIn {
-    pub(crate) fn into_job(self, sink: Sink, hooks: Hooks) -> TensorJob {
+    pub(crate) fn into_job(self, sink: Sink, hooks: Hooks) -> TensorBox {
         match self {
-            CopiedIn::Placed(slot) => TensorJob::placed(sink, hooks, slot),
-            CopiedIn::Own(bytes) => TensorJob::new(Feed::Copied(bytes), sink, hooks),
+            CopiedIn::Placed((lease, row)) => {
+                let job = TensorJob::placed(sink, hooks, (lease.clone(), row));
+                TensorBox::in_set(lease, row, job)
+            }
+            CopiedIn::Own(bytes) => {
+                TensorBox::Heap(Box::new(TensorJob::new(Feed::Copied(bytes), sink, hooks)))
+            }
         }
     }
 }
@@ -324,7 +331,7 @@ impl TensorHandler {
         let rows = Arc::new(Mutex::new(Vec::new()));
         let hooks = Hooks::Rust(RustHooks { fill: Some(Box::new(fill)), done: None });
         let job = TensorJob::new(Feed::Fill, Sink::Owned(rows.clone()), hooks);
-        let inner = self.submit(job, options, true)?.expect("asked for a future");
+        let inner = self.submit(TensorBox::Heap(Box::new(job)), options, true)?.expect("asked for a future");
         Ok(TensorFuture { inner, rows })
     }
 
@@ -355,7 +362,7 @@ impl TensorHandler {
 
     /// The job of an item whose inputs are copied from `inputs` (one slice per input,
     /// each exactly the input's item bytes). A refusal has reported to the hooks.
-    fn copy_in(&self, inputs: &[&[u8]], sink: Sink, hooks: Hooks) -> Result<TensorJob> {
+    fn copy_in(&self, inputs: &[&[u8]], sink: Sink, hooks: Hooks) -> Result<TensorBox> {
         let checked = self.check_inputs(inputs).and_then(|()| {
             let srcs = Ptrs::new(inputs.iter().map(|i| i.as_ptr() as usize));
             // SAFETY: each input was checked to hold its item bytes.
@@ -441,12 +448,12 @@ impl TensorHandler {
     /// queue) has reported to the job's hooks when this returns it.
     pub(crate) fn submit(
         &self,
-        job: TensorJob,
+        job: TensorBox,
         options: TensorItemOptions,
         with_future: bool,
     ) -> Result<Option<ItemFuture>> {
         let opts = ItemOptions { deadline: options.deadline, keep_value: false };
-        let slot = JobSlot::Tensor(Box::new(job));
+        let slot = JobSlot::Tensor(job);
         if with_future {
             self.handler.try_queue_slot(slot, opts).map(Some)
         } else {

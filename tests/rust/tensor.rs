@@ -291,7 +291,7 @@ fn copied_items_run_where_they_were_copied_and_batches_line_up_with_the_sets() {
             f
         };
         let (tx, rx) = mpsc::channel();
-        let mut outs = vec![[0i64; 2]; 10];
+        let mut outs = [[0i64; 2]; 10];
         let mut futures = Vec::new();
         for (i, out) in outs.iter_mut().enumerate() {
             if detached {
