@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU benchmark table (benches/cpp/pyscheduler_bench.cpp) on a many-core host (issue
+# The CPU benchmark table (pyscheduler_bench, benches/cpp/) on a many-core host (issue
 # 16), run from the repository root on a machine without cargo: libpyscheduler.so is
 # built elsewhere and carried, as for benches/gpu/run_on_device.sh.
 #
@@ -99,7 +99,7 @@ CXXFLAGS=(-std=c++20 -O2 -DNDEBUG -g -Wall -Wextra -I"$ROOT/include" -I"$ROOT/cp
   "-DPYSCHED_BENCH_REVISION=\"$REV\"")
 LDFLAGS=(-L"$BUILD/lib_a" -lpyscheduler -Wl,-rpath,"$BUILD/lib_a" -L"$PYLIBDIR" -l"python$PYLDVER"
   -Wl,-rpath,"$PYLIBDIR" -pthread -ldl)
-step build_bench g++ "${CXXFLAGS[@]}" benches/cpp/pyscheduler_bench.cpp -o "$BUILD/pyscheduler_bench" "${LDFLAGS[@]}"
+step build_bench g++ "${CXXFLAGS[@]}" benches/cpp/*.cpp -o "$BUILD/pyscheduler_bench" "${LDFLAGS[@]}"
 BENCH=$BUILD/pyscheduler_bench
 if [ ! -x "$BENCH" ]; then
   log "FAILED: ${FAILED[*]}"

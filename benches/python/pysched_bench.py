@@ -1,4 +1,4 @@
-"""Python side of benches/cpp/pyscheduler_bench.cpp: the functions each row calls.
+"""Python side of pyscheduler_bench (benches/cpp/): the functions each row calls.
 
 Batched entry points take a list and return a list of the same length, as queue_invoke
 requires. Keep them trivial: the benchmark measures pyscheduler, not Python.

@@ -1,5 +1,5 @@
-"""Python side of the tensor rows of benches/cpp/pyscheduler_bench.cpp (issue 12): one
-small numpy model, `x @ W` with W 64x16 float32, reached three ways.
+"""Python side of the tensor rows of pyscheduler_bench (benches/cpp/tensor.cpp, issue
+12): one small numpy model, `x @ W` with W 64x16 float32, reached three ways.
 
 Kept apart from pysched_bench.py so that the other rows do not need numpy. W's entries
 and the benchmark's inputs are small multiples of powers of two, so every product and

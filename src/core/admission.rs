@@ -44,11 +44,13 @@ impl HandlerCore {
     ) -> (Option<Arc<Item>>, Option<Error>) {
         self.flow.enqueued.fetch_add(1, Relaxed);
         let needs_prepare = job.needs_prepare();
+        let starts_group = job.starts_group();
         let enqueued_ns = clock::now_ns();
         let entry = if with_future || opts.deadline.is_some() {
             Entry::Shared(Arc::new(Item {
                 state: AtomicU8::new(QUEUED),
                 needs_prepare,
+                starts_group,
                 job: JobCell::new(job),
                 completion: with_future.then(Box::default),
                 keep_value: opts.keep_value,
@@ -57,7 +59,7 @@ impl HandlerCore {
                 handler: self.weak_self.clone(),
             }))
         } else {
-            Entry::Detached(Detached::new(job, enqueued_ns, needs_prepare))
+            Entry::Detached(Detached::new(job, enqueued_ns, needs_prepare, starts_group))
         };
         let for_future = match &entry {
             Entry::Shared(item) if with_future => Some(item.clone()),

@@ -155,6 +155,11 @@ impl HandlerCore {
                     continue;
                 }
             }
+            if entry.starts_group() && !batch.is_empty() {
+                // The next batch starts with it (see `Job::starts_group`).
+                pipe.front = Some(entry);
+                break;
+            }
             if entry.claim() {
                 batch.push(entry);
             }

@@ -207,7 +207,7 @@ mod tests {
 
     /// A detached entry whose `enqueued_ns` carries `tag`.
     fn tagged(tag: u64) -> Entry {
-        Entry::Detached(Detached::new(JobSlot::Boxed(Box::new(Noop)), tag, false))
+        Entry::Detached(Detached::new(JobSlot::Boxed(Box::new(Noop)), tag, false, false))
     }
 
     /// Producers racing on `Incoming` lose nothing, and each producer's items come out in

@@ -28,6 +28,7 @@ pub(crate) struct Item {
     pub(super) state: AtomicU8,
     pub(super) keep_value: bool,
     pub(super) needs_prepare: bool,
+    pub(super) starts_group: bool,
     /// Times as `clock` nanoseconds (8 bytes instead of an `Instant`'s 16).
     pub(super) enqueued_ns: u64,
     pub(super) deadline_ns: Option<std::num::NonZeroU64>,
@@ -53,8 +54,8 @@ pub(crate) enum Entry {
 
 pub(crate) struct Detached {
     pub(super) job: JobCell,
-    /// `enqueued_ns` in the low 62 bits (146 years), `needs_prepare` in the top one,
-    /// and bit 62 always set: never zero, so `Entry` keeps its discriminant in this
+    /// `enqueued_ns` in the low 61 bits (73 years), `needs_prepare` in the top one,
+    /// `starts_group` in bit 61, and bit 62 always set: never zero, so `Entry` keeps its discriminant in this
     /// word's niche (the job's cell hides the job's), and the entry is 56 bytes instead
     /// of 64. A queue block (31 entries with their state words, 1992 bytes) then takes
     /// mimalloc's 2048-byte size class instead of 2560: 66 bytes per queued item
@@ -64,22 +65,30 @@ pub(crate) struct Detached {
 
 pub(super) const NEEDS_PREPARE_BIT: u64 = 1 << 63;
 pub(super) const STAMP_BIT: u64 = 1 << 62;
+pub(super) const STARTS_GROUP_BIT: u64 = 1 << 61;
+pub(super) const TIME_MASK: u64 = STARTS_GROUP_BIT - 1;
 
 impl Detached {
-    pub(super) fn new(job: JobSlot, enqueued_ns: u64, needs_prepare: bool) -> Self {
-        let flag = if needs_prepare { NEEDS_PREPARE_BIT } else { 0 };
-        let stamp = (enqueued_ns & (STAMP_BIT - 1)) | STAMP_BIT | flag;
+    pub(super) fn new(job: JobSlot, enqueued_ns: u64, needs_prepare: bool, starts_group: bool) -> Self {
+        let flags = if needs_prepare { NEEDS_PREPARE_BIT } else { 0 }
+            | if starts_group { STARTS_GROUP_BIT } else { 0 };
+        let stamp = (enqueued_ns & TIME_MASK) | STAMP_BIT | flags;
         Detached { job: JobCell::new(job), stamp: std::num::NonZeroU64::new(stamp).expect("bit 62 is set") }
     }
 
     #[inline]
     pub(super) fn enqueued_ns(&self) -> u64 {
-        self.stamp.get() & (STAMP_BIT - 1)
+        self.stamp.get() & TIME_MASK
     }
 
     #[inline]
     pub(super) fn needs_prepare(&self) -> bool {
         self.stamp.get() & NEEDS_PREPARE_BIT != 0
+    }
+
+    #[inline]
+    pub(super) fn starts_group(&self) -> bool {
+        self.stamp.get() & STARTS_GROUP_BIT != 0
     }
 }
 
@@ -97,6 +106,14 @@ impl Entry {
         match self {
             Entry::Detached(d) => d.needs_prepare(),
             Entry::Shared(item) => item.needs_prepare,
+        }
+    }
+
+    #[inline]
+    pub(super) fn starts_group(&self) -> bool {
+        match self {
+            Entry::Detached(d) => d.starts_group(),
+            Entry::Shared(item) => item.starts_group,
         }
     }
 

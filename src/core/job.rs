@@ -17,6 +17,14 @@ pub trait Job: Send + 'static {
     fn needs_prepare(&self) -> bool {
         false
     }
+
+    /// Whether the item opens a new group of rows (a tensor item copied into row 0 of a
+    /// fresh set of batch buffers): a batch ends before it, so that batches line up with
+    /// the sets and run on their rows without a gather.
+    #[doc(hidden)]
+    fn starts_group(&self) -> bool {
+        false
+    }
     /// GIL-free staging (decoding, GPU uploads). Runs on a pool thread WITHOUT the GIL.
     fn prepare(&mut self) -> Result<()> {
         Ok(())
@@ -54,7 +62,7 @@ pub(crate) enum JobSlot {
     Callback(CallbackJob),
     Boxed(Box<dyn Job>),
     /// A tensor handler's item (see `tensor::execute`).
-    Tensor(Box<crate::tensor::job::TensorJob>),
+    Tensor(crate::tensor::job::TensorBox),
 }
 
 impl From<Box<dyn Job>> for JobSlot {

@@ -11,8 +11,8 @@ use super::{boundary, error, handle, out_ptr, pysched_error, pysched_status, utf
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, Result};
 use crate::stats::{HandlerStats, LatencySummary};
-use crate::tensor::job::{Feed, Hooks, Ptrs, Sink, TensorHooks, TensorJob};
-use crate::tensor::{Placement, TensorHandler, TensorItemOptions, TensorSignature, TensorSpec};
+use crate::tensor::job::{Feed, Hooks, Ptrs, Sink, TensorBox, TensorHooks, TensorJob};
+use crate::tensor::{CopiedIn, Placement, TensorHandler, TensorItemOptions, TensorSignature, TensorSpec};
 use std::ffi::{c_char, c_int, c_void};
 use std::time::{Duration, Instant};
 
@@ -277,7 +277,7 @@ pub extern "C" fn pysched_tensor_handler_queue(
             drop: item.drop,
         };
         let parts = handle(handler, "handler").and_then(|h| read_item(&h.inner, &item).map(|p| (h, p)));
-        let (h, (feed, sink)) = match parts {
+        let (h, (input, sink)) = match parts {
             Ok(p) => p,
             Err(e) => {
                 hooks.complete(Some(&e));
@@ -290,7 +290,7 @@ pub extern "C" fn pysched_tensor_handler_queue(
                 .then(|| Instant::now().checked_add(Duration::from_micros(item.timeout_us)))
                 .flatten(),
         };
-        let job = TensorJob::new(feed, sink, Hooks::C(hooks));
+        let job = input.into_job(sink, Hooks::C(hooks));
         // A refusal (full queue, shut down) has reached the callbacks already.
         let future = h.inner.submit(job, options, !out_future.is_null())?;
         if let Some(future) = future {
@@ -302,15 +302,15 @@ pub extern "C" fn pysched_tensor_handler_queue(
 }
 
 /// The item's inputs and output destinations, checked against the signature.
-fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sink)> {
+fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Input, Sink)> {
     let sig = h.signature();
     let n_in = sig.inputs.len();
     let n_out = sig.outputs.len();
     if item.flags & !BORROW_INPUTS != 0 {
         return Err(Error::invalid_argument(format!("item->flags {:#x} has unknown bits", item.flags)));
     }
-    let feed = match (item.fill.is_some(), item.inputs.is_null()) {
-        (true, true) => Feed::Fill,
+    let input = match (item.fill.is_some(), item.inputs.is_null()) {
+        (true, true) => Input::Feed(Feed::Fill),
         (true, false) => return Err(Error::invalid_argument("item has both inputs and a fill callback")),
         (false, true) => {
             return Err(Error::invalid_argument("item->inputs is NULL and it has no fill callback"))
@@ -322,16 +322,11 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sin
                 return Err(Error::invalid_argument(format!("item->inputs[{k}] is NULL")));
             }
             if item.flags & BORROW_INPUTS != 0 {
-                Feed::Borrowed(Ptrs::new(ptrs.iter().map(|&p| p as usize)))
+                Input::Feed(Feed::Borrowed(Ptrs::new(ptrs.iter().map(|&p| p as usize))))
             } else {
-                let mut bytes = Vec::with_capacity(sig.inputs.iter().map(TensorSpec::item_bytes).sum());
-                for (&p, s) in ptrs.iter().zip(&sig.inputs) {
-                    // SAFETY: each input points to one item's bytes of its spec (documented).
-                    bytes.extend_from_slice(unsafe {
-                        std::slice::from_raw_parts(p.cast::<u8>(), s.item_bytes())
-                    });
-                }
-                Feed::Copied(bytes.into_boxed_slice())
+                let srcs = Ptrs::new(ptrs.iter().map(|&p| p as usize));
+                // SAFETY: each input points to one item's bytes of its spec (documented).
+                Input::Copied(unsafe { h.copy_in_raw(srcs.as_slice())? })
             }
         }
     };
@@ -349,7 +344,23 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Feed, Sin
         }
         Sink::Pointers(Ptrs::new(dests.iter().map(|&p| p as usize)))
     };
-    Ok((feed, sink))
+    Ok((input, sink))
+}
+
+/// Where a C item's inputs come from.
+enum Input {
+    Feed(Feed),
+    /// Copied at queueing (into a row of a batch set, or a buffer of its own).
+    Copied(CopiedIn),
+}
+
+impl Input {
+    fn into_job(self, sink: Sink, hooks: Hooks) -> TensorBox {
+        match self {
+            Input::Feed(feed) => TensorBox::Heap(Box::new(TensorJob::new(feed, sink, hooks))),
+            Input::Copied(copied) => copied.into_job(sink, hooks),
+        }
+    }
 }
 
 /// Writes the handler's stats to `out_stats` (as `pysched_handler_stats`).

@@ -63,10 +63,13 @@ impl Drop for HostBuffer {
     }
 }
 
-/// The buffers of one batch: one per input, and their device half for CUDA placement.
+/// The buffers of one batch: one per input, and their device half for CUDA placement;
+/// on the host also one record per row, where the intake keeps the job of the item it
+/// copied into that row (no allocation per item).
 pub(crate) struct BatchBuffers {
     pub(crate) inputs: Vec<HostBuffer>,
     pub(crate) device: Option<DeviceSet>,
+    records: Option<HostBuffer>,
 }
 
 /// A handler's free batch buffers. Guarded by its own mutex, taken once per batch.
@@ -79,6 +82,8 @@ pub(crate) struct BufferPool {
     /// made the pool grow; it shrinks back).
     keep_free: usize,
     device: Option<Arc<Placement>>,
+    /// The layout of one row's record (host sets only).
+    record: Option<Layout>,
 }
 
 impl BufferPool {
@@ -87,6 +92,7 @@ impl BufferPool {
         batch_size: usize,
         keep_free: usize,
         device: Option<Arc<Placement>>,
+        record: Option<Layout>,
     ) -> Arc<BufferPool> {
         Arc::new(BufferPool {
             item_bytes: inputs.iter().map(TensorSpec::item_bytes).collect::<Vec<_>>().into(),
@@ -94,6 +100,7 @@ impl BufferPool {
             free: Mutex::new(Vec::new()),
             keep_free: keep_free.max(1),
             device,
+            record,
         })
     }
 
@@ -120,6 +127,7 @@ impl BufferPool {
         };
         Ok(Arc::new(Lease {
             buffers: Some(buffers),
+            record: self.record,
             item_bytes: self.item_bytes.clone(),
             staged_rows: AtomicUsize::new(NOT_STAGED),
             pool: Arc::downgrade(self),
@@ -128,14 +136,22 @@ impl BufferPool {
 
     fn new_set(&self) -> Result<BatchBuffers> {
         let batch_bytes: Vec<usize> = self.item_bytes.iter().map(|&b| b * self.batch_size).collect();
+        let records = match self.record {
+            // BUFFER_ALIGN is a multiple of any record's alignment the intake asks for.
+            Some(r) if r.align() <= BUFFER_ALIGN => {
+                Some(HostBuffer::new(r.pad_to_align().size() * self.batch_size)?)
+            }
+            _ => None,
+        };
         match &self.device {
             None => Ok(BatchBuffers {
                 inputs: batch_bytes.iter().map(|&b| HostBuffer::new(b)).collect::<Result<_>>()?,
                 device: None,
+                records,
             }),
             Some(placement) => {
                 let (inputs, device) = placement.alloc_set(&batch_bytes)?;
-                Ok(BatchBuffers { inputs, device: Some(device) })
+                Ok(BatchBuffers { inputs, device: Some(device), records })
             }
         }
     }
@@ -153,15 +169,53 @@ impl BufferPool {
     }
 }
 
+/// Where the copied inputs of a host-placed handler's items go when they are queued: the
+/// next free row of an open set of batch buffers. A batch whose items hold consecutive
+/// rows of one set then runs on those rows as they are, with no gather and no buffer of
+/// its own per item; and the handler core ends a batch before an item that opens a new
+/// set (`starts_group`), so batches line up with the sets.
+pub(crate) struct Intake {
+    pool: Arc<BufferPool>,
+    /// The set being filled and its next free row. Held for a few instructions per item.
+    open: Mutex<Option<(Arc<Lease>, usize)>>,
+}
+
+impl Intake {
+    pub(crate) fn new(pool: Arc<BufferPool>) -> Intake {
+        Intake { pool, open: Mutex::new(None) }
+    }
+
+    /// A row of its own for one item: the set and the row's index. The caller writes the
+    /// row (each input's item bytes) before the item is queued; nobody else touches it
+    /// until the item's batch is called.
+    pub(crate) fn reserve(&self) -> Result<(Arc<Lease>, usize)> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((lease, next)) = open.as_mut() {
+            if *next < self.pool.batch_size {
+                *next += 1;
+                return Ok((lease.clone(), *next - 1));
+            }
+        }
+        // The full set stays with its items and views; it returns to the pool after them.
+        let lease = self.pool.lease()?;
+        *open = Some((lease.clone(), 1));
+        Ok((lease, 0))
+    }
+}
+
 /// A batch's hold on a set of buffers, shared by the batch's items (each owns its row),
 /// the Python views of the batch and their DLPack exports.
 ///
-/// Who writes what: before the Python call, each item's row of each input is written by
-/// the one thread that owns the item (its fill or the gather), ordered before the call by
-/// the batch's hand-over through the handler's pipeline; from the call on, only Python
-/// (through the views) touches the memory, until the last holder drops its lease.
+/// Who writes what: before the Python call, each item's row of each input is written once,
+/// by the one thread that owns the item (its fill, the gather, or its producer through the
+/// intake), ordered before the call by the item's hand-over through the handler's queue
+/// and pipeline; from the call on, only Python (through the views of the batch's rows)
+/// touches those rows, until the last holder drops its lease. A set filled through the
+/// intake serves several batches, each its own rows: a row is never written twice while
+/// the set is leased.
 pub(crate) struct Lease {
     buffers: Option<BatchBuffers>,
+    record: Option<Layout>,
     item_bytes: Arc<[usize]>,
     /// The batch's rows once its inputs are complete and compacted (`NOT_STAGED` before).
     staged_rows: AtomicUsize,
@@ -180,6 +234,14 @@ impl Lease {
     pub(crate) fn row_ptr(&self, k: usize, row: usize) -> *mut u8 {
         // SAFETY: within the input's region of batch_size rows (the precondition).
         unsafe { self.input_ptr(k).add(row * self.item_bytes[k]) }
+    }
+
+    /// Row `row`'s record (uninitialized memory of the pool's record layout), or None when
+    /// the pool keeps no records. PRECONDITION: `row < batch_size`.
+    pub(crate) fn record_ptr(&self, row: usize) -> Option<*mut u8> {
+        let (records, layout) = (self.buffers.as_ref()?.records.as_ref()?, self.record?);
+        // SAFETY: within the records' region of batch_size records (the precondition).
+        Some(unsafe { records.ptr().add(row * layout.pad_to_align().size()) })
     }
 
     pub(crate) fn device_set(&self) -> Option<&DeviceSet> {
@@ -220,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_set_returns_only_when_every_holder_let_go() {
-        let pool = BufferPool::new(&[TensorSpec::new(DType::F32, &[4])], 8, 2, None);
+        let pool = BufferPool::new(&[TensorSpec::new(DType::F32, &[4])], 8, 2, None, None);
         let first = pool.lease().unwrap();
         let view = first.clone();
         let p = first.input_ptr(0);

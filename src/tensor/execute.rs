@@ -3,9 +3,9 @@
 //! GIL hold, one view per input, one Python call, each output read once and its rows
 //! copied to the items' destinations; after the GIL, each item's completion.
 
-use super::job::{Sink, TensorJob};
+use super::job::{Sink, TensorBox};
 use super::output::{read_output, split_result, Expect, OutputRows};
-use super::TensorExec;
+use super::{Staged, TensorExec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::python_err::report_stray;
 use crate::scheduler::{clock, Entry, HandlerCore, JobSlot};
@@ -16,7 +16,7 @@ use pyo3::types::PyTuple;
 /// Runs one claimed batch of a tensor handler. Returns the completed items nobody waits
 /// on but their callbacks, for the caller to finalize after the GIL (as the list path).
 pub(crate) fn run_batch(core: &HandlerCore, exec: &TensorExec, batch: Vec<Entry>) -> Vec<JobSlot> {
-    let mut live: Vec<(Entry, Box<TensorJob>)> = Vec::with_capacity(batch.len());
+    let mut live: Vec<(Entry, TensorBox)> = Vec::with_capacity(batch.len());
     for entry in batch {
         match entry.take_slot() {
             Some(JobSlot::Tensor(job)) => live.push((entry, job)),
@@ -31,8 +31,8 @@ pub(crate) fn run_batch(core: &HandlerCore, exec: &TensorExec, batch: Vec<Entry>
         return Vec::new();
     }
     let staged = exec.stage(live.iter_mut().map(|(_, job)| &mut **job));
-    let lease = match staged {
-        Ok(lease) => lease,
+    let staged = match staged {
+        Ok(staged) => staged,
         Err(error) => return fail_all(core, live, error),
     };
     let n = live.len();
@@ -46,12 +46,12 @@ pub(crate) fn run_batch(core: &HandlerCore, exec: &TensorExec, batch: Vec<Entry>
         }
         core.histograms.queue_wait_ns.merge(&waits);
         report_stray(py, &core.name, "code run earlier on this worker");
-        let called = call_and_split(py, core, exec, &lease, &mut live, start_ns);
+        let called = call_and_split(py, core, exec, &staged, &mut live, start_ns);
         // The views, the results and their DLPack capsules were released by now.
         report_stray(py, &core.name, "a destructor run as the batch's tensors were released");
         called
     });
-    drop(lease);
+    drop(staged);
     if let Err(error) = called {
         return fail_all(core, live, error);
     }
@@ -70,7 +70,7 @@ pub(crate) fn run_batch(core: &HandlerCore, exec: &TensorExec, batch: Vec<Entry>
     detached
 }
 
-fn fail_all(core: &HandlerCore, live: Vec<(Entry, Box<TensorJob>)>, error: Error) -> Vec<JobSlot> {
+fn fail_all(core: &HandlerCore, live: Vec<(Entry, TensorBox)>, error: Error) -> Vec<JobSlot> {
     for (entry, job) in live {
         core.fail_started(&entry, Some(JobSlot::Tensor(job)), error.clone());
     }
@@ -82,15 +82,15 @@ fn call_and_split(
     py: Python<'_>,
     core: &HandlerCore,
     exec: &TensorExec,
-    lease: &std::sync::Arc<super::buffers::Lease>,
-    live: &mut [(Entry, Box<TensorJob>)],
+    staged: &Staged,
+    live: &mut [(Entry, TensorBox)],
     start_ns: u64,
 ) -> Result<()> {
     let n = live.len();
     let sig = &exec.signature;
     let mut views = Vec::with_capacity(sig.inputs.len());
     for (k, spec) in sig.inputs.iter().enumerate() {
-        let view = exec.view(lease, k, spec, n);
+        let view = exec.view(staged, k, spec, n);
         let obj = Bound::new(py, view)
             .map_err(|e| Error::from_pyerr_context(py, &e, ErrorKind::Internal, "creating a batch tensor"))?;
         views.push(obj.into_any());
@@ -115,7 +115,9 @@ fn call_and_split(
             read_output(py, obj, &expect, exec.device.as_ref())
         })
         .collect::<Result<_>>()?;
-    for (i, (_, job)) in live.iter_mut().enumerate() {
+    for (_, job) in live.iter_mut() {
+        // The item's row of the batch (its inputs' row, counted from the batch's first).
+        let i = job.slot.as_ref().map_or(0, |(_, row)| row - staged.first);
         match &job.sink {
             Sink::Pointers(dests) => {
                 for (out, &dest) in rows.iter().zip(dests.as_slice()) {

@@ -43,8 +43,12 @@ impl Ptrs {
 
 /// Where an item's inputs come from.
 pub(crate) enum Feed {
-    /// Copied when queued: every input's item bytes back to back.
+    /// Copied when queued into a buffer of its own: every input's item bytes back to back
+    /// (CUDA placement, whose batches gather into pinned buffers).
     Copied(Box<[u8]>),
+    /// Copied when queued straight into its row of a set of batch buffers (the job's
+    /// `slot`, from the handler's intake; host placement).
+    Placed,
     /// The caller's buffers, read when the batch is gathered (the caller promised they
     /// outlive the item).
     Borrowed(Ptrs),
@@ -113,11 +117,93 @@ pub(crate) enum Hooks {
 }
 
 impl Hooks {
-    fn get(&mut self) -> &mut dyn TensorHooks {
+    pub(crate) fn get(&mut self) -> &mut dyn TensorHooks {
         match self {
             Hooks::C(h) => h,
             Hooks::Rust(h) => h,
         }
+    }
+}
+
+/// A tensor item's job, owned: on the heap, or in the record of the row its inputs were
+/// copied to (the intake's; then the set's lease keeps the record alive, and nothing is
+/// allocated per item). Dropping it drops the job (its finalizer).
+pub(crate) enum TensorBox {
+    Heap(Box<TensorJob>),
+    // `_lease` keeps the record's memory (and the row) until the box drops.
+    InSet { _lease: Arc<Lease>, job: std::ptr::NonNull<TensorJob> },
+}
+
+// SAFETY: an InSet box owns its record exclusively (each row's record is written once, by
+// the producer that reserved the row, and dropped once, by this box), like a Box.
+unsafe impl Send for TensorBox {}
+
+impl TensorBox {
+    /// Moves `job` into row `row`'s record of `lease`, or onto the heap when the set keeps
+    /// no records. PRECONDITION: the caller reserved the row (`Intake::reserve`) and no
+    /// other box was made for it.
+    pub(crate) fn in_set(lease: Arc<Lease>, row: usize, job: TensorJob) -> TensorBox {
+        match lease.record_ptr(row).and_then(|p| std::ptr::NonNull::new(p.cast::<TensorJob>())) {
+            Some(record) => {
+                // SAFETY: the row's record is this caller's (the precondition), uninitialized
+                // memory of TensorJob's layout inside the lease's buffers.
+                unsafe { record.as_ptr().write(job) };
+                TensorBox::InSet { _lease: lease, job: record }
+            }
+            None => TensorBox::Heap(Box::new(job)),
+        }
+    }
+}
+
+impl std::ops::Deref for TensorBox {
+    type Target = TensorJob;
+    fn deref(&self) -> &TensorJob {
+        match self {
+            TensorBox::Heap(job) => job,
+            // SAFETY: the record holds this box's job (written in `in_set`) until drop.
+            TensorBox::InSet { job, .. } => unsafe { job.as_ref() },
+        }
+    }
+}
+
+impl std::ops::DerefMut for TensorBox {
+    fn deref_mut(&mut self) -> &mut TensorJob {
+        match self {
+            TensorBox::Heap(job) => job,
+            // SAFETY: as in deref; the box is its only owner.
+            TensorBox::InSet { job, .. } => unsafe { job.as_mut() },
+        }
+    }
+}
+
+impl Drop for TensorBox {
+    fn drop(&mut self) {
+        if let TensorBox::InSet { job, .. } = self {
+            // SAFETY: the record holds this box's job, dropped exactly once (here), before
+            // the lease (a field) lets the set go.
+            unsafe { std::ptr::drop_in_place(job.as_ptr()) };
+        }
+    }
+}
+
+impl Job for TensorBox {
+    fn needs_prepare(&self) -> bool {
+        (**self).needs_prepare()
+    }
+    fn prepare(&mut self) -> Result<()> {
+        (**self).prepare()
+    }
+    fn starts_group(&self) -> bool {
+        (**self).starts_group()
+    }
+    fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>> {
+        (**self).commit(py)
+    }
+    fn complete(&mut self, py: Python<'_>, result: &Bound<'_, PyAny>) -> Result<()> {
+        (**self).complete(py, result)
+    }
+    fn fail(&mut self, error: &Error) {
+        (**self).fail(error)
     }
 }
 
@@ -136,7 +222,8 @@ pub struct TensorJob {
     pub(crate) feed: Feed,
     pub(crate) sink: Sink,
     hooks: Hooks,
-    /// The item's row in its batch's buffers, once its batch is claimed with fills.
+    /// The item's row in a set of batch buffers: from queueing for a placed item, from the
+    /// claim of its batch for a filled one, and once its batch is staged for every item.
     pub(crate) slot: Option<(Arc<Lease>, usize)>,
     stage: Stage,
 }
@@ -144,6 +231,11 @@ pub struct TensorJob {
 impl TensorJob {
     pub(crate) fn new(feed: Feed, sink: Sink, hooks: Hooks) -> TensorJob {
         TensorJob { feed, sink, hooks, slot: None, stage: Stage::Queued }
+    }
+
+    /// A placed item's job: its inputs are in `row` of `lease` already.
+    pub(crate) fn placed(sink: Sink, hooks: Hooks, (lease, row): (Arc<Lease>, usize)) -> TensorJob {
+        TensorJob { feed: Feed::Placed, sink, hooks, slot: Some((lease, row)), stage: Stage::Queued }
     }
 
     pub(crate) fn rows_written(&mut self) {
@@ -164,6 +256,10 @@ impl Job for TensorJob {
         // SAFETY: usize and *mut u8 have the same layout; these are addresses of rows.
         let slots: &[*mut u8] = unsafe { &*(slots.as_slice() as *const [usize] as *const [*mut u8]) };
         self.hooks.get().fill(slots, lease.item_bytes())
+    }
+
+    fn starts_group(&self) -> bool {
+        matches!((&self.feed, &self.slot), (Feed::Placed, Some((_, 0))))
     }
 
     fn commit(&mut self, _py: Python<'_>) -> Result<Py<PyAny>> {

@@ -31,8 +31,8 @@ use crate::future::ItemFuture;
 use crate::handler::{Handler, HandlerOptions};
 use crate::scheduler::{Entry, ItemOptions, JobSlot};
 use crate::stats::{HandlerStats, LatencySummary};
-use buffers::{BufferPool, Lease};
-use job::{Feed, Hooks, Ptrs, RustHooks, Sink, TensorJob};
+use buffers::{BufferPool, Intake, Lease};
+use job::{Feed, Hooks, Ptrs, RustHooks, Sink, TensorBox, TensorHooks, TensorJob};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,16 @@ use std::time::{Duration, Instant};
 pub(crate) struct TensorExec {
     pub(crate) signature: TensorSignature,
     pool: Arc<BufferPool>,
+    /// Host placement: where copied inputs go at queueing (CUDA placement gathers them
+    /// into its pinned buffers instead).
+    intake: Option<Intake>,
     pub(crate) device: Option<Arc<cuda::Placement>>,
+}
+
+/// A staged batch: its inputs are rows `first..first + n` of `lease`'s buffers.
+pub(crate) struct Staged {
+    pub(crate) lease: Arc<Lease>,
+    pub(crate) first: usize,
 }
 
 impl TensorExec {
@@ -60,18 +69,39 @@ impl TensorExec {
         // Batches taken ahead, executing, and one being finished: enough sets to keep
         // without allocating once warm.
         let keep = options.prefetch_depth + options.concurrency + 1;
-        let pool = BufferPool::new(&signature.inputs, options.batch_size, keep, device.clone());
-        Ok(TensorExec { signature, pool, device })
+        // Host sets keep one job record per row for the intake (copied items allocate nothing).
+        let record = device.is_none().then(std::alloc::Layout::new::<TensorJob>);
+        let pool = BufferPool::new(&signature.inputs, options.batch_size, keep, device.clone(), record);
+        let intake = device.is_none().then(|| Intake::new(pool.clone()));
+        Ok(TensorExec { signature, pool, intake, device })
     }
 
-    /// Gives each item of a batch about to be prepared (filled) its row in a fresh set
-    /// of buffers. The caller owns the claimed batch.
+    /// Copies one item's inputs (`srcs[k]`: input k's item bytes) into its row of the
+    /// intake's open set; None for CUDA placement (no intake).
+    ///
+    /// # Safety
+    /// Each `srcs[k]` is readable for input k's item bytes.
+    pub(crate) unsafe fn place(&self, srcs: &[*const u8]) -> Result<Option<(Arc<Lease>, usize)>> {
+        let Some(intake) = &self.intake else { return Ok(None) };
+        let (lease, row) = intake.reserve()?;
+        for (k, (&src, &size)) in srcs.iter().zip(lease.item_bytes()).enumerate() {
+            // SAFETY: `src` has `size` bytes (the caller's promise); the row is this item's
+            // alone (`Intake::reserve`), `size` bytes of input k.
+            unsafe { std::ptr::copy_nonoverlapping(src, lease.row_ptr(k, row), size) };
+        }
+        Ok(Some((lease, row)))
+    }
+
+    /// Gives each item to be filled of a batch about to be prepared its row in a fresh
+    /// set of buffers (its position in the batch). The caller owns the claimed batch.
     pub(crate) fn assign_rows(&self, batch: &[Entry]) -> Result<()> {
         let lease = self.pool.lease()?;
         for (row, entry) in batch.iter().enumerate() {
             // SAFETY: the caller owns the claimed batch (JobCell's protocol).
             if let Some(JobSlot::Tensor(job)) = unsafe { entry.job_cell().get_mut() } {
-                job.slot = Some((lease.clone(), row));
+                if matches!(job.feed, Feed::Fill) {
+                    job.slot = Some((lease.clone(), row));
+                }
             }
         }
         Ok(())
@@ -88,17 +118,26 @@ impl TensorExec {
         let _ = self.stage(jobs);
     }
 
-    /// Completes the batch's inputs in its buffers, row `j` for its `j`-th item: copied
-    /// and borrowed inputs are gathered, filled rows moved down over the rows of items
-    /// that dropped out; for CUDA placement, uploaded. Idempotent.
-    pub(crate) fn stage<'a>(&self, jobs: impl Iterator<Item = &'a mut TensorJob>) -> Result<Arc<Lease>> {
+    /// Completes the batch's inputs in its buffers. A batch whose items were all placed
+    /// at queueing in consecutive rows of one set runs on those rows (each item's output
+    /// row is then its input row less `first`). Otherwise row `j` is its `j`-th item's:
+    /// copied, placed and borrowed inputs are gathered, filled rows moved down over the
+    /// rows of items that dropped out; for CUDA placement, uploaded. Idempotent.
+    pub(crate) fn stage<'a>(&self, jobs: impl Iterator<Item = &'a mut TensorJob>) -> Result<Staged> {
         let mut jobs: Vec<&mut TensorJob> = jobs.collect();
-        let lease = match jobs.iter().find_map(|j| j.slot.as_ref().map(|(l, _)| l.clone())) {
+        if let Some(staged) = consecutive_rows(&jobs) {
+            return Ok(staged);
+        }
+        let filled = jobs.iter().find_map(|j| match (&j.feed, &j.slot) {
+            (Feed::Fill, Some((lease, _))) => Some(lease.clone()),
+            _ => None,
+        });
+        let lease = match filled {
             Some(lease) => lease,
             None => self.pool.lease()?,
         };
         if lease.staged_rows() == Some(jobs.len()) {
-            return Ok(lease);
+            return Ok(Staged { lease, first: 0 });
         }
         let sizes = lease.item_bytes();
         for (row, job) in jobs.iter_mut().enumerate() {
@@ -107,13 +146,20 @@ impl TensorExec {
                 let src: *const u8 = match (&job.feed, &job.slot) {
                     (Feed::Copied(bytes), _) => bytes[sizes[..k].iter().sum::<usize>()..].as_ptr(),
                     (Feed::Borrowed(ptrs), _) => ptrs.as_slice()[k] as *const u8,
+                    (Feed::Placed, Some((from_set, from)))
+                        if !Arc::ptr_eq(from_set, &lease) || *from != row =>
+                    {
+                        from_set.row_ptr(k, *from)
+                    }
                     (Feed::Fill, Some((_, from))) if *from != row => lease.row_ptr(k, *from),
-                    (Feed::Fill, _) => continue,
+                    (Feed::Fill | Feed::Placed, _) => continue,
                 };
                 // SAFETY: `dst` is this batch's row `row` (< batch_size) of input k; `src` is
-                // the item's own bytes (copied, or the caller's buffer it promised to keep
-                // valid, `size` bytes), or its filled row further down the same buffer
-                // (rows only move down, so a row is read before any later item overwrites it).
+                // the item's own bytes (copied, placed in a row of another set, or the
+                // caller's buffer it promised to keep valid, `size` bytes), or its filled
+                // row further down the same buffer (rows only move down, so a row is read
+                // before any later item overwrites it). A placed item's set is never this
+                // batch's fresh set (the intake holds its sets while it fills them).
                 unsafe { std::ptr::copy(src, dst, size) };
             }
             job.slot = Some((lease.clone(), row));
@@ -122,21 +168,40 @@ impl TensorExec {
             device.upload(&lease, jobs.len())?;
         }
         lease.mark_staged(jobs.len());
-        Ok(lease)
+        Ok(Staged { lease, first: 0 })
     }
 
     /// The view of input `k` of a staged batch of `rows` items.
-    pub(crate) fn view(&self, lease: &Arc<Lease>, k: usize, spec: &TensorSpec, rows: usize) -> BatchTensor {
+    pub(crate) fn view(&self, staged: &Staged, k: usize, spec: &TensorSpec, rows: usize) -> BatchTensor {
+        let lease = &staged.lease;
         let (data, device, stream) = match &self.device {
             None => (
-                lease.input_ptr(k),
+                lease.row_ptr(k, staged.first),
                 crate::dlpack::DLDevice { device_type: crate::dlpack::KDL_CPU, device_id: 0 },
                 0,
             ),
+            // CUDA batches always start at row 0 (no intake: they are gathered or filled).
             Some(d) => (d.device_ptr(lease, k), d.dl_device(), d.stream_handle()),
         };
         BatchTensor::new(lease.clone(), data, spec.dtype, rows, &spec.shape, device, stream)
     }
+}
+
+/// The batch's rows when every item was placed at queueing and together they hold rows
+/// `first..first + n` of one set (in any order: each row was handed out once).
+fn consecutive_rows(jobs: &[&mut TensorJob]) -> Option<Staged> {
+    let (mut lease, mut lo, mut hi) = (None::<&Arc<Lease>>, usize::MAX, 0);
+    for job in jobs {
+        let (Feed::Placed, Some((set, row))) = (&job.feed, &job.slot) else { return None };
+        match lease {
+            Some(l) if !Arc::ptr_eq(l, set) => return None,
+            _ => lease = Some(set),
+        }
+        lo = lo.min(*row);
+        hi = hi.max(*row);
+    }
+    let lease = lease?;
+    (hi - lo + 1 == jobs.len()).then(|| Staged { lease: lease.clone(), first: lo })
 }
 
 /// A Python function bound with a tensor signature. Dropping it waits until everything
@@ -200,6 +265,28 @@ impl TensorFuture {
     }
 }
 
+/// Where a copied item's inputs went.
+pub(crate) enum CopiedIn {
+    /// Its row of a set of batch buffers.
+    Placed((Arc<Lease>, usize)),
+    /// A buffer of its own.
+    Own(Box<[u8]>),
+}
+
+impl CopiedIn {
+    pub(crate) fn into_job(self, sink: Sink, hooks: Hooks) -> TensorBox {
+        match self {
+            CopiedIn::Placed((lease, row)) => {
+                let job = TensorJob::placed(sink, hooks, (lease.clone(), row));
+                TensorBox::in_set(lease, row, job)
+            }
+            CopiedIn::Own(bytes) => {
+                TensorBox::Heap(Box::new(TensorJob::new(Feed::Copied(bytes), sink, hooks)))
+            }
+        }
+    }
+}
+
 /// How to queue one item (besides its inputs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TensorItemOptions {
@@ -227,8 +314,11 @@ impl TensorHandler {
     /// Queues one item whose inputs are copied from `inputs` (one slice per input, each
     /// exactly the input's item bytes) before this returns. The future yields its rows.
     pub fn queue(&self, inputs: &[&[u8]], options: TensorItemOptions) -> Result<TensorFuture> {
-        let feed = self.copy_inputs(inputs)?;
-        self.queue_owned(feed, options)
+        let rows = Arc::new(Mutex::new(Vec::new()));
+        let hooks = Hooks::Rust(RustHooks { fill: None, done: None });
+        let job = self.copy_in(inputs, Sink::Owned(rows.clone()), hooks)?;
+        let inner = self.submit(job, options, true)?.expect("asked for a future");
+        Ok(TensorFuture { inner, rows })
     }
 
     /// Queues one item whose inputs `fill` writes in place (`rows[k]`: its row of input
@@ -241,7 +331,7 @@ impl TensorHandler {
         let rows = Arc::new(Mutex::new(Vec::new()));
         let hooks = Hooks::Rust(RustHooks { fill: Some(Box::new(fill)), done: None });
         let job = TensorJob::new(Feed::Fill, Sink::Owned(rows.clone()), hooks);
-        let inner = self.submit(job, options, true)?.expect("asked for a future");
+        let inner = self.submit(TensorBox::Heap(Box::new(job)), options, true)?.expect("asked for a future");
         Ok(TensorFuture { inner, rows })
     }
 
@@ -258,27 +348,64 @@ impl TensorHandler {
         done: impl FnOnce(Result<()>) + Send + 'static,
         options: TensorItemOptions,
     ) -> Result<()> {
-        let feed = match self.copy_inputs(inputs).and_then(|f| self.check_outputs(outputs).map(|()| f)) {
-            Ok(feed) => feed,
+        let sink = Sink::Pointers(Ptrs::new(outputs.iter().map(|&p| p as usize)));
+        let mut hooks = RustHooks { fill: None, done: Some(Box::new(done)) };
+        let job = match self.check_outputs(outputs) {
+            Ok(()) => self.copy_in(inputs, sink, Hooks::Rust(hooks))?,
             Err(e) => {
-                done(Err(e.clone()));
+                hooks.complete(Some(&e));
                 return Err(e);
             }
         };
-        let sink = Sink::Pointers(Ptrs::new(outputs.iter().map(|&p| p as usize)));
-        let hooks = Hooks::Rust(RustHooks { fill: None, done: Some(Box::new(done)) });
-        self.submit(TensorJob::new(feed, sink, hooks), options, false).map(|_| ())
+        self.submit(job, options, false).map(|_| ())
     }
 
-    fn queue_owned(&self, feed: Feed, options: TensorItemOptions) -> Result<TensorFuture> {
-        let rows = Arc::new(Mutex::new(Vec::new()));
-        let hooks = Hooks::Rust(RustHooks { fill: None, done: None });
-        let job = TensorJob::new(feed, Sink::Owned(rows.clone()), hooks);
-        let inner = self.submit(job, options, true)?.expect("asked for a future");
-        Ok(TensorFuture { inner, rows })
+    /// The job of an item whose inputs are copied from `inputs` (one slice per input,
+    /// each exactly the input's item bytes). A refusal has reported to the hooks.
+    fn copy_in(&self, inputs: &[&[u8]], sink: Sink, hooks: Hooks) -> Result<TensorBox> {
+        let checked = self.check_inputs(inputs).and_then(|()| {
+            let srcs = Ptrs::new(inputs.iter().map(|i| i.as_ptr() as usize));
+            // SAFETY: each input was checked to hold its item bytes.
+            unsafe { self.copy_in_raw(srcs.as_slice()) }
+        });
+        match checked {
+            Ok(feed) => Ok(feed.into_job(sink, hooks)),
+            Err(e) => {
+                let mut hooks = hooks;
+                hooks.get().complete(Some(&e));
+                Err(e)
+            }
+        }
     }
 
-    pub(crate) fn copy_inputs(&self, inputs: &[&[u8]]) -> Result<Feed> {
+    /// Copies one item's inputs (`srcs[k]`: the address of input k's item bytes) where
+    /// its batch will read them: its row of the intake's open set (host placement), else
+    /// a buffer of its own.
+    ///
+    /// # Safety
+    /// Each `srcs[k]` is readable for input k's item bytes.
+    pub(crate) unsafe fn copy_in_raw(&self, srcs: &[usize]) -> Result<CopiedIn> {
+        // SAFETY: usize and *const u8 have the same layout; these are addresses.
+        let srcs: &[*const u8] = unsafe { &*(srcs as *const [usize] as *const [*const u8]) };
+        let exec = self.exec();
+        // SAFETY: the caller's promise.
+        if let Some(slot) = unsafe { exec.place(srcs)? } {
+            return Ok(CopiedIn::Placed(slot));
+        }
+        let specs = &self.signature.inputs;
+        let mut bytes = Vec::with_capacity(specs.iter().map(TensorSpec::item_bytes).sum());
+        for (&src, spec) in srcs.iter().zip(specs) {
+            // SAFETY: the caller's promise.
+            bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(src, spec.item_bytes()) });
+        }
+        Ok(CopiedIn::Own(bytes.into_boxed_slice()))
+    }
+
+    fn exec(&self) -> &TensorExec {
+        self.handler.core().tensor.as_ref().expect("a tensor handler's core has its TensorExec")
+    }
+
+    fn check_inputs(&self, inputs: &[&[u8]]) -> Result<()> {
         let specs = &self.signature.inputs;
         if inputs.len() != specs.len() {
             return Err(Error::invalid_argument(format!(
@@ -288,7 +415,6 @@ impl TensorHandler {
                 specs.len()
             )));
         }
-        let mut bytes = Vec::with_capacity(specs.iter().map(TensorSpec::item_bytes).sum());
         for (k, (input, spec)) in inputs.iter().zip(specs).enumerate() {
             if input.len() != spec.item_bytes() {
                 return Err(Error::invalid_argument(format!(
@@ -299,9 +425,8 @@ impl TensorHandler {
                     spec.item_bytes()
                 )));
             }
-            bytes.extend_from_slice(input);
         }
-        Ok(Feed::Copied(bytes.into_boxed_slice()))
+        Ok(())
     }
 
     pub(crate) fn check_outputs(&self, outputs: &[*mut u8]) -> Result<()> {
@@ -323,12 +448,12 @@ impl TensorHandler {
     /// queue) has reported to the job's hooks when this returns it.
     pub(crate) fn submit(
         &self,
-        job: TensorJob,
+        job: TensorBox,
         options: TensorItemOptions,
         with_future: bool,
     ) -> Result<Option<ItemFuture>> {
         let opts = ItemOptions { deadline: options.deadline, keep_value: false };
-        let slot = JobSlot::Tensor(Box::new(job));
+        let slot = JobSlot::Tensor(job);
         if with_future {
             self.handler.try_queue_slot(slot, opts).map(Some)
         } else {

@@ -90,6 +90,18 @@ def sleep_echo(x):
     return v
 
 
+def sleep_size_base(x):
+    """(B,) int64 -> (B,) int64 batch sizes, (B,) int64 the address of the batch's first
+    row: sleeps max(x) ms first (the GIL released), counting the call in `calls`."""
+    global calls
+    calls += 1
+    v = np.asarray(x)
+    time.sleep(max(int(v.max()), 0) / 1000.0)
+    n = len(v)
+    base = v.__array_interface__["data"][0]
+    return np.full((n,), n, dtype=np.int64), np.full((n,), base, dtype=np.int64)
+
+
 def half(x):
     """(B, 4) float16 -> (B, 4) float16: x / 2 computed in float16 (numpy format 'e')."""
     v = np.asarray(x)

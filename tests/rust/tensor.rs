@@ -267,6 +267,73 @@ fn start_blocker(h: &pyscheduler::TensorHandler, ms: i64) -> pyscheduler::Tensor
     f
 }
 
+/// Copied items go straight into rows of a set of batch buffers (host placement), and a
+/// batch never spans two sets: then each batch runs on the rows its items were copied to
+/// (no gather), which the addresses Python sees show. Through a future (shared items)
+/// and through `queue_into` (detached ones).
+#[test]
+fn copied_items_run_where_they_were_copied_and_batches_line_up_with_the_sets() {
+    use std::sync::mpsc;
+    let m = common::manager();
+    let sig = TensorSignature::new(
+        vec![TensorSpec::new(DType::I64, &[])],
+        vec![TensorSpec::new(DType::I64, &[]), TensorSpec::new(DType::I64, &[])],
+    );
+    for detached in [false, true] {
+        let h = m.load_tensor("tensor_testmod", "sleep_size_base", sig.clone(), opts(4)).unwrap();
+        // The blocker takes row 0 of a fresh set and runs alone while the others queue.
+        let blocker = {
+            let before = echo_calls();
+            let f = h.queue(&[&150i64.to_ne_bytes()], TensorItemOptions::default()).unwrap();
+            while echo_calls() == before {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            f
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut outs = [[0i64; 2]; 10];
+        let mut futures = Vec::new();
+        for (i, out) in outs.iter_mut().enumerate() {
+            if detached {
+                let tx = tx.clone();
+                let dests = [out.as_mut_ptr().cast::<u8>(), out[1..].as_mut_ptr().cast::<u8>()];
+                // SAFETY: `outs` outlives every item (all are received below).
+                unsafe {
+                    h.queue_into(
+                        &[&0i64.to_ne_bytes()],
+                        &dests,
+                        move |r| tx.send((i, r)).unwrap(),
+                        Default::default(),
+                    )
+                }
+                .unwrap();
+            } else {
+                futures.push(h.queue(&[&0i64.to_ne_bytes()], TensorItemOptions::default()).unwrap());
+            }
+        }
+        let b = blocker.wait().unwrap();
+        let base0 = b.get::<i64>(1)[0];
+        assert_eq!(b.get::<i64>(0), vec![1]);
+        let got: Vec<(i64, i64)> = if detached {
+            for _ in 0..10 {
+                rx.recv_timeout(Duration::from_secs(10)).unwrap().1.unwrap();
+            }
+            outs.iter().map(|o| (o[0], o[1])).collect()
+        } else {
+            futures
+                .into_iter()
+                .map(|f| f.wait().unwrap())
+                .map(|r| (r.get::<i64>(0)[0], r.get::<i64>(1)[0]))
+                .collect()
+        };
+        let sizes: Vec<i64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(sizes, [3, 3, 3, 4, 4, 4, 4, 3, 3, 3], "detached {detached}");
+        // Rows 1-3 of the blocker's set, where they were copied: one row (8 bytes) on.
+        assert!(got[..3].iter().all(|g| g.1 == base0 + 8), "detached {detached}: {got:?} vs {base0:#x}");
+        assert!(got[3..7].iter().all(|g| g.1 == got[3].1) && got[7..].iter().all(|g| g.1 == got[7].1));
+    }
+}
+
 #[test]
 fn float16_rows_go_through_as_numpy_half() {
     let m = common::manager();
