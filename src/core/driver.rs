@@ -22,9 +22,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Finalizers as slow as the C++ wrapper fulfilling a `std::promise` (a system call each
-/// in glibc, ~250 ns here; publishing a `pyscheduler::Future` takes ~20): a batch with at
-/// least this many such finalizers hands the next batch to another worker while they run.
-const SLOW_FINALIZER_NS: u64 = 100;
+/// in glibc: 300-750 ns per item on the 2-core VM; publishing a `pyscheduler::Future`
+/// takes ~20, a tensor item's C completion callback and the drop of its job 50-110, with
+/// rare page-fault outliers): a batch with at least this many such finalizers hands the
+/// next batch to another worker while they run. Below that the hand-over costs more than
+/// it saves: the next batch starts on a cold worker, and on two cores that worker takes
+/// the core the producer was using.
+const SLOW_FINALIZER_NS: u64 = 200;
 const FINALIZERS_WORTH_A_HELPER: usize = 8;
 
 impl HandlerCore {
