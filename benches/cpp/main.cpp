@@ -138,6 +138,12 @@ int profile(const Config& cfg, PyManager& mgr) {
 }
 
 int run(const Config& cfg) {
+  // numpy's BLAS on the calling thread only, unless the environment says otherwise: each
+  // floor is ONE thread (the definition), and on two cores a BLAS helper thread,
+  // which spins between calls, takes the core a tensor handler's producer or worker needs
+  // (a server that embeds Python sets this too). Before Python starts (numpy reads it at
+  // import); the environment block reports it.
+  for (const char* var : {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}) setenv(var, "1", 0);
   if (cfg.rss_child) return rss_child(cfg);
   PyManager mgr(manager_options(cfg));
   mgr.add_path(cfg.python_dir);

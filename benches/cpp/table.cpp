@@ -133,6 +133,8 @@ Environment describe(const Config& cfg, PyManager& mgr) {
 #endif
   env.add("cpu", cpu_model() + ", " + std::to_string(std::thread::hardware_concurrency()) + " online");
   env.add("pool workers", std::to_string(mgr.worker_threads()));
+  env.add("BLAS threads", std::string("OPENBLAS_NUM_THREADS=") + std::getenv("OPENBLAS_NUM_THREADS") +
+                              " (set to 1 unless given: the floors are one thread)");
   env.add("mode", std::string(cfg.quick ? "--quick" : "full") + ", " + std::to_string(cfg.reps) + " repetitions");
   env.add("load avg (start)", read_first_line("/proc/loadavg"));
   env.add("parallelism (start)", parallelism_text());
