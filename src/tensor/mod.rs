@@ -70,7 +70,15 @@ impl TensorExec {
         // without allocating once warm.
         let keep = options.prefetch_depth + options.concurrency + 1;
         // Host sets keep one job record per row for the intake (copied items allocate nothing).
-        let record = device.is_none().then(std::alloc::Layout::new::<TensorJob>);
+        // Cache-line aligned: a record is exactly the lines its job needs.
+        let record = match device {
+            None => Some(
+                std::alloc::Layout::new::<TensorJob>()
+                    .align_to(64)
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            ),
+            Some(_) => None,
+        };
         let pool = BufferPool::new(&signature.inputs, options.batch_size, keep, device.clone(), record);
         let intake = device.is_none().then(|| Intake::new(pool.clone()));
         Ok(TensorExec { signature, pool, intake, device })
