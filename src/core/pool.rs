@@ -8,7 +8,9 @@ use super::handler::HandlerCore;
 use super::prepare::PrepareWork;
 use super::timer::Timer;
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +42,9 @@ struct PoolShared {
     ready: Mutex<Ready>,
     /// `ready.tasks.len()`, readable without the lock.
     pending: AtomicUsize,
+    /// Workers spinning on `pending` before they park: each will take a task without
+    /// being woken.
+    spinning: AtomicUsize,
     workers: Box<[WorkerSlot]>,
 }
 
@@ -71,6 +76,7 @@ impl Pool {
         let shared = Arc::new(PoolShared {
             ready: Mutex::new(Ready { tasks: Default::default(), idle: Vec::with_capacity(threads) }),
             pending: AtomicUsize::new(0),
+            spinning: AtomicUsize::new(0),
             workers: (0..threads).map(|_| WorkerSlot::default()).collect(),
         });
         // Dropped on a failed start: stops the workers started so far and the timer.
@@ -109,13 +115,16 @@ impl PoolShared {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a task and wakes the most recently idle worker, if any is idle (a busy
-    /// worker takes the task when it finishes).
+    /// Queues a task and wakes the most recently idle worker, if any is idle and no
+    /// spinning worker is left to take the task (a busy worker takes it when it finishes).
+    /// A spinner stops counting itself before it locks the ready queue and looks at the
+    /// tasks, so a task pushed meanwhile is still taken (or its pusher, seeing no spinner,
+    /// wakes a parked worker).
     fn push(&self, task: Task) {
         let mut ready = self.lock();
         ready.tasks.push_back(task);
         self.pending.store(ready.tasks.len(), Relaxed);
-        let worker = ready.idle.pop();
+        let worker = if self.spinning.load(SeqCst) >= ready.tasks.len() { None } else { ready.idle.pop() };
         if let Some(w) = worker {
             self.workers[w].woken.store(true, Release);
         }
@@ -132,12 +141,14 @@ impl PoolShared {
     /// not has nothing to return and sleeps without a timeout).
     fn next(&self, me: usize, ran: &mut bool) -> Task {
         loop {
+            self.spinning.fetch_add(1, SeqCst);
             for _ in 0..IDLE_SPINS {
                 if self.pending.load(Relaxed) > 0 {
                     break;
                 }
                 std::hint::spin_loop();
             }
+            self.spinning.fetch_sub(1, SeqCst);
             let mut ready = self.lock();
             if let Some(task) = ready.tasks.pop_front() {
                 self.pending.store(ready.tasks.len(), Relaxed);
