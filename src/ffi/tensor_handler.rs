@@ -7,11 +7,11 @@
 use super::future::pysched_future;
 use super::handler::{handler_options, pysched_drop_fn, pysched_handler_options};
 use super::manager::pysched_manager;
-use super::{boundary, error, handle, out_ptr, pysched_error, pysched_status, utf8};
+use super::{boundary, handle, out_ptr, pysched_error, pysched_status, utf8};
 use crate::dtype::DType;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::stats::{HandlerStats, LatencySummary};
-use crate::tensor::job::{Feed, Hooks, Ptrs, Sink, TensorBox, TensorHooks, TensorJob};
+use crate::tensor::job::{CTensorHooks, Feed, Hooks, Ptrs, Sink, TensorBox, TensorHooks, TensorJob};
 use crate::tensor::{CopiedIn, Placement, TensorHandler, TensorItemOptions, TensorSignature, TensorSpec};
 use std::ffi::{c_char, c_int, c_void};
 use std::time::{Duration, Instant};
@@ -199,51 +199,6 @@ pub struct pysched_tensor_item {
     pub flags: u32,
 }
 
-/// An item's C callbacks. Dropping it calls `drop(user_data)`.
-pub(crate) struct CTensorHooks {
-    user_data: *mut c_void,
-    fill: pysched_tensor_fill_fn,
-    complete: pysched_tensor_complete_fn,
-    drop: pysched_drop_fn,
-}
-
-// SAFETY: the caller of pysched_tensor_handler_queue guarantees (documented on
-// pysched_tensor_item) that user_data and the callbacks may be used from any thread.
-unsafe impl Send for CTensorHooks {}
-
-impl TensorHooks for CTensorHooks {
-    fn fill(&mut self, slots: &[*mut u8], _sizes: &[usize]) -> Result<()> {
-        let Some(fill) = self.fill.take() else {
-            return Err(Error::internal("the item has no fill callback (or it ran twice)"));
-        };
-        // SAFETY: a C callback supplied with this user_data; called once, without the GIL,
-        // with one row address per input.
-        match unsafe { fill(self.user_data, slots.as_ptr().cast()) } {
-            0 => Ok(()),
-            rc => Err(Error::new(ErrorKind::Commit, format!("fill callback failed (returned {rc})"))),
-        }
-    }
-
-    fn complete(&mut self, e: Option<&Error>) {
-        let Some(complete) = self.complete.take() else {
-            return;
-        };
-        let err = e.map(|e| error::new(e.clone()));
-        let ptr = err.as_ref().map_or(std::ptr::null(), |e| e as *const pysched_error);
-        // SAFETY: called once; the error object lives until after the call.
-        unsafe { complete(self.user_data, ptr) };
-    }
-}
-
-impl Drop for CTensorHooks {
-    fn drop(&mut self) {
-        if let Some(drop_fn) = self.drop.take() {
-            // SAFETY: the finalizer of user_data, called exactly once.
-            unsafe { drop_fn(self.user_data) };
-        }
-    }
-}
-
 /// Queues one item: its inputs copied (or borrowed, or filled in place later), then, in
 /// a batch, one Python call; its rows of each output are copied to `item->outputs`, then
 /// `complete`, then `drop`.
@@ -270,6 +225,7 @@ pub extern "C" fn pysched_tensor_handler_queue(
         let Some(item) = (unsafe { item.as_ref() }).copied() else {
             return Err(Error::invalid_argument("item is NULL"));
         };
+        // The fn types are the same as the C ABI's (CTensorHooks lives in the tensor module).
         let mut hooks = CTensorHooks {
             user_data: item.user_data,
             fill: item.fill,

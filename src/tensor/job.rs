@@ -4,9 +4,10 @@
 //! rows; the job's `Drop` is its finalizer and reports the outcome exactly once.
 
 use super::buffers::Lease;
-use crate::error::{Error, Result};
+use crate::error::{pysched_error, Error, ErrorKind, Result};
 use crate::scheduler::Job;
 use pyo3::prelude::*;
+use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 
 /// Up to this many pointers (inputs or outputs) live inside the job, more on the heap.
@@ -111,9 +112,62 @@ impl TensorHooks for RustHooks {
     }
 }
 
+/// A C item's fill: `slots[k]` is its row of input `k`; 0 or a failure code.
+pub(crate) type CFillFn = Option<unsafe extern "C" fn(*mut c_void, *const *mut c_void) -> c_int>;
+/// A C item's outcome: NULL error once its rows are written.
+pub(crate) type CCompleteFn = Option<unsafe extern "C" fn(*mut c_void, *const pysched_error)>;
+/// A C item's finalizer.
+pub(crate) type CDropFn = Option<unsafe extern "C" fn(*mut c_void)>;
+
+/// A C item's callbacks (the C ABI's `pysched_tensor_item`, whose fn types are these).
+/// Dropping it calls `drop(user_data)`.
+pub(crate) struct CTensorHooks {
+    pub(crate) user_data: *mut c_void,
+    pub(crate) fill: CFillFn,
+    pub(crate) complete: CCompleteFn,
+    pub(crate) drop: CDropFn,
+}
+
+// SAFETY: the caller of pysched_tensor_handler_queue guarantees (documented on
+// pysched_tensor_item) that user_data and the callbacks may be used from any thread.
+unsafe impl Send for CTensorHooks {}
+
+impl TensorHooks for CTensorHooks {
+    fn fill(&mut self, slots: &[*mut u8], _sizes: &[usize]) -> Result<()> {
+        let Some(fill) = self.fill.take() else {
+            return Err(Error::internal("the item has no fill callback (or it ran twice)"));
+        };
+        // SAFETY: a C callback supplied with this user_data; called once, without the GIL,
+        // with one row address per input.
+        match unsafe { fill(self.user_data, slots.as_ptr().cast()) } {
+            0 => Ok(()),
+            rc => Err(Error::new(ErrorKind::Commit, format!("fill callback failed (returned {rc})"))),
+        }
+    }
+
+    fn complete(&mut self, e: Option<&Error>) {
+        let Some(complete) = self.complete.take() else {
+            return;
+        };
+        let err = e.map(|e| pysched_error::new(e.clone()));
+        let ptr = err.as_ref().map_or(std::ptr::null(), |e| e as *const pysched_error);
+        // SAFETY: called once; the error object lives until after the call.
+        unsafe { complete(self.user_data, ptr) };
+    }
+}
+
+impl Drop for CTensorHooks {
+    fn drop(&mut self) {
+        if let Some(drop_fn) = self.drop.take() {
+            // SAFETY: the finalizer of user_data, called exactly once.
+            unsafe { drop_fn(self.user_data) };
+        }
+    }
+}
+
 /// An item's hooks: the C ABI's callbacks inline, Rust closures boxed.
 pub(crate) enum Hooks {
-    C(crate::ffi::tensor_handler::CTensorHooks),
+    C(CTensorHooks),
     Rust(RustHooks),
 }
 
