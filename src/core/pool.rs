@@ -35,6 +35,8 @@ pub(super) enum Task {
 pub(crate) struct Pool {
     shared: Arc<PoolShared>,
     threads: usize,
+    /// Joined when the pool is dropped (see `Drop`).
+    handles: Vec<std::thread::JoinHandle<()>>,
     pub(crate) timer: Arc<Timer>,
 }
 
@@ -80,14 +82,16 @@ impl Pool {
             workers: (0..threads).map(|_| WorkerSlot::default()).collect(),
         });
         // Dropped on a failed start: stops the workers started so far and the timer.
-        let mut pool = Pool { shared: shared.clone(), threads: 0, timer };
+        let mut pool =
+            Pool { shared: shared.clone(), threads: 0, handles: Vec::with_capacity(threads), timer };
         for i in 0..threads {
             let shared = shared.clone();
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(format!("pysched-worker-{i}"))
                 .spawn(move || worker_main(&shared, i))
                 .map_err(|e| Error::internal(format!("cannot start worker thread: {e}")))?;
             // Counted as started, so that dropping the pool stops exactly these.
+            pool.handles.push(handle);
             pool.threads = i + 1;
         }
         Ok(Arc::new(pool))
@@ -181,6 +185,23 @@ impl Drop for Pool {
             self.shared.push(Task::Stop);
         }
         self.timer.stop();
+        // Wait until every worker has exited, thread-local destructors included (each
+        // gives back its Python thread state, taking the GIL: released here if this
+        // thread holds it). A worker still exiting while the process runs its exit
+        // handlers raced them: OpenSSL's atexit cleanup (libcrypto, loaded by Python's
+        // hashlib) against a worker's own OpenSSL thread state corrupted the heap
+        // ("malloc_consolidate(): invalid chunk size" in examples/quickstart, ~1 run in
+        // 50). No handler exists by now, so the workers are idle or about to take their
+        // Stop; one of them may be this thread (it dropped the last handler), which is
+        // not waited for.
+        let me = std::thread::current().id();
+        let handles: Vec<_> =
+            std::mem::take(&mut self.handles).into_iter().filter(|h| h.thread().id() != me).collect();
+        crate::runtime::without_gil(move || {
+            for handle in handles {
+                let _ = handle.join();
+            }
+        });
     }
 }
 
