@@ -548,8 +548,11 @@ uint32_t pysched_manager_worker_threads(const struct pysched_manager *manager);
 bool pysched_manager_adopted(const struct pysched_manager *manager);
 
 // Releases a manager. Handlers it loaded stay valid; the interpreter keeps running.
-// NULL is a no-op.
-// Thread-safe. Never blocks on Python.
+// When it is the last manager and no handler is left, the worker pool stops and this
+// waits until its threads have exited (each gives back its Python thread state; the
+// GIL is released meanwhile if the caller holds it), so none is still exiting when the
+// process runs its exit handlers. NULL is a no-op.
+// Thread-safe. Never blocks on Python code.
 void pysched_manager_free(struct pysched_manager *manager);
 
 // Number of CUDA devices, written to `out_count`. Fails with PYSCHED_CUDA ("no CUDA

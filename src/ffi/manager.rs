@@ -129,8 +129,11 @@ pub extern "C" fn pysched_manager_adopted(manager: *const pysched_manager) -> bo
 }
 
 /// Releases a manager. Handlers it loaded stay valid; the interpreter keeps running.
-/// NULL is a no-op.
-/// Thread-safe. Never blocks on Python.
+/// When it is the last manager and no handler is left, the worker pool stops and this
+/// waits until its threads have exited (each gives back its Python thread state; the
+/// GIL is released meanwhile if the caller holds it), so none is still exiting when the
+/// process runs its exit handlers. NULL is a no-op.
+/// Thread-safe. Never blocks on Python code.
 #[no_mangle]
 pub extern "C" fn pysched_manager_free(manager: *mut pysched_manager) {
     if !manager.is_null() {
