@@ -507,7 +507,9 @@ enum pysched_status pysched_handler_drain(const struct pysched_handler *handler,
 
 // Drains the handler (every queued item finishes and its callbacks run), then releases
 // it. Items queued concurrently with this call after the drain are refused with
-// PYSCHED_SHUT_DOWN. NULL is a no-op.
+// PYSCHED_SHUT_DOWN. If no manager and no other handler is left, the worker pool stops
+// and this also waits until its threads have exited (see `pysched_manager_free`).
+// NULL is a no-op.
 // Blocks until drained; releases the GIL while waiting if the caller holds it.
 void pysched_handler_free(struct pysched_handler *handler);
 

@@ -409,7 +409,9 @@ pub extern "C" fn pysched_handler_drain(
 
 /// Drains the handler (every queued item finishes and its callbacks run), then releases
 /// it. Items queued concurrently with this call after the drain are refused with
-/// PYSCHED_SHUT_DOWN. NULL is a no-op.
+/// PYSCHED_SHUT_DOWN. If no manager and no other handler is left, the worker pool stops
+/// and this also waits until its threads have exited (see `pysched_manager_free`).
+/// NULL is a no-op.
 /// Blocks until drained; releases the GIL while waiting if the caller holds it.
 #[no_mangle]
 pub extern "C" fn pysched_handler_free(handler: *mut pysched_handler) {
