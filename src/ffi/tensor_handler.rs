@@ -280,9 +280,8 @@ fn read_item(h: &TensorHandler, item: &pysched_tensor_item) -> Result<(Input, Si
             if item.flags & BORROW_INPUTS != 0 {
                 Input::Feed(Feed::Borrowed(Ptrs::new(ptrs.iter().map(|&p| p as usize))))
             } else {
-                let srcs = Ptrs::new(ptrs.iter().map(|&p| p as usize));
                 // SAFETY: each input points to one item's bytes of its spec (documented).
-                Input::Copied(unsafe { h.copy_in_raw(srcs.as_slice())? })
+                Input::Copied(unsafe { h.copy_in_raw(ptrs.iter().map(|p| p.cast::<u8>()))? })
             }
         }
     };

@@ -84,15 +84,18 @@ impl TensorExec {
         Ok(TensorExec { signature, pool, intake, device })
     }
 
-    /// Copies one item's inputs (`srcs[k]`: input k's item bytes) into its row of the
-    /// intake's open set; None for CUDA placement (no intake).
+    /// Copies one item's inputs (the k-th address: input k's item bytes) into its row of
+    /// the intake's open set; None for CUDA placement (no intake).
     ///
     /// # Safety
-    /// Each `srcs[k]` is readable for input k's item bytes.
-    pub(crate) unsafe fn place(&self, srcs: &[*const u8]) -> Result<Option<(Arc<Lease>, usize)>> {
+    /// Each address is readable for its input's item bytes.
+    pub(crate) unsafe fn place(
+        &self,
+        srcs: impl Iterator<Item = *const u8>,
+    ) -> Result<Option<(Arc<Lease>, usize)>> {
         let Some(intake) = &self.intake else { return Ok(None) };
         let (lease, row) = intake.reserve()?;
-        for (k, (&src, &size)) in srcs.iter().zip(lease.item_bytes()).enumerate() {
+        for (k, (src, &size)) in srcs.zip(lease.item_bytes()).enumerate() {
             // SAFETY: `src` has `size` bytes (the caller's promise); the row is this item's
             // alone (`Intake::reserve`), `size` bytes of input k.
             unsafe { std::ptr::copy_nonoverlapping(src, lease.row_ptr(k, row), size) };
@@ -372,9 +375,8 @@ impl TensorHandler {
     /// each exactly the input's item bytes). A refusal has reported to the hooks.
     fn copy_in(&self, inputs: &[&[u8]], sink: Sink, hooks: Hooks) -> Result<TensorBox> {
         let checked = self.check_inputs(inputs).and_then(|()| {
-            let srcs = Ptrs::new(inputs.iter().map(|i| i.as_ptr() as usize));
             // SAFETY: each input was checked to hold its item bytes.
-            unsafe { self.copy_in_raw(srcs.as_slice()) }
+            unsafe { self.copy_in_raw(inputs.iter().map(|i| i.as_ptr())) }
         });
         match checked {
             Ok(feed) => Ok(feed.into_job(sink, hooks)),
@@ -386,23 +388,23 @@ impl TensorHandler {
         }
     }
 
-    /// Copies one item's inputs (`srcs[k]`: the address of input k's item bytes) where
-    /// its batch will read them: its row of the intake's open set (host placement), else
-    /// a buffer of its own.
+    /// Copies one item's inputs (the k-th address: input k's item bytes) where its batch
+    /// will read them: its row of the intake's open set (host placement), else a buffer
+    /// of its own.
     ///
     /// # Safety
-    /// Each `srcs[k]` is readable for input k's item bytes.
-    pub(crate) unsafe fn copy_in_raw(&self, srcs: &[usize]) -> Result<CopiedIn> {
-        // SAFETY: usize and *const u8 have the same layout; these are addresses.
-        let srcs: &[*const u8] = unsafe { &*(srcs as *const [usize] as *const [*const u8]) };
-        let exec = self.exec();
+    /// Each address is readable for its input's item bytes.
+    pub(crate) unsafe fn copy_in_raw(
+        &self,
+        srcs: impl Iterator<Item = *const u8> + Clone,
+    ) -> Result<CopiedIn> {
         // SAFETY: the caller's promise.
-        if let Some(slot) = unsafe { exec.place(srcs)? } {
+        if let Some(slot) = unsafe { self.exec().place(srcs.clone())? } {
             return Ok(CopiedIn::Placed(slot));
         }
         let specs = &self.signature.inputs;
         let mut bytes = Vec::with_capacity(specs.iter().map(TensorSpec::item_bytes).sum());
-        for (&src, spec) in srcs.iter().zip(specs) {
+        for (src, spec) in srcs.zip(specs) {
             // SAFETY: the caller's promise.
             bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(src, spec.item_bytes()) });
         }
