@@ -387,8 +387,12 @@ demo() {
   run_example "C (examples/c/basic.c)" "$examples_dir/basic_c"
   run_example "C tensor model (examples/c/tensor_model.c)" "$examples_dir/tensor_model_c"
   step "Building and running the Rust examples (examples/rust)"
+  # A target directory of its own: examples/rust is a workspace of its own (its own lock
+  # and pyo3 features), and sharing the core's directory left a pyscheduler rlib built
+  # against the examples' pyo3 there, which a later `--test` linked its tests against
+  # ("expected pyo3::marker::Python, found pyo3::Python": --demo then --test failed).
   (cd "$ROOT/examples/rust" &&
-    export PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)" &&
+    export PYO3_PYTHON="$PYTHON_EXE" CARGO_TARGET_DIR="$(cargo_dir plain)-examples" &&
     cargo run --release --quiet --bin pyscheduler-example &&
     cargo run --release --quiet --bin tensor_model)
   step "Demo done: pyscheduler is installed in $PREFIX; the examples are in $examples_dir"
