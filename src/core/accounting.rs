@@ -24,7 +24,9 @@ impl HandlerCore {
 
     /// Accounts for `n` accepted items that finished; wakes drainers at zero.
     pub(super) fn finish_items(&self, n: usize) {
-        if n > 0 && self.flow.outstanding.fetch_sub(n, AcqRel) == n {
+        if n > 0
+            && self.flow.finished.fetch_add(n as u64, AcqRel) + n as u64 == self.flow.accepted.load(Acquire)
+        {
             let pipe = self.lock();
             if pipe.drain_waiters > 0 {
                 self.drained.notify_all();
@@ -35,7 +37,7 @@ impl HandlerCore {
     /// Accounts for `n` queued items leaving the queue (taken, cancelled, expired);
     /// wakes producers blocked on a full bounded queue.
     pub(super) fn dequeued(&self, n: usize, pipe: Option<&mut Pipeline>) {
-        self.flow.queued.fetch_sub(n, AcqRel);
+        self.flow.left.fetch_add(n as u64, AcqRel);
         if self.options.max_queue > 0 {
             let waiters = match pipe {
                 Some(p) => p.room_waiters,
@@ -89,9 +91,9 @@ impl HandlerCore {
         let emas = *self.emas.lock().unwrap_or_else(|p| p.into_inner());
         let c = &self.counters;
         HandlerStats {
-            commit_queue_size: self.flow.queued.load(Acquire) as u64,
+            commit_queue_size: self.flow.queued() as u64,
             execute_queue_size: self.items_in_batches.load(Acquire),
-            total_enqueued: self.flow.enqueued.load(Relaxed),
+            total_enqueued: self.flow.accepted.load(Acquire) + self.flow.refused.load(Acquire),
             completed: c.completed.load(Relaxed),
             failed: c.failed.load(Relaxed),
             cancelled: c.cancelled.load(Relaxed),

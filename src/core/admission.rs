@@ -42,7 +42,6 @@ impl HandlerCore {
         opts: ItemOptions,
         with_future: bool,
     ) -> (Option<Arc<Item>>, Option<Error>) {
-        self.flow.enqueued.fetch_add(1, Relaxed);
         let needs_prepare = job.needs_prepare();
         let starts_group = job.starts_group();
         let enqueued_ns = clock::now_ns();
@@ -66,19 +65,18 @@ impl HandlerCore {
             _ => None,
         };
         if let Err(error) = self.reserve_slot() {
+            self.flow.refused.fetch_add(1, Relaxed);
             self.counters.rejected.fetch_add(1, Relaxed);
             entry.fail_unstarted(&error);
             return (for_future, Some(error));
         }
-        self.flow.outstanding.fetch_add(1, AcqRel);
-        let queued = self.flow.queued.load(Acquire);
         if let (Some(deadline), Entry::Shared(item)) = (opts.deadline, &entry) {
             self.pool.timer.add(deadline, TimerTarget::Item(Arc::downgrade(item)));
         }
         // Once pushed, the item may be executed and finished at any moment.
         self.incoming.push(entry);
         let delay = self.options.max_batch_delay;
-        if delay.is_zero() || queued >= self.options.batch_size {
+        if delay.is_zero() || self.flow.queued() >= self.options.batch_size {
             self.kick();
             if needs_prepare {
                 self.kick_preparation();
@@ -90,15 +88,16 @@ impl HandlerCore {
         (for_future, None)
     }
 
-    /// Takes a place in the queue: checks shutdown and the bound. Blocks (releasing the
-    /// GIL if held) under `FullPolicy::Block` with a full queue.
+    /// Takes a place in the queue (counts the item as accepted, and so queued and
+    /// outstanding): checks shutdown and the bound. Blocks (releasing the GIL if held)
+    /// under `FullPolicy::Block` with a full queue.
     pub(super) fn reserve_slot(&self) -> Result<()> {
         if self.flow.closed.load(Acquire) {
             return Err(self.shut_down_error());
         }
         let limit = self.options.max_queue;
         if limit == 0 {
-            self.flow.queued.fetch_add(1, AcqRel);
+            self.flow.accepted.fetch_add(1, AcqRel);
             return Ok(());
         }
         if self.try_reserve(limit) {
@@ -138,15 +137,20 @@ impl HandlerCore {
         })
     }
 
+    /// Accepts the item if fewer than `limit` are queued. The count of items that left is
+    /// read before `accepted` (see `Flow`), so the size seen is at least the true one: a
+    /// refusal means the queue was full when `left` was read.
     pub(super) fn try_reserve(&self, limit: usize) -> bool {
-        let mut q = self.flow.queued.load(Acquire);
-        while q < limit {
-            match self.flow.queued.compare_exchange_weak(q, q + 1, AcqRel, Acquire) {
-                Ok(_) => return true,
-                Err(now) => q = now,
+        loop {
+            let left = self.flow.left.load(Acquire);
+            let accepted = self.flow.accepted.load(Acquire);
+            if (accepted - left) as usize >= limit {
+                return false;
+            }
+            if self.flow.accepted.compare_exchange_weak(accepted, accepted + 1, AcqRel, Acquire).is_ok() {
+                return true;
             }
         }
-        false
     }
 
     pub(super) fn shut_down_error(&self) -> Error {

@@ -4,7 +4,7 @@
 //! May call: `driver` (`kick`), `crate::runtime` (to release the GIL while waiting).
 
 use super::handler::{HandlerCore, EXECUTING};
-use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 
 impl HandlerCore {
     /// Waits until every accepted item has finished; later items are refused when
@@ -20,7 +20,7 @@ impl HandlerCore {
             pipe = self.lock();
             if !reentrant {
                 pipe.drain_waiters += 1;
-                while self.flow.outstanding.load(Acquire) > 0 {
+                while self.flow.outstanding() > 0 {
                     pipe = self.drained.wait(pipe).unwrap_or_else(|p| p.into_inner());
                 }
                 pipe.drain_waiters -= 1;

@@ -195,7 +195,7 @@ impl HandlerCore {
                 self.kick();
                 return Some(self.prepare_serial(batch));
             }
-            if self.flow.closed.load(Acquire) && self.flow.queued.load(Acquire) == 0 {
+            if self.flow.closed.load(Acquire) && self.flow.queued() == 0 {
                 self.replica_wake.notify_all();
                 return None;
             }

@@ -57,7 +57,7 @@ impl HandlerCore {
         let Some(oldest) = self.front(pipe).map(|f| clock::instant(f.enqueued_ns())) else {
             return false;
         };
-        if delay.is_zero() || pipe.draining || self.flow.queued.load(Acquire) >= self.options.batch_size {
+        if delay.is_zero() || pipe.draining || self.flow.queued() >= self.options.batch_size {
             return true;
         }
         let due = oldest + delay;
@@ -141,7 +141,7 @@ impl HandlerCore {
         // Read the clock only if an item has a deadline.
         let mut now = None;
         let size = self.options.batch_size;
-        let mut batch = Vec::with_capacity(size.min(self.flow.queued.load(Acquire).max(1)));
+        let mut batch = Vec::with_capacity(size.min(self.flow.queued().max(1)));
         while batch.len() < size {
             let Some(entry) = self.pop_entry(pipe) else { break };
             if let Entry::Shared(item) = &entry {

@@ -15,7 +15,7 @@ use crate::stats::{Counters, Emas, Histograms};
 use crossbeam_utils::CachePadded;
 use pyo3::prelude::*;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 /// The batch pipeline of a handler; guarded by `HandlerCore::pipe`, which only the
@@ -53,14 +53,22 @@ pub(super) struct Pipeline {
 pub(super) type Incoming = crossbeam_queue::SegQueue<Entry>;
 
 /// See `HandlerCore::flow`.
+///
+/// The queue's sizes are differences of monotonic counts, so that a producer touches
+/// one counter per item (`accepted`, one atomic read-modify-write) and the runners two
+/// others per batch: queued = accepted - left, outstanding = accepted - finished. Read
+/// the runners' count first (Acquire), then `accepted`: every item counted as left or
+/// finished was accepted before, so a difference read that way never underflows.
 #[derive(Default)]
 pub(super) struct Flow {
-    /// Items ever submitted (accepted or refused).
-    pub(super) enqueued: AtomicU64,
-    /// Items accepted and not yet taken into a batch (nor cancelled or expired).
-    pub(super) queued: AtomicUsize,
-    /// Items accepted and not yet finished; drain waits for zero.
-    pub(super) outstanding: AtomicUsize,
+    /// Items accepted (queued) ever.
+    pub(super) accepted: AtomicU64,
+    /// Accepted items that left the queue: taken into a batch, cancelled or expired.
+    pub(super) left: AtomicU64,
+    /// Accepted items that finished (any outcome); drain waits for `accepted`.
+    pub(super) finished: AtomicU64,
+    /// Items refused when submitted (shut down, full queue).
+    pub(super) refused: AtomicU64,
     /// A primary run of this handler is in the pool's ready queue or running. Producers set
     /// it (and submit) when they find it clear; the primary runner clears it when idle.
     pub(super) scheduled: AtomicBool,
@@ -70,6 +78,20 @@ pub(super) struct Flow {
     pub(super) prepare_kick: AtomicBool,
     /// Set after drain: new items are refused with `ShutDown`.
     pub(super) closed: AtomicBool,
+}
+
+impl Flow {
+    /// Items accepted and not yet taken into a batch (nor cancelled or expired).
+    pub(super) fn queued(&self) -> usize {
+        let left = self.left.load(Acquire);
+        (self.accepted.load(Acquire) - left) as usize
+    }
+
+    /// Items accepted and not yet finished.
+    pub(super) fn outstanding(&self) -> usize {
+        let finished = self.finished.load(Acquire);
+        (self.accepted.load(Acquire) - finished) as usize
+    }
 }
 
 /// A bound Python callable with its queue; shared by the user's handle, the ready
