@@ -7,8 +7,10 @@
 use super::cuda::{DeviceSet, Placement};
 use super::spec::TensorSpec;
 use crate::error::{Error, Result};
+use crossbeam_utils::CachePadded;
 use std::alloc::Layout;
-use std::sync::atomic::{AtomicUsize, Ordering::Acquire, Ordering::Release};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Batch buffers start at multiples of this (cache lines, DMA, any element type).
@@ -130,6 +132,7 @@ impl BufferPool {
             record: self.record,
             item_bytes: self.item_bytes.clone(),
             staged_rows: AtomicUsize::new(NOT_STAGED),
+            rows_held: CachePadded::new(AtomicUsize::new(0)),
             pool: Arc::downgrade(self),
         }))
     }
@@ -177,7 +180,23 @@ impl BufferPool {
 pub(crate) struct Intake {
     pool: Arc<BufferPool>,
     /// The set being filled and its next free row. Held for a few instructions per item.
-    open: Mutex<Option<(Arc<Lease>, usize)>>,
+    open: Mutex<Option<OpenSet>>,
+}
+
+struct OpenSet {
+    lease: Arc<Lease>,
+    next: usize,
+}
+
+impl OpenSet {
+    /// Gives back the rows never handed out (the set's rows were charged when it opened).
+    fn close(self, batch_size: usize) {
+        let unused = batch_size - self.next;
+        if unused > 0 {
+            // SAFETY: the intake charged the set with every row and handed out `next`.
+            unsafe { release_rows(NonNull::from(&*self.lease), unused) };
+        }
+    }
 }
 
 impl Intake {
@@ -185,21 +204,91 @@ impl Intake {
         Intake { pool, open: Mutex::new(None) }
     }
 
-    /// A row of its own for one item: the set and the row's index. The caller writes the
-    /// row (each input's item bytes) before the item is queued; nobody else touches it
-    /// until the item's batch is called.
-    pub(crate) fn reserve(&self) -> Result<(Arc<Lease>, usize)> {
+    /// A row of its own for one item. The caller writes the row (each input's item bytes)
+    /// before the item is queued; nobody else touches it until the item's batch is called.
+    /// The hold keeps the set, and so the row's record, until dropped; the intake charged
+    /// the set with all its rows when it opened it, so handing out or dropping a hold
+    /// touches no count shared with the other side of the queue.
+    pub(crate) fn reserve(&self) -> Result<RowHold> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((lease, next)) = open.as_mut() {
-            if *next < self.pool.batch_size {
-                *next += 1;
-                return Ok((lease.clone(), *next - 1));
+        if let Some(set) = open.as_mut() {
+            if set.next < self.pool.batch_size {
+                set.next += 1;
+                return Ok(RowHold { lease: NonNull::from(&*set.lease), row: set.next - 1 });
             }
         }
         // The full set stays with its items and views; it returns to the pool after them.
         let lease = self.pool.lease()?;
-        *open = Some((lease.clone(), 1));
-        Ok((lease, 0))
+        lease.rows_held.store(self.pool.batch_size, Relaxed);
+        // One reference for all the rows, given back by the last row's hold.
+        let rows =
+            NonNull::new(Arc::into_raw(lease.clone()).cast_mut()).expect("Arc::into_raw is never null");
+        if let Some(full) = open.replace(OpenSet { lease, next: 1 }) {
+            full.close(self.pool.batch_size);
+        }
+        Ok(RowHold { lease: rows, row: 0 })
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        if let Some(set) = self.open.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            set.close(self.pool.batch_size);
+        }
+    }
+}
+
+/// An item's hold on its row of a set the intake opened: keeps the set (and the row's
+/// record, where the item's job lives) alive. Dropping the last row's hold lets the set
+/// go, like dropping an `Arc<Lease>`.
+pub(crate) struct RowHold {
+    lease: NonNull<Lease>,
+    row: usize,
+}
+
+// SAFETY: a hold is a counted reference to a `Lease` (Send + Sync), like an Arc.
+unsafe impl Send for RowHold {}
+unsafe impl Sync for RowHold {}
+
+impl RowHold {
+    pub(crate) fn lease(&self) -> &Lease {
+        // SAFETY: the set lives while any of its rows is held.
+        unsafe { self.lease.as_ref() }
+    }
+
+    pub(crate) fn row(&self) -> usize {
+        self.row
+    }
+
+    /// A shared reference to the set (for a batch that runs on its rows).
+    pub(crate) fn to_arc(&self) -> Arc<Lease> {
+        // SAFETY: the pointer came from Arc::into_raw and the rows' reference is alive
+        // while this hold is: one more strong reference, then adopted.
+        unsafe {
+            Arc::increment_strong_count(self.lease.as_ptr());
+            Arc::from_raw(self.lease.as_ptr())
+        }
+    }
+}
+
+impl Drop for RowHold {
+    fn drop(&mut self) {
+        // SAFETY: this hold is one of the rows the intake charged the set with.
+        unsafe { release_rows(self.lease, 1) };
+    }
+}
+
+/// Lets go of `n` of a set's rows; the last one gives back the rows' `Arc` reference.
+///
+/// # Safety
+/// `lease` came from `Arc::into_raw` in `Intake::reserve`, and the caller owns `n` of the
+/// rows it was charged with.
+unsafe fn release_rows(lease: NonNull<Lease>, n: usize) {
+    // SAFETY: the rows' reference keeps the lease alive until the count reaches zero.
+    if unsafe { lease.as_ref() }.rows_held.fetch_sub(n, Release) == n {
+        fence(Acquire);
+        // SAFETY: the last row: the reference taken by Arc::into_raw, given back once.
+        drop(unsafe { Arc::from_raw(lease.as_ptr()) });
     }
 }
 
@@ -219,6 +308,9 @@ pub(crate) struct Lease {
     item_bytes: Arc<[usize]>,
     /// The batch's rows once its inputs are complete and compacted (`NOT_STAGED` before).
     staged_rows: AtomicUsize,
+    /// Rows of a set the intake opened that are still held (`RowHold`), on a line of its
+    /// own: the side that finishes items counts it down while the producers read the rest.
+    rows_held: CachePadded<AtomicUsize>,
     pool: Weak<BufferPool>,
 }
 

@@ -117,7 +117,7 @@ fn call_and_split(
         .collect::<Result<_>>()?;
     for (_, job) in live.iter_mut() {
         // The item's row of the batch (its inputs' row, counted from the batch's first).
-        let i = job.slot.as_ref().map_or(0, |(_, row)| row - staged.first);
+        let i = job.row_now().map_or(0, |(_, row)| row - staged.first);
         match &job.sink {
             Sink::Pointers(dests) => {
                 for (out, &dest) in rows.iter().zip(dests.as_slice()) {

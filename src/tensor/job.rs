@@ -3,7 +3,7 @@
 //! output rows go, and who hears of its outcome. The batch path (`execute`) writes its
 //! rows; the job's `Drop` is its finalizer and reports the outcome exactly once.
 
-use super::buffers::Lease;
+use super::buffers::{Lease, RowHold};
 use crate::error::{pysched_error, Error, ErrorKind, Result};
 use crate::scheduler::Job;
 use pyo3::prelude::*;
@@ -48,9 +48,9 @@ pub(crate) enum Feed {
     /// Copied when queued into a buffer of its own: every input's item bytes back to back
     /// (CUDA placement, whose batches gather into pinned buffers).
     Copied(Box<[u8]>),
-    /// Copied when queued straight into its row of a set of batch buffers (the job's
-    /// `slot`, from the handler's intake; host placement).
-    Placed,
+    /// Copied when queued straight into its row of a set of batch buffers, from the
+    /// handler's intake (host placement); the job lives in that row's record.
+    Placed(RowHold),
     /// The caller's buffers, read when the batch is gathered (the caller promised they
     /// outlive the item).
     Borrowed(Ptrs),
@@ -181,29 +181,32 @@ impl Hooks {
 }
 
 /// A tensor item's job, owned: on the heap, or in the record of the row its inputs were
-/// copied to (the intake's; then the set's lease keeps the record alive, and nothing is
-/// allocated per item). Dropping it drops the job (its finalizer).
+/// copied to (the intake's: nothing is allocated per item). A job in a record holds its
+/// row (`Feed::Placed`), which keeps the record's memory alive.
 pub(crate) enum TensorBox {
     Heap(Box<TensorJob>),
-    // `_lease` keeps the record's memory (and the row) until the box drops.
-    InSet { _lease: Arc<Lease>, job: std::ptr::NonNull<TensorJob> },
+    InSet(std::ptr::NonNull<TensorJob>),
 }
 
-// SAFETY: an InSet box owns its record exclusively (each row's record is written once, by
-// the producer that reserved the row, and dropped once, by this box), like a Box.
+// SAFETY: an InSet box owns its record's job exclusively (each row's record is written
+// once, by the producer that reserved the row, and dropped once, by this box), like a Box.
 unsafe impl Send for TensorBox {}
 
 impl TensorBox {
-    /// Moves `job` into row `row`'s record of `lease`, or onto the heap when the set keeps
-    /// no records. PRECONDITION: the caller reserved the row (`Intake::reserve`) and no
-    /// other box was made for it.
-    pub(crate) fn in_set(lease: Arc<Lease>, row: usize, job: TensorJob) -> TensorBox {
-        match lease.record_ptr(row).and_then(|p| std::ptr::NonNull::new(p.cast::<TensorJob>())) {
+    /// Moves a placed job into its row's record, or onto the heap when the set keeps no
+    /// records. PRECONDITION: no other box was made for the job's row.
+    pub(crate) fn in_set(job: TensorJob) -> TensorBox {
+        let record = match &job.feed {
+            Feed::Placed(hold) => hold.lease().record_ptr(hold.row()),
+            _ => None,
+        };
+        match record.and_then(|p| std::ptr::NonNull::new(p.cast::<TensorJob>())) {
             Some(record) => {
-                // SAFETY: the row's record is this caller's (the precondition), uninitialized
-                // memory of TensorJob's layout inside the lease's buffers.
+                // SAFETY: the row's record is this job's (the precondition): uninitialized
+                // memory of TensorJob's layout inside the set, which the job's own hold
+                // keeps alive.
                 unsafe { record.as_ptr().write(job) };
-                TensorBox::InSet { _lease: lease, job: record }
+                TensorBox::InSet(record)
             }
             None => TensorBox::Heap(Box::new(job)),
         }
@@ -216,7 +219,7 @@ impl std::ops::Deref for TensorBox {
         match self {
             TensorBox::Heap(job) => job,
             // SAFETY: the record holds this box's job (written in `in_set`) until drop.
-            TensorBox::InSet { job, .. } => unsafe { job.as_ref() },
+            TensorBox::InSet(job) => unsafe { job.as_ref() },
         }
     }
 }
@@ -226,17 +229,18 @@ impl std::ops::DerefMut for TensorBox {
         match self {
             TensorBox::Heap(job) => job,
             // SAFETY: as in deref; the box is its only owner.
-            TensorBox::InSet { job, .. } => unsafe { job.as_mut() },
+            TensorBox::InSet(job) => unsafe { job.as_mut() },
         }
     }
 }
 
 impl Drop for TensorBox {
     fn drop(&mut self) {
-        if let TensorBox::InSet { job, .. } = self {
-            // SAFETY: the record holds this box's job, dropped exactly once (here), before
-            // the lease (a field) lets the set go.
-            unsafe { std::ptr::drop_in_place(job.as_ptr()) };
+        if let TensorBox::InSet(job) = self {
+            // SAFETY: the record holds this box's job, moved out exactly once (here). Out
+            // of the record first: dropping the job drops its row's hold, which may let
+            // the set (and the record) go.
+            drop(unsafe { job.as_ptr().read() });
         }
     }
 }
@@ -277,8 +281,9 @@ pub struct TensorJob {
     pub(crate) feed: Feed,
     pub(crate) sink: Sink,
     hooks: Hooks,
-    /// The item's row in a set of batch buffers: from queueing for a placed item, from the
-    /// claim of its batch for a filled one, and once its batch is staged for every item.
+    /// The item's row in its batch's set of buffers: from the claim of its batch for a
+    /// filled item, once its batch is gathered for the others (until then a placed item's
+    /// row is its feed's, see `row_now`).
     pub(crate) slot: Option<(Arc<Lease>, usize)>,
     stage: Stage,
 }
@@ -288,9 +293,19 @@ impl TensorJob {
         TensorJob { feed, sink, hooks, slot: None, stage: Stage::Queued }
     }
 
-    /// A placed item's job: its inputs are in `row` of `lease` already.
-    pub(crate) fn placed(sink: Sink, hooks: Hooks, (lease, row): (Arc<Lease>, usize)) -> TensorJob {
-        TensorJob { feed: Feed::Placed, sink, hooks, slot: Some((lease, row)), stage: Stage::Queued }
+    /// A placed item's job: its inputs are in its held row already.
+    pub(crate) fn placed(sink: Sink, hooks: Hooks, hold: RowHold) -> TensorJob {
+        TensorJob { feed: Feed::Placed(hold), sink, hooks, slot: None, stage: Stage::Queued }
+    }
+
+    /// Where the item's inputs are now: its row of the batch's set once staged (or
+    /// claimed, for a fill), before that a placed item's intake row.
+    pub(crate) fn row_now(&self) -> Option<(&Lease, usize)> {
+        match (&self.slot, &self.feed) {
+            (Some((lease, row)), _) => Some((lease, *row)),
+            (None, Feed::Placed(hold)) => Some((hold.lease(), hold.row())),
+            (None, _) => None,
+        }
     }
 
     pub(crate) fn rows_written(&mut self) {
@@ -314,7 +329,7 @@ impl Job for TensorJob {
     }
 
     fn starts_group(&self) -> bool {
-        matches!((&self.feed, &self.slot), (Feed::Placed, Some((_, 0))))
+        matches!(&self.feed, Feed::Placed(hold) if hold.row() == 0)
     }
 
     fn commit(&mut self, _py: Python<'_>) -> Result<Py<PyAny>> {

@@ -31,7 +31,7 @@ use crate::future::ItemFuture;
 use crate::handler::{Handler, HandlerOptions};
 use crate::scheduler::{Entry, ItemOptions, JobSlot};
 use crate::stats::{HandlerStats, LatencySummary};
-use buffers::{BufferPool, Intake, Lease};
+use buffers::{BufferPool, Intake, Lease, RowHold};
 use job::{Feed, Hooks, Ptrs, RustHooks, Sink, TensorBox, TensorHooks, TensorJob};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -89,18 +89,16 @@ impl TensorExec {
     ///
     /// # Safety
     /// Each address is readable for its input's item bytes.
-    pub(crate) unsafe fn place(
-        &self,
-        srcs: impl Iterator<Item = *const u8>,
-    ) -> Result<Option<(Arc<Lease>, usize)>> {
+    pub(crate) unsafe fn place(&self, srcs: impl Iterator<Item = *const u8>) -> Result<Option<RowHold>> {
         let Some(intake) = &self.intake else { return Ok(None) };
-        let (lease, row) = intake.reserve()?;
+        let hold = intake.reserve()?;
+        let (lease, row) = (hold.lease(), hold.row());
         for (k, (src, &size)) in srcs.zip(lease.item_bytes()).enumerate() {
             // SAFETY: `src` has `size` bytes (the caller's promise); the row is this item's
             // alone (`Intake::reserve`), `size` bytes of input k.
             unsafe { std::ptr::copy_nonoverlapping(src, lease.row_ptr(k, row), size) };
         }
-        Ok(Some((lease, row)))
+        Ok(Some(hold))
     }
 
     /// Gives each item to be filled of a batch about to be prepared its row in a fresh
@@ -154,16 +152,16 @@ impl TensorExec {
         for (row, job) in jobs.iter_mut().enumerate() {
             for (k, &size) in sizes.iter().enumerate() {
                 let dst = lease.row_ptr(k, row);
-                let src: *const u8 = match (&job.feed, &job.slot) {
+                let src: *const u8 = match (&job.feed, job.row_now()) {
                     (Feed::Copied(bytes), _) => bytes[sizes[..k].iter().sum::<usize>()..].as_ptr(),
                     (Feed::Borrowed(ptrs), _) => ptrs.as_slice()[k] as *const u8,
-                    (Feed::Placed, Some((from_set, from)))
-                        if !Arc::ptr_eq(from_set, &lease) || *from != row =>
+                    (Feed::Placed(_), Some((from_set, from)))
+                        if !std::ptr::eq(from_set, &*lease) || from != row =>
                     {
-                        from_set.row_ptr(k, *from)
+                        from_set.row_ptr(k, from)
                     }
-                    (Feed::Fill, Some((_, from))) if *from != row => lease.row_ptr(k, *from),
-                    (Feed::Fill | Feed::Placed, _) => continue,
+                    (Feed::Fill, Some((_, from))) if from != row => lease.row_ptr(k, from),
+                    (Feed::Fill | Feed::Placed(_), _) => continue,
                 };
                 // SAFETY: `dst` is this batch's row `row` (< batch_size) of input k; `src` is
                 // the item's own bytes (copied, placed in a row of another set, or the
@@ -201,18 +199,27 @@ impl TensorExec {
 /// The batch's rows when every item was placed at queueing and together they hold rows
 /// `first..first + n` of one set (in any order: each row was handed out once).
 fn consecutive_rows(jobs: &[&mut TensorJob]) -> Option<Staged> {
-    let (mut lease, mut lo, mut hi) = (None::<&Arc<Lease>>, usize::MAX, 0);
+    let (mut set, mut lo, mut hi) = (None::<&Lease>, usize::MAX, 0);
     for job in jobs {
-        let (Feed::Placed, Some((set, row))) = (&job.feed, &job.slot) else { return None };
-        match lease {
-            Some(l) if !Arc::ptr_eq(l, set) => return None,
-            _ => lease = Some(set),
+        let (Feed::Placed(_), Some((its, row))) = (&job.feed, job.row_now()) else { return None };
+        match set {
+            Some(s) if !std::ptr::eq(s, its) => return None,
+            _ => set = Some(its),
         }
-        lo = lo.min(*row);
-        hi = hi.max(*row);
+        lo = lo.min(row);
+        hi = hi.max(row);
     }
-    let lease = lease?;
-    (hi - lo + 1 == jobs.len()).then(|| Staged { lease: lease.clone(), first: lo })
+    set?;
+    if hi - lo + 1 != jobs.len() {
+        return None;
+    }
+    // The set's own reference: a gathered batch's (`slot`), else the first item's hold.
+    let lease = match (&jobs[0].slot, &jobs[0].feed) {
+        (Some((lease, _)), _) => lease.clone(),
+        (None, Feed::Placed(hold)) => hold.to_arc(),
+        _ => return None,
+    };
+    Some(Staged { lease, first: lo })
 }
 
 /// A Python function bound with a tensor signature. Dropping it waits until everything
@@ -279,7 +286,7 @@ impl TensorFuture {
 /// Where a copied item's inputs went.
 pub(crate) enum CopiedIn {
     /// Its row of a set of batch buffers.
-    Placed((Arc<Lease>, usize)),
+    Placed(RowHold),
     /// A buffer of its own.
     Own(Box<[u8]>),
 }
@@ -287,10 +294,7 @@ pub(crate) enum CopiedIn {
 impl CopiedIn {
     pub(crate) fn into_job(self, sink: Sink, hooks: Hooks) -> TensorBox {
         match self {
-            CopiedIn::Placed((lease, row)) => {
-                let job = TensorJob::placed(sink, hooks, (lease.clone(), row));
-                TensorBox::in_set(lease, row, job)
-            }
+            CopiedIn::Placed(hold) => TensorBox::in_set(TensorJob::placed(sink, hooks, hold)),
             CopiedIn::Own(bytes) => {
                 TensorBox::Heap(Box::new(TensorJob::new(Feed::Copied(bytes), sink, hooks)))
             }
