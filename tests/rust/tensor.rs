@@ -24,6 +24,9 @@ fn opts(batch: usize) -> HandlerOptions {
 
 #[test]
 fn linear_rows_come_back_per_item() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let h = m.load_tensor("tensor_testmod", "linear", linear_sig(), opts(32)).unwrap();
     let inputs: Vec<Vec<f32>> =
@@ -45,6 +48,9 @@ fn linear_rows_come_back_per_item() {
 
 #[test]
 fn fill_in_place_and_several_inputs_and_outputs() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let sig = TensorSignature::new(
         vec![TensorSpec::new(DType::F64, &[3]), TensorSpec::new(DType::F64, &[3])],
@@ -86,6 +92,9 @@ fn fill_in_place_and_several_inputs_and_outputs() {
 
 #[test]
 fn wrong_results_fail_every_item_with_a_clear_error() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let x = f32s(&[1.0; 64]);
     for (function, needle) in [
@@ -106,6 +115,9 @@ fn wrong_results_fail_every_item_with_a_clear_error() {
 
 #[test]
 fn strided_and_dlpack_results_and_returning_the_input() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
     let h = m.load_tensor("tensor_testmod", "non_contiguous", linear_sig(), opts(4)).unwrap();
@@ -126,6 +138,9 @@ fn strided_and_dlpack_results_and_returning_the_input() {
 
 #[test]
 fn bad_input_sizes_are_refused_at_queueing() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let h = m.load_tensor("tensor_testmod", "linear", linear_sig(), opts(4)).unwrap();
     let e = h.queue(&[&[0u8; 12]], TensorItemOptions::default()).err().unwrap();
@@ -155,6 +170,9 @@ fn bad_signatures_are_invalid_arguments() {
 
 #[test]
 fn a_kept_input_is_never_overwritten_and_the_pool_stays_bounded() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let sig =
         TensorSignature::new(vec![TensorSpec::new(DType::I64, &[4])], vec![TensorSpec::new(DType::I64, &[])]);
@@ -175,6 +193,9 @@ fn a_kept_input_is_never_overwritten_and_the_pool_stays_bounded() {
 
 #[test]
 fn deadlines_and_cancel_resolve_items_exactly_once() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let sig =
         TensorSignature::new(vec![TensorSpec::new(DType::U8, &[2])], vec![TensorSpec::new(DType::I64, &[])]);
@@ -204,6 +225,9 @@ fn deadlines_and_cancel_resolve_items_exactly_once() {
 
 #[test]
 fn many_producers_every_item_exactly_once() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let h = m.load_tensor("tensor_testmod", "linear", linear_sig(), opts(64)).unwrap();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -273,6 +297,9 @@ fn start_blocker(h: &pyscheduler::TensorHandler, ms: i64) -> pyscheduler::Tensor
 /// and through `queue_into` (detached ones).
 #[test]
 fn copied_items_run_where_they_were_copied_and_batches_line_up_with_the_sets() {
+    if common::skip_without_numpy() {
+        return;
+    }
     use std::sync::mpsc;
     let m = common::manager();
     let sig = TensorSignature::new(
@@ -336,6 +363,9 @@ fn copied_items_run_where_they_were_copied_and_batches_line_up_with_the_sets() {
 
 #[test]
 fn float16_rows_go_through_as_numpy_half() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let sig = TensorSignature::new(
         vec![TensorSpec::new(DType::F16, &[4])],
@@ -376,6 +406,9 @@ fn batch_size_handler(options: HandlerOptions) -> (pyscheduler::Manager, pysched
 
 #[test]
 fn batch_size_one_is_one_call_per_item() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let (_m, h) = batch_size_handler(opts(1));
     let fs: Vec<_> = (0..40).map(|_| h.queue(&[&[1, 2]], TensorItemOptions::default()).unwrap()).collect();
     for f in fs {
@@ -388,6 +421,9 @@ fn batch_size_one_is_one_call_per_item() {
 
 #[test]
 fn partial_batches_and_max_batch_delay() {
+    if common::skip_without_numpy() {
+        return;
+    }
     // Full batches go at once; the rest waits for the delay, then goes as a partial batch
     // of its real size (no padding).
     let delay = Duration::from_millis(400);
@@ -417,6 +453,9 @@ fn partial_batches_and_max_batch_delay() {
 
 #[test]
 fn drain_waits_for_every_completion_and_the_counters_add_up() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let h = m.load_tensor("tensor_testmod", "sleep_echo", echo_sig(), opts(4)).unwrap();
     let n = 40usize;
@@ -466,6 +505,9 @@ fn drain_waits_for_every_completion_and_the_counters_add_up() {
 
 #[test]
 fn a_full_bounded_queue_rejects_and_reports_once() {
+    if common::skip_without_numpy() {
+        return;
+    }
     let m = common::manager();
     let options = HandlerOptions { max_queue: 2, full_policy: pyscheduler::FullPolicy::Reject, ..opts(4) };
     let h = m.load_tensor("tensor_testmod", "sleep_echo", echo_sig(), options).unwrap();
@@ -519,6 +561,9 @@ unsafe extern "C" fn c_complete_ok(
 
 #[test]
 fn c_abi_copies_each_input_at_queueing_and_writes_each_output_row() {
+    if common::skip_without_numpy() {
+        return;
+    }
     use pyscheduler::ffi::error::{pysched_error_free, pysched_error_message};
     use pyscheduler::ffi::handler::pysched_handler_options_default;
     use pyscheduler::ffi::manager::{pysched_manager_add_path, pysched_manager_new};
