@@ -13,8 +13,9 @@
 #   table  the full table RUNS times (default 3), default pool size (the CPU count)
 #   rss    the peak-RSS rows with pools of 1, 2, 4, 8 and 16 workers (and the host's
 #          CPU count), for each library (LIB, then LIB_B if present), alternating
-#   ab     queued_b256 and producers4 with LIB and LIB_B alternately, AB_ROUNDS rounds
-#          (default 3), pools of 2 and of the CPU count
+#   ab     AB_ROWS (default queued_b256,producers4,latency) with LIB and LIB_B
+#          alternately, AB_ROUNDS rounds (default 3), pools of AB_WORKERS workers
+#          (default: 2 and the CPU count)
 #   perf   perf record of --profile queued_b256 and queued_b256_f (if perf exists and is
 #          allowed): report text only
 #
@@ -24,7 +25,7 @@
 #
 # Environment: PYSCHED_LIB (default target-py312/release/libpyscheduler.so), LIB_B
 # (default target-py312/base/libpyscheduler.so, used when present), PYTHON (default
-# python3; needs pybind11 >= 3), RUNS, AB_ROUNDS, RSS_REPS (default 3).
+# python3; needs pybind11 >= 3), RUNS, AB_ROUNDS, AB_ROWS, AB_WORKERS, RSS_REPS (default 3).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -37,6 +38,7 @@ LIB_B=${LIB_B:-$ROOT/target-py312/base/libpyscheduler.so}
 PY=${PYTHON:-python3}
 RUNS=${RUNS:-3}
 AB_ROUNDS=${AB_ROUNDS:-3}
+AB_ROWS=${AB_ROWS:-queued_b256,producers4,latency}
 RSS_REPS=${RSS_REPS:-3}
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(table rss ab perf)
@@ -135,10 +137,10 @@ if want ab; then
     ab() {
       local r w lib
       for r in $(seq "$AB_ROUNDS"); do
-        for w in 2 "$NCPU"; do
+        for w in ${AB_WORKERS:-2 $NCPU}; do
           for lib in b a; do
             echo "-- round $r, library $lib, $w workers"
-            "bench_$lib" --rows queued_b256,producers4,latency --workers "$w" --reps 5 \
+            "bench_$lib" --rows "$AB_ROWS" --workers "$w" --reps 5 \
               --json-out "$OUT/ab-$lib-w$w-r$r.json" | grep -E "^(queued|  same|4 prod|one req)" || return 1
           done
         done
