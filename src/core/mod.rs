@@ -23,6 +23,7 @@
 mod accounting;
 mod admission;
 pub(crate) mod batch;
+pub(crate) mod batch_exec;
 pub(crate) mod clock;
 pub(crate) mod completion;
 mod drain;
@@ -38,10 +39,11 @@ mod prepare;
 pub(crate) mod raw;
 pub(crate) mod timer;
 
+pub(crate) use batch_exec::BatchExec;
 pub(crate) use handler::HandlerCore;
 pub(crate) use item::Entry;
 pub use job::Job;
-pub(crate) use job::JobSlot;
+pub(crate) use job::{JobSlot, PlacedJob};
 pub use options::{
     FullPolicy, HandlerOptions, ItemOptions, MAX_BATCH_DELAY, MAX_BATCH_SIZE, MAX_CONCURRENCY,
     MAX_PREFETCH_DEPTH,
