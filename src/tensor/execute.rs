@@ -164,7 +164,7 @@ impl TensorExec {
             job.slot = Some((lease.clone(), row));
         }
         if let Some(device) = &self.device {
-            device.upload(&lease, jobs.len())?;
+            lease.upload(device, jobs.len())?;
         }
         lease.mark_staged(jobs.len());
         Ok(Staged { lease, first: 0 })
@@ -185,7 +185,7 @@ impl TensorExec {
                 0,
             ),
             // CUDA batches always start at row 0 (no intake: they are gathered or filled).
-            Some(d) => (d.device_ptr(lease, k), d.dl_device(), d.stream_handle()),
+            Some(d) => (d.device_ptr(lease.device_set(), k), d.dl_device(), d.stream_handle()),
         };
         BatchTensor::new(lease.clone(), data, spec.dtype, rows, &spec.shape, device, stream)
     }

@@ -116,7 +116,7 @@ impl BatchTensor {
     ) -> PyResult<Bound<'py, PyAny>> {
         dlpack::check_export_request("the batch tensor", self.device_tuple(), dl_device, copy)?;
         if !self.is_host() {
-            super::cuda::order_consumer(&self.lease, stream)?;
+            super::cuda::order_consumer(self.lease.device_set(), stream)?;
         }
         let capsule = if max_version.is_some_and(|(major, _)| major >= 1) {
             // SAFETY: a fresh export owned by us, handed to the capsule.
