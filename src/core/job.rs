@@ -142,6 +142,7 @@ unsafe impl Send for PlacedJob {}
 
 impl PlacedJob {
     /// A job on the heap.
+    #[inline]
     pub(crate) fn boxed<J: Job>(job: Box<J>) -> PlacedJob {
         let (needs_prepare, starts_group) = (job.needs_prepare(), job.starts_group());
         let job = NonNull::from(Box::leak(job));
@@ -155,6 +156,7 @@ impl PlacedJob {
     /// now on, in memory that stays valid while the `J` lives (for instance because the
     /// `J` itself holds what keeps that memory). Dropping the placed job moves the `J` out
     /// with `ptr::read` before dropping it, so the `J` may let its own storage go.
+    #[inline]
     pub(crate) unsafe fn in_place<J: Job>(job: NonNull<J>) -> PlacedJob {
         // SAFETY: initialized and ours (the caller's promise).
         let j = unsafe { job.as_ref() };

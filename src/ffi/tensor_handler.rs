@@ -310,6 +310,7 @@ enum Input {
 }
 
 impl Input {
+    #[inline]
     fn into_job(self, sink: Sink, hooks: Hooks) -> TensorBox {
         match self {
             Input::Feed(feed) => TensorBox::heap(TensorJob::new(feed, sink, hooks)),

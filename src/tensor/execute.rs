@@ -76,6 +76,7 @@ impl TensorExec {
     ///
     /// # Safety
     /// Each address is readable for its input's item bytes.
+    #[inline]
     pub(crate) unsafe fn place(&self, srcs: impl Iterator<Item = *const u8>) -> Result<Option<RowHold>> {
         let Some(intake) = &self.intake else { return Ok(None) };
         let hold = intake.reserve()?;

@@ -192,12 +192,14 @@ pub(crate) struct TensorBox(PlacedJob);
 
 impl TensorBox {
     /// A job on the heap.
+    #[inline]
     pub(crate) fn heap(job: TensorJob) -> TensorBox {
         TensorBox(PlacedJob::boxed(Box::new(job)))
     }
 
     /// Moves a placed job into its row's record, or onto the heap when the set keeps no
     /// records. PRECONDITION: no other box was made for the job's row.
+    #[inline]
     pub(crate) fn in_set(job: TensorJob) -> TensorBox {
         let record = match &job.feed {
             Feed::Placed(hold) => hold.lease().record_ptr(hold.row()),
@@ -221,6 +223,7 @@ impl TensorBox {
     }
 
     /// The slot the core keeps the job in.
+    #[inline]
     pub(crate) fn into_slot(self) -> JobSlot {
         JobSlot::Placed(self.0)
     }
@@ -230,6 +233,7 @@ impl TensorBox {
     /// # Safety
     /// `job` was made by a `TensorBox` (`into_slot`): a tensor handler's core holds no
     /// other placed job, since only `TensorHandler::submit` queues on it.
+    #[inline]
     pub(crate) unsafe fn from_placed(job: PlacedJob) -> TensorBox {
         TensorBox(job)
     }
@@ -238,6 +242,7 @@ impl TensorBox {
     ///
     /// # Safety
     /// As `from_placed`; the caller owns the item (JobCell's protocol).
+    #[inline]
     pub(crate) unsafe fn job_of(job: &mut PlacedJob) -> &mut TensorJob {
         // SAFETY: the caller's promise: a live TensorJob owned by this slot.
         unsafe { job.as_ptr().cast::<TensorJob>().as_mut() }
@@ -285,11 +290,13 @@ pub struct TensorJob {
 }
 
 impl TensorJob {
+    #[inline]
     pub(crate) fn new(feed: Feed, sink: Sink, hooks: Hooks) -> TensorJob {
         TensorJob { feed, sink, hooks, slot: None, stage: Stage::Queued }
     }
 
     /// A placed item's job: its inputs are in its held row already.
+    #[inline]
     pub(crate) fn placed(sink: Sink, hooks: Hooks, hold: RowHold) -> TensorJob {
         TensorJob { feed: Feed::Placed(hold), sink, hooks, slot: None, stage: Stage::Queued }
     }

@@ -112,6 +112,7 @@ pub(crate) enum CopiedIn {
 }
 
 impl CopiedIn {
+    #[inline]
     pub(crate) fn into_job(self, sink: Sink, hooks: Hooks) -> TensorBox {
         match self {
             CopiedIn::Placed(hold) => TensorBox::in_set(TensorJob::placed(sink, hooks, hold)),
@@ -216,6 +217,7 @@ impl TensorHandler {
     ///
     /// # Safety
     /// Each address is readable for its input's item bytes.
+    #[inline]
     pub(crate) unsafe fn copy_in_raw(
         &self,
         srcs: impl Iterator<Item = *const u8> + Clone,
