@@ -3,6 +3,9 @@
 //! (`np.asarray` through the buffer protocol, `np.from_dlpack`), and so does torch
 //! (`torch.from_dlpack`). Every view and every DLPack export holds the batch's lease: the
 //! buffers go back to the pool only when Python has released all of them.
+//!
+//! May call: `buffers` (the lease), `cuda` (a consumer stream's ordering),
+//! `crate::dlpack`, `crate::dtype`.
 
 use super::buffers::Lease;
 use crate::dlpack::{self, DLDevice, KDL_CPU};
