@@ -33,10 +33,6 @@ impl Handler {
         Handler { core, replica_threads, _shared: shared }
     }
 
-    pub(crate) fn core(&self) -> &Arc<HandlerCore> {
-        &self.core
-    }
-
     /// "module.entry_point", or the name given in the options.
     pub fn name(&self) -> &str {
         &self.core.name

@@ -93,8 +93,9 @@ impl Manager {
         let exec = crate::tensor::TensorExec::new(signature.clone(), &options)?;
         let function = self.function(module, entry_point)?;
         let name = options.name.clone().unwrap_or_else(|| format!("{module}.{entry_point}"));
-        let core = HandlerCore::new(name, function, options, self.shared.pool.clone(), 0, Some(exec));
-        Ok(TensorHandler::new(Handler::new(core, self.shared.clone(), Vec::new()), signature))
+        let exec = Arc::new(exec);
+        let core = HandlerCore::new(name, function, options, self.shared.pool.clone(), 0, Some(exec.clone()));
+        Ok(TensorHandler::new(Handler::new(core, self.shared.clone(), Vec::new()), signature, exec))
     }
 
     fn function(&self, module: &str, entry_point: &str) -> Result<Py<PyAny>> {

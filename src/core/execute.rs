@@ -1,8 +1,9 @@
 //! Execution of one batch on the shared pool: the main interpreter's side of the batch
-//! harness (`batch`), through pyo3, or a tensor handler's batch (`crate::tensor::execute`).
+//! harness (`batch`), through pyo3, or the handler's own batch step (`BatchExec`, a
+//! tensor handler's).
 //!
-//! May call: `batch`, `job`, `clock`, `raw`, `crate::runtime` (attach),
-//! `crate::python_err`, `crate::tensor::execute`.
+//! May call: `batch`, `batch_exec`, `job`, `clock`, `raw`, `crate::runtime` (attach),
+//! `crate::python_err`.
 
 use super::batch::Interpreter;
 use super::clock;
@@ -25,8 +26,8 @@ impl HandlerCore {
         if batch.is_empty() {
             return Vec::new();
         }
-        if let Some(tensor) = &self.tensor {
-            return self.as_executing_batch(|| crate::tensor::execute::run_batch(self, tensor, batch));
+        if let Some(exec) = &self.batch_exec {
+            return self.as_executing_batch(|| exec.run_batch(self, batch));
         }
         let gil_asked = clock::now_ns();
         self.as_executing_batch(|| {

@@ -5,8 +5,10 @@
 //! (taking batches), `driver` (who runs them, and the wake-up protocol), `prepare`,
 //! `execute`, `accounting`, `drain`.
 //!
-//! May call: `options`, `item`, `job`, `clock`, `pool` (its `Arc`), `crate::stats`.
+//! May call: `options`, `item`, `job`, `batch_exec`, `clock`, `pool` (its `Arc`),
+//! `crate::stats`.
 
+use super::batch_exec::BatchExec;
 use super::clock;
 use super::item::Entry;
 use super::options::HandlerOptions;
@@ -129,8 +131,9 @@ pub(crate) struct HandlerCore {
     /// Written right after each Python call returns, before its results fan out.
     pub(super) emas: Mutex<Emas>,
     pub(crate) histograms: Histograms,
-    /// A tensor handler's signature, buffers and placement (None: the list path).
-    pub(crate) tensor: Option<crate::tensor::TensorExec>,
+    /// A batch step of its own (a tensor handler's), called once per batch; None: the
+    /// core's list harness.
+    pub(crate) batch_exec: Option<Arc<dyn BatchExec<HandlerCore>>>,
     pub(super) weak_self: Weak<HandlerCore>,
 }
 
@@ -147,7 +150,7 @@ impl HandlerCore {
         options: HandlerOptions,
         pool: Arc<Pool>,
         replicas: usize,
-        tensor: Option<crate::tensor::TensorExec>,
+        batch_exec: Option<Arc<dyn BatchExec<HandlerCore>>>,
     ) -> Arc<HandlerCore> {
         clock::now_ns(); // calibrates the clock (~1 ms) here rather than in the first enqueue
         Arc::new_cyclic(|weak| HandlerCore {
@@ -169,7 +172,7 @@ impl HandlerCore {
             finalize_ns_per_item: AtomicU64::new(0),
             emas: Mutex::new(Emas::default()),
             histograms: Histograms::default(),
-            tensor,
+            batch_exec,
             weak_self: weak.clone(),
         })
     }

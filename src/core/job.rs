@@ -1,13 +1,15 @@
 //! The unit of work: the [`Job`] trait a submitter implements, the slot an item keeps
-//! its job in ([`JobSlot`]), and the guard every job callback runs under.
+//! its job in ([`JobSlot`]; a job in storage its submitter owns is a [`PlacedJob`]), and
+//! the guard every job callback runs under.
 //!
-//! A leaf of the core: uses `crate::error` and pyo3; stores the job types of the layers
-//! that submit (`tensor::job`) but calls nothing of them beyond the `Job` trait.
+//! A leaf of the core: uses `crate::error` and pyo3. It names no submitter's job type:
+//! a layer that places its jobs (`tensor`) hands them over type-erased.
 
 use crate::error::{pysched_error, Error, ErrorKind, Result};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use std::ffi::{c_int, c_void};
+use std::ptr::NonNull;
 
 /// The work of one queued item, supplied by the submitter. Exactly one of `complete`
 /// or `fail` is called, then the job is dropped (its `Drop` is the finalizer).
@@ -57,12 +59,36 @@ pub trait Job: Send + 'static {
 }
 
 /// An item's job, kept inside the item: C callbacks inline (one allocation per
-/// queued item instead of two, and one cross-thread free less), any other job boxed.
+/// queued item instead of two), a job in its submitter's storage by pointer, any other
+/// job boxed.
 pub(crate) enum JobSlot {
     Callback(CallbackJob),
     Boxed(Box<dyn Job>),
-    /// A tensor handler's item (see `tensor::execute`).
-    Tensor(crate::tensor::job::TensorBox),
+    /// A job its submitter placed (a tensor handler's item: see `tensor::job::TensorBox`).
+    Placed(PlacedJob),
+}
+
+impl JobSlot {
+    /// `Job::needs_prepare`, without a dynamic call for inline and placed jobs (the
+    /// producer asks it once per item).
+    #[inline]
+    pub(crate) fn needs_prepare(&self) -> bool {
+        match self {
+            JobSlot::Callback(job) => job.needs_prepare(),
+            JobSlot::Boxed(job) => job.needs_prepare(),
+            JobSlot::Placed(job) => job.needs_prepare,
+        }
+    }
+
+    /// `Job::starts_group`, as `needs_prepare`.
+    #[inline]
+    pub(crate) fn starts_group(&self) -> bool {
+        match self {
+            JobSlot::Callback(job) => job.starts_group(),
+            JobSlot::Boxed(job) => job.starts_group(),
+            JobSlot::Placed(job) => job.starts_group,
+        }
+    }
 }
 
 impl From<Box<dyn Job>> for JobSlot {
@@ -78,7 +104,8 @@ impl std::ops::Deref for JobSlot {
         match self {
             JobSlot::Callback(job) => job,
             JobSlot::Boxed(job) => &**job,
-            JobSlot::Tensor(job) => &**job,
+            // SAFETY: a placed job is live and owned by its slot until the slot drops.
+            JobSlot::Placed(job) => unsafe { job.job.as_ref() },
         }
     }
 }
@@ -89,9 +116,82 @@ impl std::ops::DerefMut for JobSlot {
         match self {
             JobSlot::Callback(job) => job,
             JobSlot::Boxed(job) => &mut **job,
-            JobSlot::Tensor(job) => &mut **job,
+            // SAFETY: as in deref; the slot is the job's only owner.
+            JobSlot::Placed(job) => unsafe { job.job.as_mut() },
         }
     }
+}
+
+/// A job owned through a pointer into storage its submitter chose: a box, or memory the
+/// job itself keeps alive (a tensor item's job lives in the record of its batch-buffer
+/// row, and its hold on the row keeps the record). Owned like a `Box`: dropping it ends
+/// the job through a plain function chosen at construction, no dynamic call and no
+/// reference count. What the producer path asks of the job (`needs_prepare`,
+/// `starts_group`) is read once, before the type is erased.
+pub(crate) struct PlacedJob {
+    job: NonNull<dyn Job>,
+    /// Moves the job out of its storage and drops it (`drop_read`), or frees its box
+    /// (`drop_boxed`); called once, by `Drop`.
+    release: unsafe fn(NonNull<()>),
+    needs_prepare: bool,
+    starts_group: bool,
+}
+
+// SAFETY: a placed job owns its job exclusively (like a Box), and `Job: Send`.
+unsafe impl Send for PlacedJob {}
+
+impl PlacedJob {
+    /// A job on the heap.
+    #[inline]
+    pub(crate) fn boxed<J: Job>(job: Box<J>) -> PlacedJob {
+        let (needs_prepare, starts_group) = (job.needs_prepare(), job.starts_group());
+        let job = NonNull::from(Box::leak(job));
+        PlacedJob { job, release: drop_boxed::<J>, needs_prepare, starts_group }
+    }
+
+    /// A job written in place, which the placed job owns from here on.
+    ///
+    /// # Safety
+    /// `job` points to an initialized `J` that nothing else reads, writes or drops from
+    /// now on, in memory that stays valid while the `J` lives (for instance because the
+    /// `J` itself holds what keeps that memory). Dropping the placed job moves the `J` out
+    /// with `ptr::read` before dropping it, so the `J` may let its own storage go.
+    #[inline]
+    pub(crate) unsafe fn in_place<J: Job>(job: NonNull<J>) -> PlacedJob {
+        // SAFETY: initialized and ours (the caller's promise).
+        let j = unsafe { job.as_ref() };
+        let (needs_prepare, starts_group) = (j.needs_prepare(), j.starts_group());
+        PlacedJob { job, release: drop_read::<J>, needs_prepare, starts_group }
+    }
+
+    /// The job, for the submitter that placed it and knows its type.
+    #[inline]
+    pub(crate) fn as_ptr(&self) -> NonNull<dyn Job> {
+        self.job
+    }
+}
+
+impl Drop for PlacedJob {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: `release` matches how the job was placed; called once (here).
+        unsafe { (self.release)(self.job.cast()) }
+    }
+}
+
+/// # Safety
+/// `job` came from `Box::<J>::leak` and is freed once.
+unsafe fn drop_boxed<J>(job: NonNull<()>) {
+    // SAFETY: the caller's promise.
+    drop(unsafe { Box::from_raw(job.cast::<J>().as_ptr()) });
+}
+
+/// # Safety
+/// `job` points to an initialized `J` owned by the caller, moved out exactly once (here).
+unsafe fn drop_read<J>(job: NonNull<()>) {
+    // SAFETY: the caller's promise. Out of its storage first: dropping the job may let
+    // that storage go (a tensor job's row hold may release its set, record included).
+    drop(unsafe { job.cast::<J>().as_ptr().read() });
 }
 
 /// A job made of C callbacks sharing one `user_data`: what the C ABI's `pysched_item`

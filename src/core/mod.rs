@@ -4,16 +4,21 @@
 //! completions. ARCHITECTURE.md draws the path; each file opens with what it owns and
 //! what it may call.
 //!
-//! Dependency order, lowest first (a module uses only those above it; the handler's
-//! behaviour files are one `impl HandlerCore` split by concern and share its fields):
+//! Dependency order, lowest first (a file imports only those above it; the handler's
+//! behaviour files are one `impl HandlerCore` split by concern and share its fields;
+//! `tools/check_layers.py` checks it, and lists the known exceptions):
 //!
 //! ```text
 //! clock  options  completion  job  raw       leaves
-//! item                                        an item's states, its completion slot
-//! handler (the shared state, the one mutex)   with admission, formation, driver,
-//!                                             prepare, batch, execute, accounting, drain
+//! item  batch_exec                            an item's states; a handler's own batch step
+//! handler (the shared state, the one mutex)
 //! timer  pool                                 the threads that run handlers
+//! admission formation driver prepare batch   HandlerCore's behaviour (imports handler,
+//!   execute accounting drain                  never the reverse)
 //! ```
+//!
+//! The core names nothing above it: a layer with its own batch step (tensor handlers)
+//! plugs in through [`BatchExec`] and queues its jobs as `JobSlot::Placed`.
 //!
 //! Workers block on the pool's queue of handlers that have work (no polling); a handler
 //! is in that queue at most once, and a worker that finishes a batch while other handlers
@@ -23,6 +28,7 @@
 mod accounting;
 mod admission;
 pub(crate) mod batch;
+pub(crate) mod batch_exec;
 pub(crate) mod clock;
 pub(crate) mod completion;
 mod drain;
@@ -38,10 +44,11 @@ mod prepare;
 pub(crate) mod raw;
 pub(crate) mod timer;
 
+pub(crate) use batch_exec::BatchExec;
 pub(crate) use handler::HandlerCore;
 pub(crate) use item::Entry;
 pub use job::Job;
-pub(crate) use job::JobSlot;
+pub(crate) use job::{JobSlot, PlacedJob};
 pub use options::{
     FullPolicy, HandlerOptions, ItemOptions, MAX_BATCH_DELAY, MAX_BATCH_SIZE, MAX_CONCURRENCY,
     MAX_PREFETCH_DEPTH,

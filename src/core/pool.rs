@@ -1,8 +1,9 @@
 //! The worker threads shared by every handler of the interpreter: a FIFO of tasks (runs
 //! of a handler, preparation help), idle workers woken LIFO, and the timer they share.
 //!
-//! May call: `timer`, `handler` (`run`, `prepare_some`), `crate::runtime` (each worker
-//! keeps a persistent Python thread state).
+//! May call: `timer`, `handler` (`run`), `prepare` (`PrepareWork`, `prepare_some`; it and
+//! the handler's `Arc<Pool>` are known exceptions to the core's order), `crate::runtime`
+//! (each worker keeps a persistent Python thread state).
 
 use super::handler::HandlerCore;
 use super::prepare::PrepareWork;

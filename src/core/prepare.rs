@@ -1,9 +1,10 @@
 //! Preparation: the GIL-free `Job::prepare` step of a claimed batch, spread over idle
-//! pool workers ([`PrepareWork`]), or run serially (replicas, single items). A tensor
-//! handler's batch first gets its rows of the batch buffers.
+//! pool workers ([`PrepareWork`]), or run serially (replicas, single items). A handler
+//! with its own batch step (`BatchExec`) is called before and after (a tensor handler's
+//! batch first gets its rows of the batch buffers, then is staged).
 //!
-//! May call: `item`, `job`, `accounting` (a failed preparation finishes its item),
-//! `pool` (`submit_prepare`), `crate::tensor` (row assignment, staging).
+//! May call: `item`, `job`, `batch_exec`, `accounting` (a failed preparation finishes
+//! its item), `pool` (`submit_prepare`).
 
 use super::handler::HandlerCore;
 use super::item::Entry;
@@ -29,11 +30,11 @@ impl HandlerCore {
     /// (each takes the next unprepared item until none is left), and returns the items
     /// that are ready to commit. A failed preparation finishes its item at once.
     pub(super) fn prepare_batch(self: &Arc<Self>, batch: Vec<Entry>) -> Vec<Entry> {
-        let Some(tensor) = &self.tensor else {
+        let Some(exec) = &self.batch_exec else {
             return self.prepare_entries(batch);
         };
         // A tensor batch's fills write straight into its rows of the batch buffers.
-        if let Err(error) = tensor.assign_rows(&batch) {
+        if let Err(error) = exec.before_prepare(&batch) {
             for entry in batch {
                 let job = entry.take_slot();
                 self.fail_started(&entry, job, error.clone());
@@ -42,7 +43,7 @@ impl HandlerCore {
             return Vec::new();
         }
         let batch = self.prepare_entries(batch);
-        tensor.stage_prepared(&batch);
+        exec.after_prepare(&batch);
         batch
     }
 

@@ -4,11 +4,40 @@
 //! Each export owns a reference to the tensor's storage: the memory is freed exactly
 //! once, when the last of the tensor handles and exports is gone. Deleters touch no
 //! Python object, so consumers may call them on any thread, with or without the GIL.
+//!
+//! May call: `tensor`, `crate::dlpack`, `crate::error`.
 
 pub use crate::dlpack::*;
 
 use super::tensor::DeviceTensor;
+use crate::error::Result;
+use pyo3::prelude::*;
 use std::ffi::c_void;
+
+impl DeviceTensor {
+    /// A legacy `DLManagedTensor` sharing this tensor's storage, after waiting for the
+    /// upload (a bare DLManagedTensor cannot tell its consumer which stream to wait on).
+    /// The caller owns it and calls its deleter exactly once, on any thread.
+    pub fn to_dlpack(&self) -> Result<*mut DLManagedTensor> {
+        self.synchronize()?;
+        Ok(to_legacy(self))
+    }
+
+    /// Like [`DeviceTensor::to_dlpack`], versioned (DLPack 1.0).
+    pub fn to_dlpack_versioned(&self) -> Result<*mut DLManagedTensorVersioned> {
+        self.synchronize()?;
+        Ok(to_versioned(self))
+    }
+
+    /// A "dltensor" capsule (legacy DLPack) owning a share of the storage, after waiting
+    /// for the upload. `torch.from_dlpack(capsule)` accepts it.
+    /// PRECONDITION: attached to the interpreter (implied by `py`).
+    pub fn to_capsule<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
+        self.synchronize()?;
+        // SAFETY: a fresh managed tensor owned by us, handed to the capsule.
+        unsafe { legacy_capsule(py, to_legacy(self)) }
+    }
+}
 
 /// The description of `tensor` for an export.
 fn desc_of(tensor: &DeviceTensor) -> ExportDesc<'_> {

@@ -9,6 +9,8 @@
 //! events, device and pinned memory) live here too; each is `Send + Sync` and makes its
 //! device's context current around every call, so it may be used and dropped on any
 //! thread.
+//!
+//! The bottom of `cuda`: may call `crate::error` only.
 
 use crate::error::{Error, ErrorKind, Result};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};

@@ -6,6 +6,11 @@
 //! On a machine without libcuda every entry point returns an error of kind
 //! [`ErrorKind::Cuda`](crate::ErrorKind::Cuda) saying "no CUDA driver found", and
 //! without a GPU "no CUDA device"; nothing here panics or aborts.
+//!
+//! Layout, each file importing only those before it: `driver` (the driver API and its
+//! RAII owners) <- `tensor` (a device tensor; the DLPack ABI structs come from the leaf
+//! `crate::dlpack`) <- `dlpack` (its exports) <- `pyobject` (its Python object) and
+//! `stager` (staged uploads).
 
 pub mod dlpack;
 pub(crate) mod driver;

@@ -3,6 +3,8 @@
 //! and array libraries import it without a copy. Each `__dlpack__` call exports a new
 //! capsule sharing the storage; the consumer's stream is ordered after the upload on
 //! the GPU (an event wait), never by a host or device-wide synchronize.
+//!
+//! May call: `tensor`, `dlpack`, `driver`, `crate::error`.
 
 use super::dlpack::{self, KDL_CPU, KDL_CUDA};
 use super::driver::{CUstream, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD};
@@ -11,6 +13,15 @@ use crate::error::{Error, ErrorKind, Result};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+
+impl DeviceTensor {
+    /// A Python object with `__dlpack__` / `__dlpack_device__` sharing the storage; it
+    /// tells each consumer's stream to wait for the upload (no host wait).
+    /// PRECONDITION: attached to the interpreter (implied by `py`).
+    pub fn to_pyobject<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
+        new_object(py, self.clone())
+    }
+}
 
 /// A tensor in GPU memory made by pyscheduler. Immutable; safe to share between
 /// threads.

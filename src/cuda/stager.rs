@@ -5,6 +5,8 @@
 //! the previous batch executes in Python; the commit phase only wraps the tensor in a
 //! Python object, whose `__dlpack__(stream=...)` makes the consumer's stream wait for
 //! the copy on the GPU. Nothing here synchronizes the device.
+//!
+//! May call: `driver`, `tensor`, `crate::error`, `crate::runtime` (GIL release).
 
 use super::driver::{self, Device, DeviceMemory, Event, PinnedMemory, Stream};
 use super::tensor::{as_bytes, DeviceTensor, Element, Layout, Storage, TensorDesc};

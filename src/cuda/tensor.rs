@@ -1,11 +1,15 @@
 //! A tensor in device memory, made from a host buffer: its description (dtype, shape,
 //! strides, device), its storage (shared by every handle and DLPack export, freed once
 //! with the last of them) and, for staged uploads, the event that marks its data ready.
+//! Its DLPack exports are added by `dlpack`, its Python object by `pyobject`, both above
+//! it.
+//!
+//! May call: `driver`, `crate::dlpack` (the ABI structs), `crate::dtype`, `crate::error`,
+//! `crate::runtime` (GIL release).
 
-use super::dlpack::{self, DLDevice, KDL_CPU, KDL_CUDA};
 use super::driver::{self, CUstream, Device, DeviceMemory, Event, Stream, CU_STREAM_LEGACY};
+use crate::dlpack::{DLDevice, KDL_CPU, KDL_CUDA};
 use crate::error::{Error, Result};
-use pyo3::prelude::*;
 use std::sync::{Arc, OnceLock};
 
 pub(crate) use crate::dtype::as_bytes;
@@ -354,35 +358,5 @@ impl DeviceTensor {
                 Ok(out)
             }
         }
-    }
-
-    /// A legacy `DLManagedTensor` sharing this tensor's storage, after waiting for the
-    /// upload (a bare DLManagedTensor cannot tell its consumer which stream to wait on).
-    /// The caller owns it and calls its deleter exactly once, on any thread.
-    pub fn to_dlpack(&self) -> Result<*mut dlpack::DLManagedTensor> {
-        self.synchronize()?;
-        Ok(dlpack::to_legacy(self))
-    }
-
-    /// Like [`DeviceTensor::to_dlpack`], versioned (DLPack 1.0).
-    pub fn to_dlpack_versioned(&self) -> Result<*mut dlpack::DLManagedTensorVersioned> {
-        self.synchronize()?;
-        Ok(dlpack::to_versioned(self))
-    }
-
-    /// A "dltensor" capsule (legacy DLPack) owning a share of the storage, after waiting
-    /// for the upload. `torch.from_dlpack(capsule)` accepts it.
-    /// PRECONDITION: attached to the interpreter (implied by `py`).
-    pub fn to_capsule<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
-        self.synchronize()?;
-        // SAFETY: a fresh managed tensor owned by us, handed to the capsule.
-        unsafe { dlpack::legacy_capsule(py, dlpack::to_legacy(self)) }
-    }
-
-    /// A Python object with `__dlpack__` / `__dlpack_device__` sharing the storage; it
-    /// tells each consumer's stream to wait for the upload (no host wait).
-    /// PRECONDITION: attached to the interpreter (implied by `py`).
-    pub fn to_pyobject<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
-        super::pyobject::new_object(py, self.clone())
     }
 }

@@ -48,7 +48,7 @@ pub extern "C" fn pysched_future_wait_for(
         if handle(future, "future")?.inner.wait_for(Duration::from_micros(timeout_us)) {
             Ok(())
         } else {
-            Err(Error::new(crate::ErrorKind::TimedOut, "the future did not finish in time"))
+            Err(Error::new(crate::error::ErrorKind::TimedOut, "the future did not finish in time"))
         }
     })
 }

@@ -124,7 +124,7 @@ pub extern "C" fn pysched_manager_worker_threads(manager: *const pysched_manager
 #[no_mangle]
 pub extern "C" fn pysched_manager_adopted(manager: *const pysched_manager) -> bool {
     super::boundary_value(false, || {
-        handle(manager, "manager").is_ok_and(|m| m.inner.start_mode() == crate::StartMode::Adopted)
+        handle(manager, "manager").is_ok_and(|m| m.inner.start_mode() == crate::runtime::StartMode::Adopted)
     })
 }
 

@@ -310,9 +310,10 @@ enum Input {
 }
 
 impl Input {
+    #[inline]
     fn into_job(self, sink: Sink, hooks: Hooks) -> TensorBox {
         match self {
-            Input::Feed(feed) => TensorBox::Heap(Box::new(TensorJob::new(feed, sink, hooks))),
+            Input::Feed(feed) => TensorBox::heap(TensorJob::new(feed, sink, hooks)),
             Input::Copied(copied) => copied.into_job(sink, hooks),
         }
     }

@@ -3,8 +3,10 @@
 //! so does every Python view and DLPack export made of them. The buffers go back to the
 //! pool only when the last holder lets go, so a function that keeps an input alive never
 //! sees it overwritten; the pool then makes a new set for the next batch.
+//!
+//! May call: `spec`, `cuda` (a set's device half, pinned memory, uploads), `crate::error`.
 
-use super::cuda::{DeviceSet, Placement};
+use super::cuda::{DeviceSet, PinnedHost, Placement};
 use super::spec::TensorSpec;
 use crate::error::{Error, Result};
 use crossbeam_utils::CachePadded;
@@ -46,8 +48,7 @@ impl HostBuffer {
     }
 
     /// Memory at `ptr` that `owner` keeps (and frees when dropped).
-    #[allow(dead_code)] // Only CUDA placement pins.
-    pub(crate) fn pinned(ptr: *mut u8, owner: Box<dyn Send + Sync>) -> HostBuffer {
+    fn pinned((ptr, owner): PinnedHost) -> HostBuffer {
         HostBuffer { ptr, owner: Owner::Pinned(owner) }
     }
 
@@ -154,6 +155,7 @@ impl BufferPool {
             }),
             Some(placement) => {
                 let (inputs, device) = placement.alloc_set(&batch_bytes)?;
+                let inputs = inputs.into_iter().map(HostBuffer::pinned).collect();
                 Ok(BatchBuffers { inputs, device: Some(device), records })
             }
         }
@@ -353,6 +355,17 @@ impl Lease {
 
     pub(crate) fn mark_staged(&self, rows: usize) {
         self.staged_rows.store(rows, Release);
+    }
+
+    /// Uploads the first `rows` rows of each input (CUDA placement) and records the
+    /// batch's ready event.
+    pub(crate) fn upload(&self, device: &Placement, rows: usize) -> Result<()> {
+        let host: Vec<(*const u8, usize)> = (0..self.item_bytes.len())
+            .map(|k| (self.input_ptr(k) as *const u8, rows * self.item_bytes[k]))
+            .collect();
+        // SAFETY: input k's region is the pinned buffer `alloc_set` made with this set's
+        // device half, and `rows` is at most the batch size.
+        unsafe { device.upload(self.device_set(), &host) }
     }
 }
 

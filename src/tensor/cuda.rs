@@ -5,8 +5,11 @@
 //! are copied back once per output into pinned staging memory, with one synchronization.
 //! A set is reused only after the copies and every consumer stream seen have passed the
 //! point where the batch was released.
+//!
+//! Below `buffers` (which owns the sets): it sees a set's device half (`DeviceSet`) and
+//! host addresses, never a `Lease`. May call: `crate::cuda::driver`, `crate::dlpack`,
+//! `crate::error`.
 
-use super::buffers::{HostBuffer, Lease};
 use crate::cuda::driver::{
     self, Device, DeviceMemory, Event, PinnedMemory, Stream, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD,
 };
@@ -16,6 +19,9 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
+
+/// A set's pinned host buffer for one input: its address and what frees it.
+pub(crate) type PinnedHost = (*mut u8, Box<dyn Send + Sync>);
 
 /// A handler's device and stream, and its free pinned staging for device outputs.
 pub(crate) struct Placement {
@@ -44,12 +50,12 @@ impl Placement {
     }
 
     /// A new set: pinned host and device memory for each input's batch.
-    pub(crate) fn alloc_set(&self, batch_bytes: &[usize]) -> Result<(Vec<HostBuffer>, DeviceSet)> {
+    pub(crate) fn alloc_set(&self, batch_bytes: &[usize]) -> Result<(Vec<PinnedHost>, DeviceSet)> {
         let mut host = Vec::with_capacity(batch_bytes.len());
         let mut dev = Vec::with_capacity(batch_bytes.len());
         for &bytes in batch_bytes {
             let pinned = PinnedMemory::alloc(self.device, bytes.max(1))?;
-            host.push(HostBuffer::pinned(pinned.ptr, Box::new(pinned)));
+            host.push((pinned.ptr, Box::new(pinned) as Box<dyn Send + Sync>));
             dev.push(DeviceMemory::alloc(&self.stream, bytes.max(1))?);
         }
         let set = DeviceSet {
@@ -63,12 +69,16 @@ impl Placement {
         Ok((host, set))
     }
 
-    /// Uploads the first `rows` rows of each input and records the batch's ready event.
-    pub(crate) fn upload(&self, lease: &Lease, rows: usize) -> Result<()> {
-        let set = lease.device_set().ok_or_else(|| Error::internal("a CUDA batch without device buffers"))?;
-        for (k, mem) in set.inputs.iter().enumerate() {
-            let bytes = rows * lease.item_bytes()[k];
-            let src = lease.input_ptr(k) as *const c_void;
+    /// Uploads the batch's inputs (`host[k]`: input k's pinned host region and the bytes
+    /// to copy) to the set's device memory and records the batch's ready event.
+    ///
+    /// # Safety
+    /// `host[k]` is the pinned host buffer `alloc_set` made with `set`'s input k, and the
+    /// bytes are at most its size.
+    pub(crate) unsafe fn upload(&self, set: Option<&DeviceSet>, host: &[(*const u8, usize)]) -> Result<()> {
+        let set = set.ok_or_else(|| Error::internal("a CUDA batch without device buffers"))?;
+        for (mem, &(src, bytes)) in set.inputs.iter().zip(host) {
+            let src = src as *const c_void;
             self.device.call("cuMemcpyHtoDAsync", |api| {
                 // SAFETY: `src` is pinned memory of at least `bytes` (the set's input k),
                 // `mem` device memory of at least as much; the copy is ordered on our stream
@@ -80,8 +90,8 @@ impl Placement {
         Ok(())
     }
 
-    pub(crate) fn device_ptr(&self, lease: &Lease, k: usize) -> *mut u8 {
-        lease.device_set().map_or(std::ptr::null_mut(), |s| s.inputs[k].ptr as *mut u8)
+    pub(crate) fn device_ptr(&self, set: Option<&DeviceSet>, k: usize) -> *mut u8 {
+        set.map_or(std::ptr::null_mut(), |s| s.inputs[k].ptr as *mut u8)
     }
 
     /// Makes the device's primary context current on this thread until the guard drops.
@@ -185,7 +195,7 @@ fn record_on(device: &'static Device, stream: usize) -> Result<Event> {
 /// specification for CUDA: None = the legacy default stream, 1 = legacy default,
 /// 2 = per-thread default, -1 = no synchronization asked, 0 is disallowed, anything else
 /// is a `cudaStream_t` of this device.
-pub(crate) fn order_consumer(lease: &Lease, stream: Option<i64>) -> PyResult<()> {
+pub(crate) fn order_consumer(set: Option<&DeviceSet>, stream: Option<i64>) -> PyResult<()> {
     let consumer: driver::CUstream = match stream {
         Some(-1) => return Ok(()),
         None | Some(1) => CU_STREAM_LEGACY,
@@ -199,7 +209,7 @@ pub(crate) fn order_consumer(lease: &Lease, stream: Option<i64>) -> PyResult<()>
         Some(s) if s < 0 => return Err(PyValueError::new_err(format!("stream={s} is not a CUDA stream"))),
         Some(s) => s as usize as driver::CUstream,
     };
-    let Some(set) = lease.device_set() else {
+    let Some(set) = set else {
         return Err(PyRuntimeError::new_err("a CUDA batch tensor without device buffers"));
     };
     if let Some(ready) = set.ready.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {

@@ -2,12 +2,16 @@
 //! borrowed until its batch is gathered, or filled in place without the GIL), where its
 //! output rows go, and who hears of its outcome. The batch path (`execute`) writes its
 //! rows; the job's `Drop` is its finalizer and reports the outcome exactly once.
+//!
+//! May call: `buffers` (an item's row), `crate::core` (the `Job` trait, `PlacedJob`),
+//! `crate::error`.
 
 use super::buffers::{Lease, RowHold};
+use crate::core::{Job, JobSlot, PlacedJob};
 use crate::error::{pysched_error, Error, ErrorKind, Result};
-use crate::scheduler::Job;
 use pyo3::prelude::*;
 use std::ffi::{c_int, c_void};
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 /// Up to this many pointers (inputs or outputs) live inside the job, more on the heap.
@@ -182,87 +186,84 @@ impl Hooks {
 
 /// A tensor item's job, owned: on the heap, or in the record of the row its inputs were
 /// copied to (the intake's: nothing is allocated per item). A job in a record holds its
-/// row (`Feed::Placed`), which keeps the record's memory alive.
-pub(crate) enum TensorBox {
-    Heap(Box<TensorJob>),
-    InSet(std::ptr::NonNull<TensorJob>),
-}
-
-// SAFETY: an InSet box owns its record's job exclusively (each row's record is written
-// once, by the producer that reserved the row, and dropped once, by this box), like a Box.
-unsafe impl Send for TensorBox {}
+/// row (`Feed::Placed`), which keeps the record's memory alive. The core keeps it as a
+/// `JobSlot::Placed` (it names no tensor type); only `TensorJob`s are ever placed here.
+pub(crate) struct TensorBox(PlacedJob);
 
 impl TensorBox {
+    /// A job on the heap.
+    #[inline]
+    pub(crate) fn heap(job: TensorJob) -> TensorBox {
+        TensorBox(PlacedJob::boxed(Box::new(job)))
+    }
+
     /// Moves a placed job into its row's record, or onto the heap when the set keeps no
     /// records. PRECONDITION: no other box was made for the job's row.
+    #[inline]
     pub(crate) fn in_set(job: TensorJob) -> TensorBox {
         let record = match &job.feed {
             Feed::Placed(hold) => hold.lease().record_ptr(hold.row()),
             _ => None,
         };
-        match record.and_then(|p| std::ptr::NonNull::new(p.cast::<TensorJob>())) {
+        match record.and_then(|p| NonNull::new(p.cast::<TensorJob>())) {
             Some(record) => {
                 // SAFETY: the row's record is this job's (the precondition): uninitialized
                 // memory of TensorJob's layout inside the set, which the job's own hold
                 // keeps alive.
                 unsafe { record.as_ptr().write(job) };
-                TensorBox::InSet(record)
+                // SAFETY: an InSet box owns its record's job exclusively (each row's record
+                // is written once, by the producer that reserved the row, and dropped once,
+                // by this box), like a Box. Dropping it moves the job out of the record
+                // first (`PlacedJob::in_place`): dropping the job drops its row's hold,
+                // which may let the set (and the record) go.
+                TensorBox(unsafe { PlacedJob::in_place(record) })
             }
-            None => TensorBox::Heap(Box::new(job)),
+            None => TensorBox::heap(job),
         }
+    }
+
+    /// The slot the core keeps the job in.
+    #[inline]
+    pub(crate) fn into_slot(self) -> JobSlot {
+        JobSlot::Placed(self.0)
+    }
+
+    /// A tensor handler's job back from its core.
+    ///
+    /// # Safety
+    /// `job` was made by a `TensorBox` (`into_slot`): a tensor handler's core holds no
+    /// other placed job, since only `TensorHandler::submit` queues on it.
+    #[inline]
+    pub(crate) unsafe fn from_placed(job: PlacedJob) -> TensorBox {
+        TensorBox(job)
+    }
+
+    /// The job of a placed slot of a tensor handler's core, in place.
+    ///
+    /// # Safety
+    /// As `from_placed`; the caller owns the item (JobCell's protocol).
+    #[inline]
+    pub(crate) unsafe fn job_of(job: &mut PlacedJob) -> &mut TensorJob {
+        // SAFETY: the caller's promise: a live TensorJob owned by this slot.
+        unsafe { job.as_ptr().cast::<TensorJob>().as_mut() }
     }
 }
 
 impl std::ops::Deref for TensorBox {
     type Target = TensorJob;
+    #[inline]
     fn deref(&self) -> &TensorJob {
-        match self {
-            TensorBox::Heap(job) => job,
-            // SAFETY: the record holds this box's job (written in `in_set`) until drop.
-            TensorBox::InSet(job) => unsafe { job.as_ref() },
-        }
+        // SAFETY: a TensorBox's placed job is a TensorJob (`heap`, `in_set`), live until
+        // the box drops.
+        unsafe { self.0.as_ptr().cast::<TensorJob>().as_ref() }
     }
 }
 
 impl std::ops::DerefMut for TensorBox {
+    #[inline]
     fn deref_mut(&mut self) -> &mut TensorJob {
-        match self {
-            TensorBox::Heap(job) => job,
-            // SAFETY: as in deref; the box is its only owner.
-            TensorBox::InSet(job) => unsafe { job.as_mut() },
-        }
-    }
-}
-
-impl Drop for TensorBox {
-    fn drop(&mut self) {
-        if let TensorBox::InSet(job) = self {
-            // SAFETY: the record holds this box's job, moved out exactly once (here). Out
-            // of the record first: dropping the job drops its row's hold, which may let
-            // the set (and the record) go.
-            drop(unsafe { job.as_ptr().read() });
-        }
-    }
-}
-
-impl Job for TensorBox {
-    fn needs_prepare(&self) -> bool {
-        (**self).needs_prepare()
-    }
-    fn prepare(&mut self) -> Result<()> {
-        (**self).prepare()
-    }
-    fn starts_group(&self) -> bool {
-        (**self).starts_group()
-    }
-    fn commit(&mut self, py: Python<'_>) -> Result<Py<PyAny>> {
-        (**self).commit(py)
-    }
-    fn complete(&mut self, py: Python<'_>, result: &Bound<'_, PyAny>) -> Result<()> {
-        (**self).complete(py, result)
-    }
-    fn fail(&mut self, error: &Error) {
-        (**self).fail(error)
+        // SAFETY: as in deref; the box is its only owner.
+        unsafe { self.0.as_ptr().cast::<TensorJob>().as_mut() }
     }
 }
 
@@ -289,11 +290,13 @@ pub struct TensorJob {
 }
 
 impl TensorJob {
+    #[inline]
     pub(crate) fn new(feed: Feed, sink: Sink, hooks: Hooks) -> TensorJob {
         TensorJob { feed, sink, hooks, slot: None, stage: Stage::Queued }
     }
 
     /// A placed item's job: its inputs are in its held row already.
+    #[inline]
     pub(crate) fn placed(sink: Sink, hooks: Hooks, hold: RowHold) -> TensorJob {
         TensorJob { feed: Feed::Placed(hold), sink, hooks, slot: None, stage: Stage::Queued }
     }

@@ -1,12 +1,15 @@
 //! CUDA placement in a build without the `cuda` feature: loading a CUDA tensor handler
-//! fails with a clear error; nothing else here is ever reached.
+//! fails with a clear error; nothing else here is ever reached. The same items as
+//! `cuda.rs`, below `buffers` like it. May call: `crate::dlpack`, `crate::error`.
 
-use super::buffers::{HostBuffer, Lease};
 use crate::dlpack::DLDevice;
 use crate::error::{Error, ErrorKind, Result};
 use pyo3::prelude::*;
 use std::ffi::c_void;
 use std::sync::Arc;
+
+/// A set's pinned host buffer for one input (never made here).
+pub(crate) type PinnedHost = (*mut u8, Box<dyn Send + Sync>);
 
 pub(crate) enum Placement {}
 pub(crate) enum DeviceSet {}
@@ -18,13 +21,15 @@ impl Placement {
             "this build of pyscheduler has no CUDA support (feature `cuda`)",
         ))
     }
-    pub(crate) fn alloc_set(&self, _batch_bytes: &[usize]) -> Result<(Vec<HostBuffer>, DeviceSet)> {
+    pub(crate) fn alloc_set(&self, _batch_bytes: &[usize]) -> Result<(Vec<PinnedHost>, DeviceSet)> {
         match *self {}
     }
-    pub(crate) fn upload(&self, _lease: &Lease, _rows: usize) -> Result<()> {
+    /// # Safety
+    /// As the `cuda` feature's (never reached here).
+    pub(crate) unsafe fn upload(&self, _set: Option<&DeviceSet>, _host: &[(*const u8, usize)]) -> Result<()> {
         match *self {}
     }
-    pub(crate) fn device_ptr(&self, _lease: &Lease, _k: usize) -> *mut u8 {
+    pub(crate) fn device_ptr(&self, _set: Option<&DeviceSet>, _k: usize) -> *mut u8 {
         match *self {}
     }
     pub(crate) fn enter(&self) -> Result<()> {
@@ -54,6 +59,6 @@ impl DeviceSet {
     }
 }
 
-pub(crate) fn order_consumer(_lease: &Lease, _stream: Option<i64>) -> PyResult<()> {
+pub(crate) fn order_consumer(_set: Option<&DeviceSet>, _stream: Option<i64>) -> PyResult<()> {
     Ok(())
 }

@@ -3,6 +3,9 @@
 //! (`np.asarray` through the buffer protocol, `np.from_dlpack`), and so does torch
 //! (`torch.from_dlpack`). Every view and every DLPack export holds the batch's lease: the
 //! buffers go back to the pool only when Python has released all of them.
+//!
+//! May call: `buffers` (the lease), `cuda` (a consumer stream's ordering),
+//! `crate::dlpack`, `crate::dtype`.
 
 use super::buffers::Lease;
 use crate::dlpack::{self, DLDevice, KDL_CPU};
@@ -116,7 +119,7 @@ impl BatchTensor {
     ) -> PyResult<Bound<'py, PyAny>> {
         dlpack::check_export_request("the batch tensor", self.device_tuple(), dl_device, copy)?;
         if !self.is_host() {
-            super::cuda::order_consumer(&self.lease, stream)?;
+            super::cuda::order_consumer(self.lease.device_set(), stream)?;
         }
         let capsule = if max_version.is_some_and(|(major, _)| major >= 1) {
             // SAFETY: a fresh export owned by us, handed to the capsule.
