@@ -10,6 +10,9 @@
 //! ```text
 //! clock  options  completion  job  raw       leaves
 //! item                                        an item's states, its completion slot
+//! pipeline                                    the sequencing state under the one mutex
+//!                                             and every decision on it (plain data,
+//!                                             tested without threads)
 //! handler (the shared state, the one mutex)   with admission, formation, driver,
 //!                                             prepare, batch, execute, accounting, drain
 //! timer  pool                                 the threads that run handlers
@@ -33,6 +36,7 @@ pub(crate) mod handler;
 pub(crate) mod item;
 pub(crate) mod job;
 pub(crate) mod options;
+mod pipeline;
 pub(crate) mod pool;
 mod prepare;
 pub(crate) mod raw;
