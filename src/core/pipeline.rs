@@ -254,3 +254,333 @@ impl Pipeline {
         self.batches_in_flight -= 1;
     }
 }
+
+/// The decisions, driven step by step as the runners drive them, on a fake queue: no
+/// threads, no Python, no clock (time is a field).
+///
+/// Mutations of the decisions above that were tried (each reverted), and the tests that
+/// failed under them:
+/// - `queued() >= batch_size` -> `>`: `a_batch_forms_at_batch_size`
+/// - `now() >= due` -> `>`: `a_partial_batch_waits_for_the_delay_and_forms_when_due`,
+///   `a_replica_waits_for_the_batch_delay`
+/// - `self.draining ||` removed: `draining_forms_partial_batches_at_once`
+/// - `delay.is_zero() ||` removed: `without_a_delay_a_partial_batch_forms_at_once` (the
+///   clock is read)
+/// - `ahead() < prefetch_depth` -> `<=`: `prefetch_depth_limits_batches_claimed_ahead`
+/// - the `!run_now && !oldest.needs_prepare` check removed:
+///   `only_batches_that_need_preparation_are_claimed_ahead`,
+///   `execution_slots_limit_batches_executing_at_once`
+/// - `staged.contains_key(next_exec_seq)` -> `!staged.is_empty()`, `start_staged` taking
+///   the first staged batch: `staged_batches_execute_in_claim_order`
+/// - `&& batches_in_flight == executing` removed from `run_now`:
+///   `a_batch_does_not_execute_ahead_of_one_claimed_earlier`,
+///   `prefetch_depth_limits_batches_claimed_ahead`
+/// - `executing < concurrency` -> `<=`: `execution_slots_limit_batches_executing_at_once`
+///   and three more
+/// - claim sequence numbers off by one: `staged_batches_execute_in_claim_order` and three
+///   more
+/// - `batches_in_flight < replicas` -> `<=`: `replicas_limit_batches_in_flight`,
+///   `close_with_an_empty_queue_ends_the_run`
+/// - `closed() && queued() == 0` -> `||`: `close_with_an_empty_queue_ends_the_run`
+/// - an empty queue read as `Formation::Due`: `an_empty_queue_gives_no_work`,
+///   `close_with_an_empty_queue_ends_the_run`
+/// - `next_step` claiming from an empty queue: `an_empty_queue_gives_no_work` and two more
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    const DELAY: Duration = Duration::from_millis(10);
+
+    /// A queue whose items were all queued at `enqueued`; each says whether it needs
+    /// preparation.
+    struct FakeQueue {
+        items: VecDeque<bool>,
+        enqueued: Instant,
+        now: Instant,
+        closed: bool,
+        /// How often a decision read the clock.
+        clock_reads: Cell<usize>,
+    }
+
+    impl FakeQueue {
+        fn new(items: &[bool]) -> Self {
+            let t0 = Instant::now();
+            FakeQueue {
+                items: items.iter().copied().collect(),
+                enqueued: t0,
+                now: t0,
+                closed: false,
+                clock_reads: Cell::new(0),
+            }
+        }
+
+        fn plain(n: usize) -> Self {
+            Self::new(&vec![false; n])
+        }
+
+        fn needing_prepare(n: usize) -> Self {
+            Self::new(&vec![true; n])
+        }
+
+        /// Takes up to `n` items; whether one of them needs preparation.
+        fn take(&mut self, n: usize) -> bool {
+            let n = n.min(self.items.len());
+            self.items.drain(..n).fold(false, |any, needs| any | needs)
+        }
+    }
+
+    impl QueueView for FakeQueue {
+        fn oldest(&self, _front: &mut Option<Entry>) -> Option<Oldest> {
+            let needs_prepare = *self.items.front()?;
+            Some(Oldest { enqueued: self.enqueued, needs_prepare })
+        }
+        fn queued(&self) -> usize {
+            self.items.len()
+        }
+        fn now(&self) -> Instant {
+            self.clock_reads.set(self.clock_reads.get() + 1);
+            self.now
+        }
+        fn closed(&self) -> bool {
+            self.closed
+        }
+    }
+
+    /// What a pool runner did (`next_action_locked`, with its batches' items taken from
+    /// the fake queue).
+    #[derive(Debug, PartialEq, Eq)]
+    enum Did {
+        /// Started executing the batch of this sequence number.
+        Execute(u64),
+        /// Took a batch ahead, to prepare it.
+        Prepare(u64),
+        /// Took a batch ahead and staged it.
+        Stage(u64),
+        Idle(Option<Instant>),
+    }
+
+    fn act(pipe: &mut Pipeline, opts: &HandlerOptions, queue: &mut FakeQueue) -> Did {
+        match pipe.next_step(opts, queue) {
+            Step::Idle { delay_until } => Did::Idle(delay_until),
+            Step::ExecuteStaged => {
+                let seq = pipe.next_exec_seq;
+                pipe.start_staged();
+                Did::Execute(seq)
+            }
+            Step::Claim { run_now } => {
+                assert!(queue.queued() > 0, "claimed from an empty queue");
+                let needs_prepare = queue.take(opts.batch_size);
+                let seq = pipe.next_claim_seq;
+                match pipe.claimed(run_now, needs_prepare) {
+                    Route::Prepare(seq) => Did::Prepare(seq),
+                    Route::Execute => Did::Execute(seq),
+                    Route::Stage(seq) => {
+                        pipe.stage(seq, Vec::new());
+                        Did::Stage(seq)
+                    }
+                }
+            }
+        }
+    }
+
+    fn options(batch_size: usize, delay: Duration) -> HandlerOptions {
+        HandlerOptions { batch_size, max_batch_delay: delay, ..Default::default() }
+    }
+
+    #[test]
+    fn a_batch_forms_at_batch_size() {
+        let opts = options(4, DELAY);
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::plain(3);
+        let due = queue.enqueued + DELAY;
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(Some(due)));
+        assert_eq!(queue.queued(), 3, "nothing taken while the batch is partial");
+        queue.items.push_back(false);
+        queue.clock_reads.set(0);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(0));
+        assert_eq!(queue.queued(), 0);
+        assert_eq!(queue.clock_reads.get(), 0, "a full batch needs no clock");
+    }
+
+    #[test]
+    fn a_partial_batch_waits_for_the_delay_and_forms_when_due() {
+        let opts = options(4, DELAY);
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::plain(2);
+        let due = queue.enqueued + DELAY;
+        queue.now = due - Duration::from_nanos(1);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(Some(due)));
+        queue.now = due;
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(0));
+        assert_eq!(queue.queued(), 0, "the partial batch took both items");
+    }
+
+    #[test]
+    fn draining_forms_partial_batches_at_once() {
+        let opts = options(4, DELAY);
+        let mut pipe = Pipeline { draining: true, ..Default::default() };
+        let mut queue = FakeQueue::plain(1);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(0));
+    }
+
+    #[test]
+    fn without_a_delay_a_partial_batch_forms_at_once() {
+        let opts = options(4, Duration::ZERO);
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::plain(1);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(0));
+        assert_eq!(queue.clock_reads.get(), 0, "no delay: the clock is not read");
+    }
+
+    #[test]
+    fn an_empty_queue_gives_no_work() {
+        let opts = options(4, DELAY);
+        let mut pipe = Pipeline { draining: true, ..Default::default() };
+        let mut queue = FakeQueue::plain(0);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None));
+        assert_eq!(pipe.formation(&opts, &queue), Formation::Empty);
+    }
+
+    #[test]
+    fn prefetch_depth_limits_batches_claimed_ahead() {
+        let opts = HandlerOptions { prefetch_depth: 2, ..options(1, Duration::ZERO) };
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::needing_prepare(5);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Prepare(0));
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Prepare(1));
+        assert_eq!(pipe.ahead(), 2);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None), "a third batch ahead");
+        assert_eq!(queue.queued(), 3);
+        pipe.stage(0, Vec::new());
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(0));
+        // Executing 0, batch 1 still being prepared: room for one more ahead.
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Prepare(2));
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None));
+        assert_eq!(queue.queued(), 2);
+    }
+
+    #[test]
+    fn only_batches_that_need_preparation_are_claimed_ahead() {
+        let opts = HandlerOptions { prefetch_depth: 4, ..options(1, Duration::ZERO) };
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::plain(2);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(0));
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None));
+        pipe.executed();
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(1));
+    }
+
+    #[test]
+    fn staged_batches_execute_in_claim_order() {
+        let opts = HandlerOptions { prefetch_depth: 3, ..options(1, Duration::ZERO) };
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::needing_prepare(3);
+        for seq in 0..3 {
+            assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Prepare(seq));
+        }
+        // The later batches are prepared first: they wait for batch 0.
+        pipe.stage(2, Vec::new());
+        pipe.stage(1, Vec::new());
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None));
+        pipe.stage(0, Vec::new());
+        for seq in 0..3 {
+            assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(seq));
+            assert_eq!(pipe.staged.keys().copied().collect::<Vec<_>>(), (seq + 1..3).collect::<Vec<_>>());
+            // One execution slot: the next waits until this one is done.
+            assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None));
+            pipe.executed();
+        }
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None));
+        assert_eq!((pipe.batches_in_flight, pipe.executing), (0, 0));
+    }
+
+    #[test]
+    fn a_batch_does_not_execute_ahead_of_one_claimed_earlier() {
+        let opts = HandlerOptions { concurrency: 2, ..options(1, Duration::ZERO) };
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::new(&[true, false]);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Prepare(0));
+        // A slot is free, but batch 0 is still being prepared.
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None));
+        pipe.stage(0, Vec::new());
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(0));
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(1));
+    }
+
+    #[test]
+    fn a_batch_claimed_ahead_that_needs_no_preparation_is_staged() {
+        let opts = HandlerOptions { prefetch_depth: 2, ..options(1, Duration::ZERO) };
+        let mut pipe = Pipeline::default();
+        assert_eq!(pipe.claimed(true, false), Route::Execute);
+        // Claimed ahead while 0 executes (its items that needed preparation expired).
+        assert_eq!(pipe.claimed(false, false), Route::Stage(1));
+        pipe.stage(1, Vec::new());
+        let mut queue = FakeQueue::plain(0);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None));
+        pipe.executed();
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(1));
+    }
+
+    #[test]
+    fn execution_slots_limit_batches_executing_at_once() {
+        let opts = HandlerOptions { concurrency: 2, ..options(1, Duration::ZERO) };
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::plain(3);
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(0));
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(1));
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Idle(None), "a third slot");
+        pipe.executed();
+        assert_eq!(act(&mut pipe, &opts, &mut queue), Did::Execute(2));
+    }
+
+    #[test]
+    fn replicas_limit_batches_in_flight() {
+        let opts = options(1, Duration::ZERO);
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::plain(3);
+        for _ in 0..2 {
+            assert_eq!(pipe.replica_step(2, &opts, &queue), ReplicaStep::Claim);
+            queue.take(1);
+            pipe.replica_claimed();
+        }
+        let idle = ReplicaStep::Idle { delay_until: None, ended: false };
+        assert_eq!(pipe.replica_step(2, &opts, &queue), idle);
+        pipe.replica_finished();
+        assert_eq!(pipe.replica_step(2, &opts, &queue), ReplicaStep::Claim);
+    }
+
+    #[test]
+    fn a_replica_waits_for_the_batch_delay() {
+        let opts = options(4, DELAY);
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::plain(1);
+        let due = queue.enqueued + DELAY;
+        assert_eq!(
+            pipe.replica_step(1, &opts, &queue),
+            ReplicaStep::Idle { delay_until: Some(due), ended: false }
+        );
+        queue.now = due;
+        assert_eq!(pipe.replica_step(1, &opts, &queue), ReplicaStep::Claim);
+    }
+
+    #[test]
+    fn close_with_an_empty_queue_ends_the_run() {
+        let opts = options(1, Duration::ZERO);
+        let mut pipe = Pipeline::default();
+        let mut queue = FakeQueue::plain(0);
+        let waits = ReplicaStep::Idle { delay_until: None, ended: false };
+        assert_eq!(pipe.replica_step(1, &opts, &queue), waits, "open and empty: wait");
+        queue.closed = true;
+        queue.items.push_back(false);
+        pipe.replica_claimed();
+        assert_eq!(pipe.replica_step(1, &opts, &queue), waits, "closed, items left: wait for a slot");
+        pipe.replica_finished();
+        assert_eq!(pipe.replica_step(1, &opts, &queue), ReplicaStep::Claim, "closed, items left: take them");
+        queue.take(1);
+        let ends = ReplicaStep::Idle { delay_until: None, ended: true };
+        assert_eq!(pipe.replica_step(1, &opts, &queue), ends);
+    }
+}
