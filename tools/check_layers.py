@@ -58,7 +58,7 @@ DIR_LAYERS = {
     "core": [
         ["clock", "options", "completion", "job", "raw"],
         ["item"],
-        ["batch_exec"],
+        ["batch_exec", "pipeline"],
         ["handler"],
         ["timer", "pool"],
         ["admission", "formation", "driver", "prepare", "batch", "execute", "accounting", "drain"],

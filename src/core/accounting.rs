@@ -5,9 +5,10 @@
 //!
 //! May call: `item`, `job`, `crate::stats`.
 
-use super::handler::{HandlerCore, Pipeline};
+use super::handler::HandlerCore;
 use super::item::Entry;
 use super::job::{fail_job, JobSlot};
+use super::pipeline::Pipeline;
 use crate::error::{Error, ErrorKind};
 use crate::stats::HandlerStats;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};

@@ -8,12 +8,14 @@
 //! `idle_replicas`); a runner going idle clears `scheduled` (or counts itself idle),
 //! fences, then looks at the queue once more. One of the two always sees the other.
 //!
-//! May call: `formation`, `prepare`, `execute`, `accounting`, `pool`.
+//! May call: `pipeline` (its decisions), `formation`, `prepare`, `execute`, `accounting`,
+//! `pool`.
 
 use super::clock;
 use super::formation::Action;
 use super::handler::HandlerCore;
 use super::item::Entry;
+use super::pipeline::ReplicaStep;
 use super::timer::TimerTarget;
 use std::sync::atomic::{
     fence, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
@@ -105,9 +107,7 @@ impl HandlerCore {
                 }
                 Action::Prepare(seq, batch) => {
                     // Let another worker take the next batch (or execute) meanwhile.
-                    if self.ahead(&pipe) < self.options.prefetch_depth
-                        && self.work_available_locked(&mut pipe)
-                    {
+                    if pipe.room_ahead(self.options.prefetch_depth) && self.work_available_locked(&mut pipe) {
                         if let Some(me) = self.weak_self.upgrade() {
                             self.pool.submit(me, false);
                         }
@@ -115,7 +115,7 @@ impl HandlerCore {
                     drop(pipe);
                     let batch = self.prepare_batch(batch);
                     pipe = self.lock();
-                    pipe.staged.insert(seq, batch);
+                    pipe.stage(seq, batch);
                     if !primary
                         && !self.flow.scheduled.load(SeqCst)
                         && !self.flow.scheduled.swap(true, SeqCst)
@@ -136,8 +136,7 @@ impl HandlerCore {
                     let n = batch.len();
                     let completed = self.execute_batch(batch);
                     pipe = self.lock();
-                    pipe.executing -= 1;
-                    pipe.batches_in_flight -= 1;
+                    pipe.executed();
                     let slow_finalizers = completed.len() >= FINALIZERS_WORTH_A_HELPER
                         && self.finalize_ns_per_item.load(Relaxed) >= SLOW_FINALIZER_NS;
                     if slow_finalizers && self.work_available_locked(&mut pipe) {
@@ -176,28 +175,33 @@ impl HandlerCore {
 /// `finish_batch`.
 impl HandlerCore {
     /// Blocks (call it with no GIL held) until a batch is available, or returns None once
-    /// the handler is closed and nothing is left.
-    /// A replica's slots are the replicas: a batch may be taken while fewer batches than
-    /// replicas are in flight (formation's `next_step` is the pool's version).
+    /// the handler is closed and nothing is left (`Pipeline::replica_step` decides).
     pub(crate) fn next_batch(&self) -> Option<Vec<Entry>> {
         let mut expired = Vec::new();
         let mut pipe = self.lock();
         loop {
-            if pipe.batches_in_flight < self.replicas && self.claimable_locked(&mut pipe) {
-                let batch = self.claim_locked(&mut pipe, &mut expired);
-                pipe = self.fail_expired(pipe, &mut expired);
-                if batch.is_empty() {
-                    continue;
+            match pipe.replica_step(self.replicas, &self.options, self) {
+                ReplicaStep::Claim => {
+                    let batch = self.claim_locked(&mut pipe, &mut expired);
+                    pipe = self.fail_expired(pipe, &mut expired);
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    pipe.replica_claimed();
+                    drop(pipe);
+                    // Another replica may take the next batch meanwhile.
+                    self.kick();
+                    return Some(self.prepare_serial(batch));
                 }
-                pipe.batches_in_flight += 1;
-                drop(pipe);
-                // Another replica may take the next batch meanwhile.
-                self.kick();
-                return Some(self.prepare_serial(batch));
-            }
-            if self.flow.closed.load(Acquire) && self.flow.queued() == 0 {
-                self.replica_wake.notify_all();
-                return None;
+                ReplicaStep::Idle { delay_until, ended } => {
+                    if let Some(due) = delay_until {
+                        self.arm_delay_timer(due);
+                    }
+                    if ended {
+                        self.replica_wake.notify_all();
+                        return None;
+                    }
+                }
             }
             // Announce the wait, then look once more (pairs with the fence in `kick`).
             self.idle_replicas.fetch_add(1, SeqCst);
@@ -211,7 +215,7 @@ impl HandlerCore {
 
     /// Reports a batch whose items have all been resolved.
     pub(crate) fn finish_batch(&self, items: usize) {
-        self.lock().batches_in_flight -= 1;
+        self.lock().replica_finished();
         self.finish_items(items);
         self.kick();
     }

@@ -1,12 +1,15 @@
-//! Batch formation: the queue's front, whether a batch may be taken now (size, batch
-//! delay, drain, prefetch and execution slots), and taking one (dropping cancelled items
-//! and collecting expired ones). Called with the pipeline lock held.
+//! Batch formation: the queue's front, acting on the pipeline's decisions (`pipeline`
+//! decides; this file gives it the queue's facts, arms the batch-delay timer it asks for
+//! and takes the batches), and taking a batch (dropping cancelled items and collecting
+//! expired ones). Called with the pipeline lock held.
 //!
-//! May call: `item`, `clock`, `admission` (`arm_delay_timer`), `accounting` (`dequeued`).
+//! May call: `item`, `clock`, `pipeline`, `admission` (`arm_delay_timer`), `accounting`
+//! (`dequeued`).
 
 use super::clock;
-use super::handler::{HandlerCore, Pipeline};
+use super::handler::HandlerCore;
 use super::item::{Entry, Item, QUEUED};
+use super::pipeline::{Oldest, Pipeline, QueueView, Route, Step};
 use crate::error::ErrorKind;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::{Arc, MutexGuard};
@@ -19,30 +22,44 @@ pub(super) enum Action {
     Idle,
 }
 
-/// What the pipeline allows now (see `next_step`).
-enum Next {
-    /// The next batch in order is staged, and an execution slot is free.
-    ExecuteStaged,
-    /// A batch may be taken now; `run_now`: it can execute at once (else it is taken
-    /// ahead, to be prepared).
-    Claim {
-        run_now: bool,
-    },
-    Nothing,
+/// The queue as the pipeline's decisions see it.
+impl QueueView for HandlerCore {
+    #[inline]
+    fn oldest(&self, front: &mut Option<Entry>) -> Option<Oldest> {
+        let entry = self.front(front)?;
+        Some(Oldest { enqueued: clock::instant(entry.enqueued_ns()), needs_prepare: entry.needs_prepare() })
+    }
+
+    #[inline]
+    fn queued(&self) -> usize {
+        self.flow.queued()
+    }
+
+    #[inline]
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    #[inline]
+    fn closed(&self) -> bool {
+        self.flow.closed.load(Acquire)
+    }
 }
 
 impl HandlerCore {
-    /// The oldest still-queued entry, after dropping finished ones.
-    pub(super) fn front<'p>(&self, pipe: &'p mut Pipeline) -> Option<&'p Entry> {
+    /// The oldest still-queued entry, after dropping finished ones; `front` is
+    /// `Pipeline::front`.
+    #[inline]
+    pub(super) fn front<'p>(&self, front: &'p mut Option<Entry>) -> Option<&'p Entry> {
         loop {
-            match &pipe.front {
+            match &*front {
                 Some(entry) if entry.is_queued() => break,
                 // Cancelled or expired: its canceller did the rest.
-                Some(_) => pipe.front = None,
-                None => pipe.front = Some(self.incoming.pop()?),
+                Some(_) => *front = None,
+                None => *front = Some(self.incoming.pop()?),
             }
         }
-        pipe.front.as_ref()
+        front.as_ref()
     }
 
     /// The next entry in arrival order (queued or not).
@@ -50,89 +67,44 @@ impl HandlerCore {
         pipe.front.take().or_else(|| self.incoming.pop())
     }
 
-    /// Whether a batch may be taken now; arms the delay timer when only the batch delay
-    /// holds it back.
-    pub(super) fn claimable_locked(&self, pipe: &mut Pipeline) -> bool {
-        let delay = self.options.max_batch_delay;
-        let Some(oldest) = self.front(pipe).map(|f| clock::instant(f.enqueued_ns())) else {
-            return false;
-        };
-        if delay.is_zero() || pipe.draining || self.flow.queued() >= self.options.batch_size {
-            return true;
+    /// The pipeline's next step for a pool runner (`Pipeline::next_step`), with the
+    /// batch-delay timer armed when only the delay holds a batch back. Changes nothing
+    /// else but the front (finished entries dropped).
+    #[inline(always)]
+    fn next_step(&self, pipe: &mut Pipeline) -> Step {
+        let step = pipe.next_step(&self.options, self);
+        if let Step::Idle { delay_until: Some(due) } = step {
+            self.arm_delay_timer(due);
         }
-        let due = oldest + delay;
-        if Instant::now() >= due {
-            return true;
-        }
-        self.arm_delay_timer(due);
-        false
-    }
-
-    /// What a runner could do next: the one answer to "is there work", which
-    /// `next_action_locked` acts on and `work_available_locked` only asks. Changes
-    /// nothing but the front (finished entries dropped) and the delay timer (armed when
-    /// only the batch delay holds a batch back).
-    fn next_step(&self, pipe: &mut Pipeline) -> Next {
-        let slot_free = pipe.executing < self.options.concurrency;
-        if slot_free && pipe.staged.contains_key(&pipe.next_exec_seq) {
-            return Next::ExecuteStaged;
-        }
-        // No batch taken earlier is still ahead of one taken now.
-        let run_now = slot_free && pipe.batches_in_flight == pipe.executing;
-        // Taking a batch ahead of execution pays only for items that need preparation
-        // (a GIL-path batch taken early only makes batches smaller).
-        let prefetch = !run_now
-            && self.ahead(pipe) < self.options.prefetch_depth
-            && self.front(pipe).is_some_and(Entry::needs_prepare);
-        if (run_now || prefetch) && self.claimable_locked(pipe) {
-            Next::Claim { run_now }
-        } else {
-            Next::Nothing
-        }
+        step
     }
 
     /// Whether a runner could make progress now (used to decide whether to keep, hand
     /// back or add a run). Called with the pipeline lock held.
+    #[inline(always)]
     pub(super) fn work_available_locked(&self, pipe: &mut Pipeline) -> bool {
-        !matches!(self.next_step(pipe), Next::Nothing)
-    }
-
-    /// Batches taken ahead of execution (being prepared or staged).
-    pub(super) fn ahead(&self, pipe: &Pipeline) -> usize {
-        pipe.batches_in_flight - pipe.executing
+        !matches!(self.next_step(pipe), Step::Idle { .. })
     }
 
     /// Takes the next step for a runner. Called with the pipeline lock held. Batches
     /// start executing in the order they were taken.
     pub(super) fn next_action_locked(&self, pipe: &mut Pipeline, expired: &mut Vec<Arc<Item>>) -> Action {
         let run_now = match self.next_step(pipe) {
-            Next::Nothing => return Action::Idle,
-            Next::ExecuteStaged => {
-                let batch = pipe.staged.remove(&pipe.next_exec_seq).expect("next_step saw it staged");
-                pipe.executing += 1;
-                pipe.next_exec_seq += 1;
-                return Action::Execute(batch);
-            }
-            Next::Claim { run_now } => run_now,
+            Step::Idle { .. } => return Action::Idle,
+            Step::ExecuteStaged => return Action::Execute(pipe.start_staged()),
+            Step::Claim { run_now } => run_now,
         };
         let batch = self.claim_locked(pipe, expired);
         if batch.is_empty() {
             return Action::Idle;
         }
-        let seq = pipe.next_claim_seq;
-        pipe.next_claim_seq += 1;
-        pipe.batches_in_flight += 1;
-        if batch.iter().any(Entry::needs_prepare) {
-            Action::Prepare(seq, batch)
-        } else if run_now {
-            debug_assert_eq!(seq, pipe.next_exec_seq);
-            pipe.executing += 1;
-            pipe.next_exec_seq += 1;
-            Action::Execute(batch)
-        } else {
-            // Its items expired or were cancelled, except some that need no preparation.
-            pipe.staged.insert(seq, batch);
-            Action::Idle
+        match pipe.claimed(run_now, batch.iter().any(Entry::needs_prepare)) {
+            Route::Prepare(seq) => Action::Prepare(seq, batch),
+            Route::Execute => Action::Execute(batch),
+            Route::Stage(seq) => {
+                pipe.stage(seq, batch);
+                Action::Idle
+            }
         }
     }
 

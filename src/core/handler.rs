@@ -1,49 +1,25 @@
 //! [`HandlerCore`]: a bound Python callable with its queue, and the state its parts share.
 //! The lock-free part (the `incoming` queue and the `Flow` counters producers touch) sits
-//! beside the one mutex, which guards the locked part, [`Pipeline`] (plain sequencing
-//! data). Its behaviour is split by concern: `admission` (producers), `formation`
-//! (taking batches), `driver` (who runs them, and the wake-up protocol), `prepare`,
-//! `execute`, `accounting`, `drain`.
+//! beside the one mutex, which guards the locked part, [`Pipeline`] (`pipeline`: plain
+//! sequencing data and the decisions made on it). Its behaviour is split by concern:
+//! `admission` (producers), `formation` (taking batches), `driver` (who runs them, and
+//! the wake-up protocol), `prepare`, `execute`, `accounting`, `drain`.
 //!
-//! May call: `options`, `item`, `job`, `batch_exec`, `clock`, `pool` (its `Arc`),
+//! May call: `options`, `item`, `job`, `batch_exec`, `clock`, `pipeline`, `pool` (its
+//! `Arc`),
 //! `crate::stats`.
 
 use super::batch_exec::BatchExec;
 use super::clock;
 use super::item::Entry;
 use super::options::HandlerOptions;
+use super::pipeline::Pipeline;
 use super::pool::Pool;
 use crate::stats::{Counters, Emas, Histograms};
 use crossbeam_utils::CachePadded;
 use pyo3::prelude::*;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-
-/// The batch pipeline of a handler; guarded by `HandlerCore::pipe`, which only the
-/// threads running the handler (and slow paths: drain, a full bounded queue) take.
-/// Producers never take it: they push to `HandlerCore::incoming`.
-#[derive(Default)]
-pub(super) struct Pipeline {
-    /// The oldest entry of `incoming`, taken out to look at it (its age decides the batch
-    /// delay); entries no longer queued (cancelled, expired) are dropped on the way.
-    pub(super) front: Option<Entry>,
-    pub(super) next_claim_seq: u64,
-    pub(super) next_exec_seq: u64,
-    /// Prepared batches waiting for their turn, by sequence number.
-    pub(super) staged: BTreeMap<u64, Vec<Entry>>,
-    /// Batches taken and not yet executed (or, with replicas, not yet finished).
-    pub(super) batches_in_flight: usize,
-    /// Batches being executed (at most `concurrency`).
-    pub(super) executing: usize,
-    /// Set by drain: flush partial batches at once, ignoring the batch delay.
-    pub(super) draining: bool,
-    /// Producers blocked on a full bounded queue, threads blocked in drain, idle
-    /// replicas: the condvars are signalled only when someone waits (a signal is a
-    /// syscall).
-    pub(super) room_waiters: usize,
-    pub(super) drain_waiters: usize,
-}
 
 /// Lock-free submission: an unbounded queue of entries in blocks of 31 (crossbeam's
 /// `SegQueue`). A producer reserves a slot with one CAS and writes its entry in place:

@@ -11,6 +11,9 @@
 //! ```text
 //! clock  options  completion  job  raw       leaves
 //! item  batch_exec                            an item's states; a handler's own batch step
+//! pipeline                                    the sequencing state under the one mutex
+//!                                             and every decision on it (plain data,
+//!                                             tested without threads)
 //! handler (the shared state, the one mutex)
 //! timer  pool                                 the threads that run handlers
 //! admission formation driver prepare batch   HandlerCore's behaviour (imports handler,
@@ -39,6 +42,7 @@ pub(crate) mod handler;
 pub(crate) mod item;
 pub(crate) mod job;
 pub(crate) mod options;
+mod pipeline;
 pub(crate) mod pool;
 mod prepare;
 pub(crate) mod raw;
