@@ -90,8 +90,6 @@ BEHAVIOUR = {"admission", "formation", "driver", "prepare", "batch", "execute", 
 # refers to itself in a ring. Each is exempt from both checks; one no longer found fails
 # the check (delete it here and in ARCHITECTURE.md).
 KNOWN_BACK_EDGES = {
-    ("core/item", "core/handler"): "an item links back to its handler (Weak<HandlerCore>) "
-    "for the accounting of a cancel or an expiry",
     ("core/handler", "core/pool"): "a handler holds the pool it submits its runs to (Arc<Pool>), "
     "whose workers run handlers",
     ("core/pool", "core/prepare"): "the pool's workers take part in a batch's preparation (PrepareWork)",

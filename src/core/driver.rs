@@ -13,8 +13,7 @@
 
 use super::clock;
 use super::formation::Action;
-use super::handler::HandlerCore;
-use super::item::Entry;
+use super::handler::{Entry, HandlerCore};
 use super::pipeline::ReplicaStep;
 use super::timer::TimerTarget;
 use std::sync::atomic::{

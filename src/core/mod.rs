@@ -20,6 +20,10 @@
 //!   execute accounting drain                  never the reverse)
 //! ```
 //!
+//! An item links back to its handler (`item::Item<H>`) and the pipeline holds entries
+//! (`Pipeline<E>`): both are generic, and `handler` fixes them with aliases of the same
+//! name (`handler::{Entry, Item, Pipeline}`), which the files above it name.
+//!
 //! The core names nothing above it: a layer with its own batch step (tensor handlers)
 //! plugs in through [`BatchExec`] and queues its jobs as `JobSlot::Placed`.
 //!
@@ -49,8 +53,7 @@ pub(crate) mod raw;
 pub(crate) mod timer;
 
 pub(crate) use batch_exec::BatchExec;
-pub(crate) use handler::HandlerCore;
-pub(crate) use item::Entry;
+pub(crate) use handler::{Entry, HandlerCore, Item};
 pub use job::Job;
 pub(crate) use job::{JobSlot, PlacedJob};
 pub use options::{

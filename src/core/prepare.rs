@@ -6,8 +6,7 @@
 //! May call: `item`, `job`, `batch_exec`, `accounting` (a failed preparation finishes
 //! its item), `pool` (`submit_prepare`).
 
-use super::handler::HandlerCore;
-use super::item::Entry;
+use super::handler::{Entry, HandlerCore};
 use super::job::guarded;
 use crate::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering::AcqRel, Ordering::Acquire};

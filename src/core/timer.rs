@@ -3,8 +3,7 @@
 //!
 //! May call: `handler` (`on_delay_timer`), `item` (`finish_unstarted` on a deadline).
 
-use super::handler::HandlerCore;
-use super::item::Item;
+use super::handler::{HandlerCore, Item};
 use crate::error::{Error, ErrorKind, Result};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
