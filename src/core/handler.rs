@@ -6,7 +6,7 @@
 //! the wake-up protocol), `prepare`, `execute`, `accounting`, `drain`.
 //!
 //! The generic parts below it are fixed here to `HandlerCore` (the aliases [`Entry`],
-//! [`Item`], [`Pipeline`]).
+//! [`Item`], [`Pipeline`], [`Pool`]).
 //!
 //! May call: `options`, `item`, `batch_exec`, `clock`, `pipeline`, `pool` (its `Arc`),
 //! `crate::stats`.
@@ -16,7 +16,7 @@ use super::clock;
 use super::item;
 use super::options::HandlerOptions;
 use super::pipeline;
-use super::pool::Pool;
+use super::pool;
 use crate::stats::{Counters, Emas, Histograms};
 use crossbeam_utils::CachePadded;
 use pyo3::prelude::*;
@@ -29,6 +29,8 @@ pub(crate) type Entry = item::Entry<HandlerCore>;
 pub(crate) type Item = item::Item<HandlerCore>;
 /// A handler's sequencing state.
 pub(super) type Pipeline = pipeline::Pipeline<Entry>;
+/// The worker threads that run handlers.
+pub(crate) type Pool = pool::Pool<HandlerCore>;
 
 /// Lock-free submission: an unbounded queue of entries in blocks of 31 (crossbeam's
 /// `SegQueue`). A producer reserves a slot with one CAS and writes its entry in place:

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::{Arc, Mutex};
 
 /// A batch whose items several workers prepare at once.
-pub(super) struct PrepareWork {
+pub(crate) struct PrepareWork {
     /// Each item with whether its preparation succeeded, locked by whoever prepares it
     /// (the lock is uncontended: each index is taken once) and at the end by the runner
     /// that collects them, while a helper that started late may still hold the `Arc`.
