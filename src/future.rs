@@ -2,7 +2,7 @@
 //! completion slot (`core::completion`), with cancel.
 
 pub use crate::core::completion::Outcome;
-use crate::core::item::Item;
+use crate::core::Item;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;

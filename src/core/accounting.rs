@@ -3,15 +3,44 @@
 //! order of these updates against future resolution is a contract: stats read after a
 //! future resolved already account for its item.
 //!
-//! May call: `item`, `job`, `crate::stats`.
+//! An item that finishes unstarted (cancelled, expired) is accounted for here too: its
+//! handler's counters, reached through the item's link back to it.
+//!
+//! May call: `item`, `job`, `pipeline`, `crate::stats`.
 
-use super::handler::HandlerCore;
-use super::item::Entry;
+use super::handler::{Entry, HandlerCore, Item, Pipeline};
 use super::job::{fail_job, JobSlot};
-use super::pipeline::Pipeline;
 use crate::error::{Error, ErrorKind};
 use crate::stats::HandlerStats;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::Arc;
+
+impl Item {
+    /// Cancels a queued item; false if it already started or finished.
+    pub(crate) fn cancel(self: &Arc<Self>) -> bool {
+        self.finish_unstarted(ErrorKind::Cancelled, self.handler.upgrade().as_deref())
+    }
+
+    /// Fails an item that has not started; `handler` is its handler, for the accounting
+    /// (None once the handler is gone: it then failed every queued item itself).
+    pub(super) fn finish_unstarted(self: &Arc<Self>, kind: ErrorKind, handler: Option<&HandlerCore>) -> bool {
+        let error = match kind {
+            ErrorKind::Cancelled => Error::new(kind, "the item was cancelled before it started"),
+            ErrorKind::TimedOut => Error::new(kind, "the item's deadline passed before it started"),
+            _ => Error::new(kind, "the handler shut down before the item started"),
+        };
+        let failed = self.fail_if_queued(error, || {
+            if let Some(h) = handler {
+                h.count_unstarted(kind);
+                h.dequeued(1, None);
+            }
+        });
+        if let (true, Some(h)) = (failed, handler) {
+            h.finish_items(1);
+        }
+        failed
+    }
+}
 
 impl HandlerCore {
     pub(super) fn count_unstarted(&self, kind: ErrorKind) {

@@ -7,8 +7,8 @@
 //! `crate::runtime` (to release the GIL while blocked).
 
 use super::clock;
-use super::handler::HandlerCore;
-use super::item::{Detached, Entry, Item, JobCell, QUEUED};
+use super::handler::{Entry, HandlerCore, Item};
+use super::item::{Detached, JobCell, QUEUED};
 use super::job::JobSlot;
 use super::options::{FullPolicy, ItemOptions};
 use super::timer::TimerTarget;

@@ -8,8 +8,7 @@
 //! May call: `item`, `job`, `clock`, `raw`, `accounting`, `crate::stats`.
 
 use super::clock;
-use super::handler::HandlerCore;
-use super::item::Entry;
+use super::handler::{Entry, HandlerCore};
 use super::job::JobSlot;
 use super::raw::{self, Owned};
 use crate::error::{Error, ErrorKind, Result};

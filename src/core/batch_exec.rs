@@ -15,15 +15,15 @@ use crate::error::Result;
 pub(crate) trait BatchExec<Core>: Send + Sync {
     /// Before a batch with items to prepare is prepared (a tensor handler gives each item
     /// to be filled its row of a fresh set of buffers). An error fails the whole batch.
-    fn before_prepare(&self, batch: &[Entry]) -> Result<()>;
+    fn before_prepare(&self, batch: &[Entry<Core>]) -> Result<()>;
 
     /// After the batch's surviving items were prepared (a tensor handler stages them, so
     /// that an upload overlaps with the batch executing now). Errors are for `run_batch`
     /// to meet and report.
-    fn after_prepare(&self, batch: &[Entry]);
+    fn after_prepare(&self, batch: &[Entry<Core>]);
 
     /// Executes the batch instead of the core's list harness; runs with the thread marked
     /// as executing the handler's batch. Returns the completed detached jobs, which the
     /// caller drops once the GIL is released (their finalizers).
-    fn run_batch(&self, core: &Core, batch: Vec<Entry>) -> Vec<JobSlot>;
+    fn run_batch(&self, core: &Core, batch: Vec<Entry<Core>>) -> Vec<JobSlot>;
 }

@@ -8,15 +8,20 @@
 //! `idle_replicas`); a runner going idle clears `scheduled` (or counts itself idle),
 //! fences, then looks at the queue once more. One of the two always sees the other.
 //!
+//! The pool and the timer reach a handler through the traits it implements here
+//! (`PoolWork`, `TimerEvents`): statically dispatched, as their generic parameter.
+//!
 //! May call: `pipeline` (its decisions), `formation`, `prepare`, `execute`, `accounting`,
-//! `pool`.
+//! `pool`, `timer`.
 
 use super::clock;
 use super::formation::Action;
-use super::handler::HandlerCore;
-use super::item::Entry;
+use super::handler::{Entry, HandlerCore, Item};
 use super::pipeline::ReplicaStep;
-use super::timer::TimerTarget;
+use super::pool::PoolWork;
+use super::prepare::PrepareWork;
+use super::timer::{TimerEvents, TimerTarget};
+use crate::error::ErrorKind;
 use std::sync::atomic::{
     fence, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
 };
@@ -218,5 +223,31 @@ impl HandlerCore {
         self.lock().replica_finished();
         self.finish_items(items);
         self.kick();
+    }
+}
+
+impl PoolWork for HandlerCore {
+    type Prepare = PrepareWork;
+
+    #[inline]
+    fn run_on_worker(self: &Arc<Self>, primary: bool) {
+        self.run(primary);
+    }
+
+    #[inline]
+    fn prepare_on_worker(&self, work: &PrepareWork) {
+        self.prepare_some(work);
+    }
+}
+
+impl TimerEvents for HandlerCore {
+    #[inline]
+    fn delay_ended(&self) {
+        self.on_delay_timer();
+    }
+
+    fn deadline_passed(item: &Arc<Item>) {
+        let handler = item.handler.upgrade();
+        item.finish_unstarted(ErrorKind::TimedOut, handler.as_deref());
     }
 }

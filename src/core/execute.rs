@@ -7,8 +7,7 @@
 
 use super::batch::Interpreter;
 use super::clock;
-use super::handler::HandlerCore;
-use super::item::Entry;
+use super::handler::{Entry, HandlerCore};
 use super::job::{guarded, JobSlot};
 use super::raw::Owned;
 use crate::error::{Error, ErrorKind, Result};

@@ -7,9 +7,9 @@
 //! (`dequeued`).
 
 use super::clock;
-use super::handler::HandlerCore;
-use super::item::{Entry, Item, QUEUED};
-use super::pipeline::{Oldest, Pipeline, QueueView, Route, Step};
+use super::handler::{Entry, HandlerCore, Item, Pipeline};
+use super::item::QUEUED;
+use super::pipeline::{Oldest, QueueView, Route, Step};
 use crate::error::ErrorKind;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::{Arc, MutexGuard};
@@ -23,7 +23,7 @@ pub(super) enum Action {
 }
 
 /// The queue as the pipeline's decisions see it.
-impl QueueView for HandlerCore {
+impl QueueView<Entry> for HandlerCore {
     #[inline]
     fn oldest(&self, front: &mut Option<Entry>) -> Option<Oldest> {
         let entry = self.front(front)?;

@@ -5,21 +5,32 @@
 //! `admission` (producers), `formation` (taking batches), `driver` (who runs them, and
 //! the wake-up protocol), `prepare`, `execute`, `accounting`, `drain`.
 //!
-//! May call: `options`, `item`, `job`, `batch_exec`, `clock`, `pipeline`, `pool` (its
-//! `Arc`),
+//! The generic parts below it are fixed here to `HandlerCore` (the aliases [`Entry`],
+//! [`Item`], [`Pipeline`], [`Pool`]).
+//!
+//! May call: `options`, `item`, `batch_exec`, `clock`, `pipeline`, `pool` (its `Arc`),
 //! `crate::stats`.
 
 use super::batch_exec::BatchExec;
 use super::clock;
-use super::item::Entry;
+use super::item;
 use super::options::HandlerOptions;
-use super::pipeline::Pipeline;
-use super::pool::Pool;
+use super::pipeline;
+use super::pool;
 use crate::stats::{Counters, Emas, Histograms};
 use crossbeam_utils::CachePadded;
 use pyo3::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Acquire};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+
+/// A queued item of a handler.
+pub(crate) type Entry = item::Entry<HandlerCore>;
+/// An item of a handler that a future or the timer can reach.
+pub(crate) type Item = item::Item<HandlerCore>;
+/// A handler's sequencing state.
+pub(super) type Pipeline = pipeline::Pipeline<Entry>;
+/// The worker threads that run handlers.
+pub(crate) type Pool = pool::Pool<HandlerCore>;
 
 /// Lock-free submission: an unbounded queue of entries in blocks of 31 (crossbeam's
 /// `SegQueue`). A producer reserves a slot with one CAS and writes its entry in place:

@@ -3,13 +3,15 @@
 //! with a QUEUED -> CLAIMED | FINISHED state machine), and the [`JobCell`] that hands its
 //! job from owner to owner without a lock.
 //!
-//! May call: `job`, `completion`, and its handler's accounting (`HandlerCore`'s
-//! `count_unstarted`/`dequeued`/`finish_items`) for an item that finishes unstarted.
+//! Both are generic over the handler `H` an item links back to (`HandlerCore`, fixed by
+//! the aliases `handler::Entry` and `handler::Item`), so that this file names nothing
+//! above it; the accounting of a cancel or an expiry is `accounting`'s.
+//!
+//! May call: `job`, `completion`.
 
 use super::completion::{Completion, Outcome};
-use super::handler::HandlerCore;
 use super::job::{fail_job, JobSlot};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU8, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::{Arc, Weak};
@@ -19,10 +21,10 @@ pub(super) const CLAIMED: u8 = 1;
 pub(super) const FINISHED: u8 = 2;
 
 /// An item a future or the timer can reach (queued with a future handle or a
-/// deadline), shared by its handler's queue, its future and the timer.
+/// deadline), shared by its handler's queue, its future and the timer. `H`: its handler.
 // Laid out in the order a worker reads it (`C`).
 #[repr(C)]
-pub(crate) struct Item {
+pub(crate) struct Item<H> {
     /// QUEUED -> CLAIMED (a worker took it) or QUEUED -> FINISHED (cancel, deadline,
     /// shutdown): whoever wins the transition from QUEUED owns the job.
     pub(super) state: AtomicU8,
@@ -34,14 +36,14 @@ pub(crate) struct Item {
     pub(super) deadline_ns: Option<std::num::NonZeroU64>,
     pub(super) job: JobCell,
     /// For the accounting of a cancel or an expiry.
-    pub(super) handler: Weak<HandlerCore>,
+    pub(super) handler: Weak<H>,
     /// Where a future reads the outcome; None for an item queued with a deadline but
     /// no future handle (its callbacks are all there is).
     pub(super) completion: Option<Box<Completion>>,
 }
 
 /// A queued item as the queue holds it.
-pub(crate) enum Entry {
+pub(crate) enum Entry<H> {
     /// Nothing but the queue can reach it (no future handle, no deadline: the C ABI's
     /// fire-and-forget items, and so the C++ wrapper's `queue_invoke` and
     /// `queue_invoke_future` without a timeout): it lives inline in the queue's blocks,
@@ -49,7 +51,7 @@ pub(crate) enum Entry {
     /// holds the entry owns it.
     Detached(Detached),
     /// Queued with a future handle or a deadline.
-    Shared(Arc<Item>),
+    Shared(Arc<Item<H>>),
 }
 
 pub(crate) struct Detached {
@@ -92,7 +94,7 @@ impl Detached {
     }
 }
 
-impl Entry {
+impl<H> Entry<H> {
     #[inline]
     pub(crate) fn enqueued_ns(&self) -> u64 {
         match self {
@@ -213,7 +215,7 @@ impl JobCell {
     }
 }
 
-impl Item {
+impl<H> Item<H> {
     /// Stores the outcome for the future, if the item has one (a detached item's outcome
     /// holds no Python object: it never keeps the value).
     #[inline]
@@ -234,31 +236,6 @@ impl Item {
         self.job.take()
     }
 
-    /// Cancels a queued item; false if it already started or finished.
-    pub(crate) fn cancel(self: &Arc<Self>) -> bool {
-        self.finish_unstarted(ErrorKind::Cancelled, self.handler.upgrade().as_deref())
-    }
-
-    /// Fails an item that has not started; `handler` is its handler, for the accounting
-    /// (None once the handler is gone: it then failed every queued item itself).
-    pub(super) fn finish_unstarted(self: &Arc<Self>, kind: ErrorKind, handler: Option<&HandlerCore>) -> bool {
-        let error = match kind {
-            ErrorKind::Cancelled => Error::new(kind, "the item was cancelled before it started"),
-            ErrorKind::TimedOut => Error::new(kind, "the item's deadline passed before it started"),
-            _ => Error::new(kind, "the handler shut down before the item started"),
-        };
-        let failed = self.fail_if_queued(error, || {
-            if let Some(h) = handler {
-                h.count_unstarted(kind);
-                h.dequeued(1, None);
-            }
-        });
-        if let (true, Some(h)) = (failed, handler) {
-            h.finish_items(1);
-        }
-        failed
-    }
-
     /// Fails the item if it is still queued (whoever moves it out of QUEUED owns it):
     /// its job's `fail`, then `account` (the stats, before the future can see the
     /// outcome), then the future. False if it had already started or finished.
@@ -275,7 +252,8 @@ impl Item {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    // The sizes of the types the handler holds (`HandlerCore`'s entries and items).
+    use crate::core::handler::{Entry, Item};
 
     /// A queued fire-and-forget item costs one slot of `Incoming`'s blocks (its entry
     /// plus the slot's state word): keep it within 56 + 8 bytes, so that a block of 31

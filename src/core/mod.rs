@@ -6,7 +6,7 @@
 //!
 //! Dependency order, lowest first (a file imports only those above it; the handler's
 //! behaviour files are one `impl HandlerCore` split by concern and share its fields;
-//! `tools/check_layers.py` checks it, and lists the known exceptions):
+//! `tools/check_layers.py` checks it):
 //!
 //! ```text
 //! clock  options  completion  job  raw       leaves
@@ -14,11 +14,19 @@
 //! pipeline                                    the sequencing state under the one mutex
 //!                                             and every decision on it (plain data,
 //!                                             tested without threads)
+//! timer                                       the thread that fires delays and deadlines
+//! pool                                        the threads that run handlers
 //! handler (the shared state, the one mutex)
-//! timer  pool                                 the threads that run handlers
 //! admission formation driver prepare batch   HandlerCore's behaviour (imports handler,
 //!   execute accounting drain                  never the reverse)
 //! ```
+//!
+//! What sits below the handler but refers to it is generic over it, statically
+//! dispatched: an item links back to its handler (`item::Item<H>`), the pipeline holds
+//! entries (`Pipeline<E>`), the pool and the timer run handlers through the traits
+//! `PoolWork` and `TimerEvents` (implemented in `driver`). `handler` fixes each to
+//! `HandlerCore` with an alias of the same name (`handler::{Entry, Item, Pipeline,
+//! Pool}`), which is what every file above it names.
 //!
 //! The core names nothing above it: a layer with its own batch step (tensor handlers)
 //! plugs in through [`BatchExec`] and queues its jobs as `JobSlot::Placed`.
@@ -49,12 +57,10 @@ pub(crate) mod raw;
 pub(crate) mod timer;
 
 pub(crate) use batch_exec::BatchExec;
-pub(crate) use handler::HandlerCore;
-pub(crate) use item::Entry;
+pub(crate) use handler::{Entry, HandlerCore, Item, Pool};
 pub use job::Job;
 pub(crate) use job::{JobSlot, PlacedJob};
 pub use options::{
     FullPolicy, HandlerOptions, ItemOptions, MAX_BATCH_DELAY, MAX_BATCH_SIZE, MAX_CONCURRENCY,
     MAX_PREFETCH_DEPTH,
 };
-pub(crate) use pool::Pool;

@@ -8,9 +8,11 @@
 //! lock, atomic or clock of their own, so the tests below drive them without threads
 //! or Python. Callers hold the pipeline lock and carry out what they return.
 //!
-//! May call: `item` (holds entries, never looks into them), `options`.
+//! Generic over the entries `E` it holds (`item::Entry`, fixed by `handler::Pipeline`):
+//! it never looks into them.
+//!
+//! May call: `options`.
 
-use super::item::Entry;
 use super::options::HandlerOptions;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -18,15 +20,14 @@ use std::time::Instant;
 /// The batch pipeline of a handler; guarded by `HandlerCore::pipe`, which only the
 /// threads running the handler (and slow paths: drain, a full bounded queue) take.
 /// Producers never take it: they push to `HandlerCore::incoming`.
-#[derive(Default)]
-pub(super) struct Pipeline {
+pub(super) struct Pipeline<E> {
     /// The oldest entry of `incoming`, taken out to look at it (its age decides the batch
     /// delay); entries no longer queued (cancelled, expired) are dropped on the way.
-    pub(super) front: Option<Entry>,
+    pub(super) front: Option<E>,
     pub(super) next_claim_seq: u64,
     pub(super) next_exec_seq: u64,
     /// Prepared batches waiting for their turn, by sequence number.
-    pub(super) staged: BTreeMap<u64, Vec<Entry>>,
+    pub(super) staged: BTreeMap<u64, Vec<E>>,
     /// Batches taken and not yet executed (or, with replicas, not yet finished).
     pub(super) batches_in_flight: usize,
     /// Batches being executed (at most `concurrency`).
@@ -40,6 +41,23 @@ pub(super) struct Pipeline {
     pub(super) drain_waiters: usize,
 }
 
+// Not derived: that would ask for `E: Default`.
+impl<E> Default for Pipeline<E> {
+    fn default() -> Self {
+        Pipeline {
+            front: None,
+            next_claim_seq: 0,
+            next_exec_seq: 0,
+            staged: BTreeMap::new(),
+            batches_in_flight: 0,
+            executing: 0,
+            draining: false,
+            room_waiters: 0,
+            drain_waiters: 0,
+        }
+    }
+}
+
 /// The oldest queued item, as the decisions see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Oldest {
@@ -51,11 +69,11 @@ pub(super) struct Oldest {
 
 /// What the decisions read about the queue besides the pipeline. Each is asked for only
 /// when a decision needs it (an atomic load, a clock read).
-pub(super) trait QueueView {
+pub(super) trait QueueView<E> {
     /// The oldest still-queued item; None when the queue is empty. `front` is
     /// `Pipeline::front`: an implementation may move the queue's next entry there to
     /// look at it, and drop entries no longer queued on the way.
-    fn oldest(&self, front: &mut Option<Entry>) -> Option<Oldest>;
+    fn oldest(&self, front: &mut Option<E>) -> Option<Oldest>;
     /// Items accepted and not yet taken into a batch (nor cancelled or expired).
     fn queued(&self) -> usize;
     fn now(&self) -> Instant;
@@ -109,11 +127,11 @@ pub(super) enum ReplicaStep {
     Idle { delay_until: Option<Instant>, ended: bool },
 }
 
-impl Pipeline {
+impl<E> Pipeline<E> {
     /// Whether a batch may be taken from the queue now. With a batch delay, a partial
     /// batch waits until its oldest item has waited that long, unless draining.
     #[inline]
-    pub(super) fn formation(&mut self, opts: &HandlerOptions, queue: &impl QueueView) -> Formation {
+    pub(super) fn formation(&mut self, opts: &HandlerOptions, queue: &impl QueueView<E>) -> Formation {
         match queue.oldest(&mut self.front) {
             None => Formation::Empty,
             Some(oldest) => self.formation_of(oldest, opts, queue),
@@ -121,7 +139,7 @@ impl Pipeline {
     }
 
     #[inline]
-    fn formation_of(&self, oldest: Oldest, opts: &HandlerOptions, queue: &impl QueueView) -> Formation {
+    fn formation_of(&self, oldest: Oldest, opts: &HandlerOptions, queue: &impl QueueView<E>) -> Formation {
         let delay = opts.max_batch_delay;
         if delay.is_zero() || self.draining || queue.queued() >= opts.batch_size {
             return Formation::Due;
@@ -139,7 +157,7 @@ impl Pipeline {
     /// at most `prefetch_depth` are taken ahead of execution, and only for items that
     /// need preparation (a GIL-path batch taken early only makes batches smaller).
     #[inline(always)]
-    pub(super) fn next_step(&mut self, opts: &HandlerOptions, queue: &impl QueueView) -> Step {
+    pub(super) fn next_step(&mut self, opts: &HandlerOptions, queue: &impl QueueView<E>) -> Step {
         const IDLE: Step = Step::Idle { delay_until: None };
         let slot_free = self.executing < opts.concurrency;
         if slot_free && self.staged.contains_key(&self.next_exec_seq) {
@@ -177,7 +195,7 @@ impl Pipeline {
 
     /// After `Step::ExecuteStaged`: takes the next staged batch, booked as executing.
     #[inline]
-    pub(super) fn start_staged(&mut self) -> Vec<Entry> {
+    pub(super) fn start_staged(&mut self) -> Vec<E> {
         let batch = self.staged.remove(&self.next_exec_seq).expect("next_step saw it staged");
         self.start_next();
         batch
@@ -209,7 +227,7 @@ impl Pipeline {
 
     /// A batch taken ahead waits for its turn (`next_step` starts it in claim order).
     #[inline]
-    pub(super) fn stage(&mut self, seq: u64, batch: Vec<Entry>) {
+    pub(super) fn stage(&mut self, seq: u64, batch: Vec<E>) {
         self.staged.insert(seq, batch);
     }
 
@@ -228,7 +246,7 @@ impl Pipeline {
         &mut self,
         replicas: usize,
         opts: &HandlerOptions,
-        queue: &impl QueueView,
+        queue: &impl QueueView<E>,
     ) -> ReplicaStep {
         let mut delay_until = None;
         if self.batches_in_flight < replicas {
@@ -292,6 +310,9 @@ mod tests {
     use std::collections::VecDeque;
     use std::time::Duration;
 
+    /// The decisions never look into the entries: none are needed here.
+    type Pipeline = super::Pipeline<()>;
+
     const DELAY: Duration = Duration::from_millis(10);
 
     /// A queue whose items were all queued at `enqueued`; each says whether it needs
@@ -332,8 +353,8 @@ mod tests {
         }
     }
 
-    impl QueueView for FakeQueue {
-        fn oldest(&self, _front: &mut Option<Entry>) -> Option<Oldest> {
+    impl QueueView<()> for FakeQueue {
+        fn oldest(&self, _front: &mut Option<()>) -> Option<Oldest> {
             let needs_prepare = *self.items.front()?;
             Some(Oldest { enqueued: self.enqueued, needs_prepare })
         }

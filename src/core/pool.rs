@@ -1,13 +1,14 @@
 //! The worker threads shared by every handler of the interpreter: a FIFO of tasks (runs
 //! of a handler, preparation help), idle workers woken LIFO, and the timer they share.
 //!
-//! May call: `timer`, `handler` (`run`), `prepare` (`PrepareWork`, `prepare_some`; it and
-//! the handler's `Arc<Pool>` are known exceptions to the core's order), `crate::runtime`
-//! (each worker keeps a persistent Python thread state).
+//! Generic over what its workers run ([`PoolWork`]: `HandlerCore`, implemented in
+//! `driver`; `handler::Pool` fixes it), statically dispatched, so that it names nothing
+//! above `timer`.
+//!
+//! May call: `timer`, its work (`PoolWork`), `crate::runtime` (each worker keeps a
+//! persistent Python thread state).
 
-use super::handler::HandlerCore;
-use super::prepare::PrepareWork;
-use super::timer::Timer;
+use super::timer::{Timer, TimerEvents};
 use crate::error::{Error, Result};
 use std::sync::atomic::{
     AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
@@ -15,11 +16,21 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub(super) enum Task {
-    /// A run of the handler; `true` for the primary run (owner of `scheduled`).
-    Run(Arc<HandlerCore>, bool),
+/// What the pool's workers run: a handler. Its timer events fire on the pool's timer.
+pub(crate) trait PoolWork: TimerEvents {
+    /// A batch whose preparation several workers share.
+    type Prepare: Send + Sync + 'static;
+    /// A run of the handler; `primary`: the primary run (owner of `scheduled`).
+    fn run_on_worker(self: &Arc<Self>, primary: bool);
     /// Help prepare a batch's items.
-    Prepare(Arc<HandlerCore>, Arc<PrepareWork>),
+    fn prepare_on_worker(&self, work: &Self::Prepare);
+}
+
+pub(super) enum Task<W: PoolWork> {
+    /// A run of the handler; `true` for the primary run (owner of `scheduled`).
+    Run(Arc<W>, bool),
+    /// Help prepare a batch's items.
+    Prepare(Arc<W>, Arc<W::Prepare>),
     Stop,
 }
 
@@ -33,16 +44,16 @@ pub(super) enum Task {
 /// to a different, cold worker in turn, and a pool of 16 kept 16 allocator heaps busy for
 /// a load that needs two or three threads at a time (measured: +140 KB of peak RSS per
 /// extra worker, `--rss-child held --workers N`).
-pub(crate) struct Pool {
-    shared: Arc<PoolShared>,
+pub(crate) struct Pool<W: PoolWork> {
+    shared: Arc<PoolShared<W>>,
     threads: usize,
     /// Joined when the pool is dropped (see `Drop`).
     handles: Vec<std::thread::JoinHandle<()>>,
-    pub(crate) timer: Arc<Timer>,
+    pub(crate) timer: Arc<Timer<W>>,
 }
 
-struct PoolShared {
-    ready: Mutex<Ready>,
+struct PoolShared<W: PoolWork> {
+    ready: Mutex<Ready<W>>,
     /// `ready.tasks.len()`, readable without the lock.
     pending: AtomicUsize,
     /// Workers spinning on `pending` before they park: each will take a task without
@@ -51,9 +62,8 @@ struct PoolShared {
     workers: Box<[WorkerSlot]>,
 }
 
-#[derive(Default)]
-struct Ready {
-    tasks: std::collections::VecDeque<Task>,
+struct Ready<W: PoolWork> {
+    tasks: std::collections::VecDeque<Task<W>>,
     /// Idle workers (indices into `workers`), the most recently idle last.
     idle: Vec<usize>,
 }
@@ -73,8 +83,8 @@ const IDLE_SPINS: u32 = 64;
 /// (`release_idle_memory`).
 const IDLE_BEFORE_COLLECT: Duration = Duration::from_millis(5);
 
-impl Pool {
-    pub(crate) fn new(threads: usize) -> Result<Arc<Pool>> {
+impl<W: PoolWork> Pool<W> {
+    pub(crate) fn new(threads: usize) -> Result<Arc<Pool<W>>> {
         let timer = Timer::start()?;
         let shared = Arc::new(PoolShared {
             ready: Mutex::new(Ready { tasks: Default::default(), idle: Vec::with_capacity(threads) }),
@@ -102,11 +112,11 @@ impl Pool {
         self.threads
     }
 
-    pub(super) fn submit(&self, handler: Arc<HandlerCore>, primary: bool) {
+    pub(super) fn submit(&self, handler: Arc<W>, primary: bool) {
         self.shared.push(Task::Run(handler, primary));
     }
 
-    pub(super) fn submit_prepare(&self, handler: Arc<HandlerCore>, work: Arc<PrepareWork>) {
+    pub(super) fn submit_prepare(&self, handler: Arc<W>, work: Arc<W::Prepare>) {
         self.shared.push(Task::Prepare(handler, work));
     }
 
@@ -115,8 +125,8 @@ impl Pool {
     }
 }
 
-impl PoolShared {
-    fn lock(&self) -> MutexGuard<'_, Ready> {
+impl<W: PoolWork> PoolShared<W> {
+    fn lock(&self) -> MutexGuard<'_, Ready<W>> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -125,7 +135,7 @@ impl PoolShared {
     /// A spinner stops counting itself before it locks the ready queue and looks at the
     /// tasks, so a task pushed meanwhile is still taken (or its pusher, seeing no spinner,
     /// wakes a parked worker).
-    fn push(&self, task: Task) {
+    fn push(&self, task: Task<W>) {
         let mut ready = self.lock();
         ready.tasks.push_back(task);
         self.pending.store(ready.tasks.len(), Relaxed);
@@ -144,7 +154,7 @@ impl PoolShared {
     /// The next task for worker `me`; parks while there is none. `ran`: whether this
     /// worker has run a task since it last returned its free memory (a worker that has
     /// not has nothing to return and sleeps without a timeout).
-    fn next(&self, me: usize, ran: &mut bool) -> Task {
+    fn next(&self, me: usize, ran: &mut bool) -> Task<W> {
         loop {
             self.spinning.fetch_add(1, SeqCst);
             for _ in 0..IDLE_SPINS {
@@ -180,7 +190,7 @@ impl PoolShared {
     }
 }
 
-impl Drop for Pool {
+impl<W: PoolWork> Drop for Pool<W> {
     fn drop(&mut self) {
         for _ in 0..self.threads {
             self.shared.push(Task::Stop);
@@ -223,14 +233,14 @@ fn release_idle_memory() {
     };
 }
 
-fn worker_main(shared: &PoolShared, me: usize) {
+fn worker_main<W: PoolWork>(shared: &PoolShared<W>, me: usize) {
     let _ = shared.workers[me].thread.set(std::thread::current());
     crate::runtime::persist_current_thread_state();
     let mut ran = false;
     loop {
         match shared.next(me, &mut ran) {
-            Task::Run(handler, primary) => handler.run(primary),
-            Task::Prepare(handler, work) => handler.prepare_some(&work),
+            Task::Run(handler, primary) => handler.run_on_worker(primary),
+            Task::Prepare(handler, work) => handler.prepare_on_worker(&work),
             Task::Stop => return,
         }
     }

@@ -6,15 +6,14 @@
 //! May call: `item`, `job`, `batch_exec`, `accounting` (a failed preparation finishes
 //! its item), `pool` (`submit_prepare`).
 
-use super::handler::HandlerCore;
-use super::item::Entry;
+use super::handler::{Entry, HandlerCore};
 use super::job::guarded;
 use crate::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::{Arc, Mutex};
 
 /// A batch whose items several workers prepare at once.
-pub(super) struct PrepareWork {
+pub(crate) struct PrepareWork {
     /// Each item with whether its preparation succeeded, locked by whoever prepares it
     /// (the lock is uncontended: each index is taken once) and at the end by the runner
     /// that collects them, while a helper that started late may still hold the `Arc`.

@@ -1,61 +1,71 @@
 //! One thread that fires batch-delay and per-item deadline events at their time; it
 //! sleeps on a condvar until the earliest one (no polling).
 //!
-//! May call: `handler` (`on_delay_timer`), `item` (`finish_unstarted` on a deadline).
+//! Generic over the handler type `H` whose events it fires ([`TimerEvents`], implemented
+//! by `HandlerCore` in `driver`), so that it names nothing above `item`.
+//!
+//! May call: `item`, and its handlers' events (`TimerEvents`).
 
-use super::handler::HandlerCore;
 use super::item::Item;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Instant;
 
-pub(crate) enum TimerTarget {
-    Handler(Weak<HandlerCore>),
-    Item(Weak<Item>),
+/// What a handler does when its timer events fire; called on the timer thread.
+pub(crate) trait TimerEvents: Sized + Send + Sync + 'static {
+    /// The batch delay armed by `Timer::add(at, TimerTarget::Handler(..))` ended.
+    fn delay_ended(&self);
+    /// The deadline of one of its items passed.
+    fn deadline_passed(item: &Arc<Item<Self>>);
 }
 
-struct TimerEntry {
+pub(crate) enum TimerTarget<H> {
+    Handler(Weak<H>),
+    Item(Weak<Item<H>>),
+}
+
+struct TimerEntry<H> {
     at: Instant,
     seq: u64,
-    target: TimerTarget,
+    target: TimerTarget<H>,
 }
 
-impl PartialEq for TimerEntry {
+impl<H> PartialEq for TimerEntry<H> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl Eq for TimerEntry {}
-impl PartialOrd for TimerEntry {
+impl<H> Eq for TimerEntry<H> {}
+impl<H> PartialOrd for TimerEntry<H> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for TimerEntry {
+impl<H> Ord for TimerEntry<H> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.at, self.seq).cmp(&(other.at, other.seq))
     }
 }
 
-#[derive(Default)]
-struct TimerState {
-    heap: BinaryHeap<Reverse<TimerEntry>>,
+struct TimerState<H> {
+    heap: BinaryHeap<Reverse<TimerEntry<H>>>,
     seq: u64,
     stopped: bool,
 }
 
 /// One thread that fires batch-delay and deadline events at their time; sleeps on a
 /// condvar until the earliest one (no polling).
-pub(crate) struct Timer {
-    state: Mutex<TimerState>,
+pub(crate) struct Timer<H> {
+    state: Mutex<TimerState<H>>,
     wake: Condvar,
 }
 
-impl Timer {
-    pub(super) fn start() -> Result<Arc<Timer>> {
-        let timer = Arc::new(Timer { state: Mutex::new(TimerState::default()), wake: Condvar::new() });
+impl<H: TimerEvents> Timer<H> {
+    pub(super) fn start() -> Result<Arc<Timer<H>>> {
+        let state = TimerState { heap: BinaryHeap::new(), seq: 0, stopped: false };
+        let timer = Arc::new(Timer { state: Mutex::new(state), wake: Condvar::new() });
         let t = timer.clone();
         std::thread::Builder::new()
             .name("pysched-timer".into())
@@ -64,7 +74,7 @@ impl Timer {
         Ok(timer)
     }
 
-    pub(crate) fn add(&self, at: Instant, target: TimerTarget) {
+    pub(crate) fn add(&self, at: Instant, target: TimerTarget<H>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.seq += 1;
         let seq = st.seq;
@@ -101,13 +111,12 @@ impl Timer {
                     match entry.target {
                         TimerTarget::Handler(h) => {
                             if let Some(h) = h.upgrade() {
-                                h.on_delay_timer();
+                                h.delay_ended();
                             }
                         }
                         TimerTarget::Item(i) => {
                             if let Some(i) = i.upgrade() {
-                                let handler = i.handler.upgrade();
-                                i.finish_unstarted(ErrorKind::TimedOut, handler.as_deref());
+                                H::deadline_passed(&i);
                             }
                         }
                     }
