@@ -89,35 +89,6 @@ impl TensorExec {
         Ok(Some(hold))
     }
 
-    /// Gives each item to be filled of a batch about to be prepared its row in a fresh
-    /// set of buffers (its position in the batch). The caller owns the claimed batch.
-    pub(crate) fn assign_rows(&self, batch: &[Entry]) -> Result<()> {
-        let lease = self.pool.lease()?;
-        for (row, entry) in batch.iter().enumerate() {
-            // SAFETY: the caller owns the claimed batch (JobCell's protocol).
-            if let Some(JobSlot::Placed(job)) = unsafe { entry.job_cell().get_mut() } {
-                // SAFETY: a tensor handler's core holds only TensorBoxes' jobs; ours (above).
-                let job = unsafe { TensorBox::job_of(job) };
-                if matches!(job.feed, Feed::Fill) {
-                    job.slot = Some((lease.clone(), row));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Stages a prepared batch (its surviving items), so that its upload overlaps with
-    /// the batch executing now. A failure is left for `stage` at execution to report.
-    pub(crate) fn stage_prepared(&self, batch: &[Entry]) {
-        // SAFETY: the caller owns the claimed batch (JobCell's protocol).
-        let jobs = batch.iter().filter_map(|e| match unsafe { e.job_cell().get_mut() } {
-            // SAFETY: a tensor handler's core holds only TensorBoxes' jobs; ours (above).
-            Some(JobSlot::Placed(job)) => Some(unsafe { TensorBox::job_of(job) }),
-            _ => None,
-        });
-        let _ = self.stage(jobs);
-    }
-
     /// Completes the batch's inputs in its buffers. A batch whose items were all placed
     /// at queueing in consecutive rows of one set runs on those rows (each item's output
     /// row is then its input row less `first`). Otherwise row `j` is its `j`-th item's:
@@ -218,13 +189,43 @@ fn consecutive_rows(jobs: &[&mut TensorJob]) -> Option<Staged> {
     Some(Staged { lease, first: lo })
 }
 
+/// The tensor job of an entry of a claimed batch (None once its job was taken).
+///
+/// # Safety
+/// The caller owns the claimed batch (JobCell's protocol), and the entry is a tensor
+/// handler's: its core holds only `TensorBox`es' jobs (`TensorBox::from_placed`). As
+/// `JobCell::get_mut`, the job is reached through the shared entry.
+#[allow(clippy::mut_from_ref)]
+unsafe fn claimed_job(entry: &Entry) -> Option<&mut TensorJob> {
+    // SAFETY: the caller's promise.
+    match unsafe { entry.job_cell().get_mut() } {
+        // SAFETY: the caller's promise: a placed job of this core is a TensorJob.
+        Some(JobSlot::Placed(job)) => Some(unsafe { TensorBox::job_of(job) }),
+        _ => None,
+    }
+}
+
 impl BatchExec<HandlerCore> for TensorExec {
+    /// Gives each item to be filled of a batch about to be prepared its row in a fresh
+    /// set of buffers (its position in the batch).
     fn before_prepare(&self, batch: &[Entry]) -> Result<()> {
-        self.assign_rows(batch)
+        let lease = self.pool.lease()?;
+        for (row, entry) in batch.iter().enumerate() {
+            // SAFETY: the core hands over a claimed batch of this tensor handler's.
+            if let Some(job) = unsafe { claimed_job(entry) } {
+                if matches!(job.feed, Feed::Fill) {
+                    job.slot = Some((lease.clone(), row));
+                }
+            }
+        }
+        Ok(())
     }
 
+    /// Stages a prepared batch (its surviving items), so that its upload overlaps with
+    /// the batch executing now. A failure is left for `stage` at execution to report.
     fn after_prepare(&self, batch: &[Entry]) {
-        self.stage_prepared(batch)
+        // SAFETY: as in before_prepare.
+        let _ = self.stage(batch.iter().filter_map(|e| unsafe { claimed_job(e) }));
     }
 
     fn run_batch(&self, core: &HandlerCore, batch: Vec<Entry>) -> Vec<JobSlot> {
