@@ -7,12 +7,13 @@
 // (schedstat of the threads alive at the end: producer threads that exited are missing).
 //
 //   manycore_probe --mode std|ext|cabi --workers N [--batch B] [--producers P]
-//                  [--items N] [--reps R] [--python-dir DIR]
+//                  [--items N] [--reps R] [--delay-us D] [--python-dir DIR]
 //
 // std: queue_invoke + std::future (the drop-in path); ext: queue_invoke_future; cabi:
 // pysched_handler_queue with C callbacks, then drain. With --producers P > 1, P threads
 // each queue items/P (std::future) and wait for their own futures, as the issue's
-// "4 producers" row. Built and run on the device by benches/cpu/probe_on_device.sh.
+// "4 producers" row. --delay-us sets the handler's max_batch_delay (default 0). Built and
+// run on the device by benches/cpu/probe_on_device.sh.
 #include <pybind11/pybind11.h>
 
 #include <pyscheduler.h>
@@ -149,6 +150,7 @@ int main(int argc, char** argv) {
   unsigned workers = 0;
   std::size_t batch = 256, producers = 1, items = 200000;
   int reps = 5;
+  long delay_us = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--mode") mode = v;
@@ -157,6 +159,7 @@ int main(int argc, char** argv) {
     else if (a == "--producers") producers = std::size_t(std::atol(v.c_str()));
     else if (a == "--items") items = std::size_t(std::atol(v.c_str()));
     else if (a == "--reps") reps = std::atoi(v.c_str());
+    else if (a == "--delay-us") delay_us = std::atol(v.c_str());
     else if (a == "--python-dir") python_dir = v;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
@@ -170,6 +173,7 @@ int main(int argc, char** argv) {
   mgr.add_path(python_dir);
   pyscheduler::ext::HandlerOptions ho;
   ho.batch_size = batch;
+  ho.max_batch_delay = std::chrono::microseconds(delay_us);
   Handler h = mgr.loadPythonModule("pysched_bench", "identity", ho);
   const std::size_t per = items / producers;
   auto once = [&](double* enq_ns) -> double {
@@ -191,8 +195,8 @@ int main(int argc, char** argv) {
   };
   double warm = 0;
   once(&warm);  // warm-up
-  std::printf("mode %s workers %u (pool %u) batch %zu producers %zu items %zu\n", mode.c_str(), workers,
-              mgr.worker_threads(), batch, producers, per * producers);
+  std::printf("mode %s workers %u (pool %u) batch %zu producers %zu items %zu delay %ld us\n", mode.c_str(), workers,
+              mgr.worker_threads(), batch, producers, per * producers, delay_us);
   std::printf("%10s %10s %10s %10s %8s %10s %8s %10s %8s\n", "ns/item", "enq/item", "prod_cpu", "work_cpu", "ran>5%",
               "slices/b", "batch", "proc_cpu", "vcsw/b");
   const double n = double(per * producers);
