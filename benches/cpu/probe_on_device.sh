@@ -9,7 +9,8 @@
 #   (device) bash target-py312/mc2f/probe_on_device.sh target-py312/mc2f/plan.txt
 #
 # Plan lines: `NAME [VAR=VALUE ...] -- PROBE ARGUMENTS` (NAME.so in this script's folder;
-# `#` lines are echoed). The probe is built once with g++ against the venv's CPython and
+# `#` lines are echoed; `CPUS=LIST` among the variables runs that line under
+# `taskset -c LIST`). The probe is built once with g++ against the venv's CPython and
 # pybind11 (PBINC overrides pybind11's include path) and run with LD_LIBRARY_PATH set to
 # the line's library. benches/results/cpu-16core-2026-12-03-b/ holds the plans and
 # outputs of 2026-12-03 (this script ran there as probe.sh).
@@ -39,6 +40,8 @@ while IFS= read -r line; do
   lib=${line%% *}; rest=${line#* }
   envs=${rest%%--*}; args=${rest#*--}
   echo "-- $lib $envs| $args"
-  env $envs LD_LIBRARY_PATH="$B/$lib" timeout 60 "$B/probe" $args 2>&1 || echo "FAILED rc $?"
+  cpus=$(sed -n 's/.*\bCPUS=\([^ ]*\).*/\1/p' <<< "$envs")
+  pin=(); [ -n "$cpus" ] && pin=(taskset -c "$cpus")
+  env $envs LD_LIBRARY_PATH="$B/$lib" timeout 60 "${pin[@]}" "$B/probe" $args 2>&1 || echo "FAILED rc $?"
 done < "$1"
 echo "end $(date -u +%FT%TZ); $(uptime)"

@@ -11,8 +11,5 @@ lscpu | grep -E "^(CPU\(s\)|Thread|Core|Socket|Model name|NUMA|L3)"
 for c in /sys/devices/system/cpu/cpu[0-9]*; do echo "$(basename $c): siblings $(cat $c/topology/thread_siblings_list 2>/dev/null) core $(cat $c/topology/core_id 2>/dev/null)"; done
 ONE=$(for c in /sys/devices/system/cpu/cpu[0-9]*; do cat $c/topology/thread_siblings_list; done | sort -u | sed 's/[,-].*//' | sort -n | paste -sd, -)
 echo "one CPU per core: $ONE"
-{ echo "# unpinned vs pinned to $ONE, 1 producer, 16 workers"; for r in 1 2 3 4; do echo "head -- --mode std --workers 16 --reps 5"; echo "head PIN=1 -- --mode std --workers 16 --reps 5"; done; } > /tmp/plan.txt
-# probe_on_device.sh runs `env VARS probe`; PIN=1 lines are run under taskset by a wrapper
-sed "s#env \$envs LD_LIBRARY_PATH=\"\$B/\$lib\" timeout 60 \"\$B/probe\"#env \$envs LD_LIBRARY_PATH=\"\$B/\$lib\" timeout 60 \$( [ \"\$envs\" != \"\${envs/PIN=1/}\" ] \&\& echo taskset -c $ONE ) \"\$B/probe\"#" "$D/probe_on_device.sh" > "$D/probe_pin.sh"
-grep -n taskset "$D/probe_pin.sh"
-bash "$D/probe_pin.sh" /tmp/plan.txt
+{ echo "# unpinned vs pinned to $ONE, 1 producer, 16 workers"; for r in 1 2 3 4; do echo "head -- --mode std --workers 16 --reps 5"; echo "head CPUS=$ONE -- --mode std --workers 16 --reps 5"; done; } > /tmp/plan.txt
+bash "$D/probe_on_device.sh" /tmp/plan.txt
